@@ -1,0 +1,268 @@
+"""Read text corpora as a stream of documents, each with the place it came from.
+
+Formats, chosen by file name:
+- JSONL: ``*.jsonl``, ``*.json``, ``*.ndjson``, optionally ``.gz`` or ``.zst``: one JSON object per line,
+  the text under a key (default ``text``).
+- Plain text: ``*.txt`` (optionally ``.gz``/``.zst``): one document per line; blank lines separate
+  nothing and are counted as ``blank_line``, never treated as documents.
+- Parquet / Arrow: ``*.parquet``, ``*.arrow``: read with `datasets`, the text in a column.
+
+Every line or row becomes one `Record`: either a document or the reason it is not one. The reader never
+drops anything; callers raise `CorpusError` on a bad record or, when asked to, skip and count it.
+Uncompressed line files can be split into byte ranges (`plan_shards`) so that workers and MPI ranks read
+disjoint parts of one large file; each range owns the lines that start inside it.
+"""
+
+from __future__ import annotations
+
+import glob
+import gzip
+import io
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+# Reasons a record is not a document. Order is stable: manifests list them in this order.
+SKIP_REASONS = (
+    "invalid_json",
+    "missing_key",
+    "not_a_string",
+    "invalid_utf8",
+    "empty",
+    "nul_byte",
+    "too_long",
+)
+
+DEFAULT_MAX_CHARS = 10_000_000
+
+LINE_SUFFIXES = (".jsonl", ".json", ".ndjson", ".txt")
+TABLE_SUFFIXES = (".parquet", ".arrow")
+COMPRESSION_SUFFIXES = (".gz", ".zst", ".zstd")
+
+
+class CorpusError(ValueError):
+    """Bad input: the message names the file and line (or row) and what is wrong."""
+
+
+@dataclass(frozen=True)
+class Shard:
+    """A part of one input file: bytes [start, end) of an uncompressed line file, or the whole file."""
+
+    path: str
+    start: int = 0
+    end: int | None = None  # None: to the end of the file
+
+
+@dataclass(frozen=True)
+class Record:
+    """One line or row of an input: a document (`text`) or why it is not one (`reason`)."""
+
+    path: str
+    offset: int  # byte offset of the line (line files) or row number (tables); for `location`
+    text: str | None
+    reason: str | None = None  # one of SKIP_REASONS, or "blank_line" for text files
+    detail: str = ""
+    line: int | None = None  # 1-based line/row number when known without counting
+
+    def location(self) -> str:
+        """`file:line` for error messages; counts newlines before `offset` when the line is unknown."""
+        line = self.line if self.line is not None else _line_number(self.path, self.offset)
+        kind = "row" if _kind(self.path)[0] == "table" else "line"
+        return f"{self.path}:{line}" if kind == "line" else f"{self.path} row {line}"
+
+    def error(self) -> CorpusError:
+        return CorpusError(f"{self.location()}: {self.reason}{': ' + self.detail if self.detail else ''}")
+
+
+def _kind(path: str) -> tuple[str, str]:
+    """(family, compression) of a path: family is 'jsonl', 'txt' or 'table'."""
+    name = path.lower()
+    compression = ""
+    for suffix in COMPRESSION_SUFFIXES:
+        if name.endswith(suffix):
+            compression, name = suffix, name[: -len(suffix)]
+            break
+    if name.endswith(TABLE_SUFFIXES):
+        if compression:
+            raise CorpusError(f"{path}: compressed {Path(name).suffix} files are not supported")
+        return "table", ""
+    if name.endswith(".txt"):
+        return "txt", compression
+    if name.endswith((".jsonl", ".json", ".ndjson")):
+        return "jsonl", compression
+    raise CorpusError(
+        f"{path}: unknown corpus format; expected one of {LINE_SUFFIXES + TABLE_SUFFIXES}"
+        f" (optionally {', '.join(COMPRESSION_SUFFIXES)} for line files)"
+    )
+
+
+def expand_inputs(patterns: Sequence[str]) -> list[str]:
+    """Expand files, directories and globs into a sorted, de-duplicated file list.
+
+    A pattern that matches nothing is an error: a typo must not silently shrink the corpus.
+    """
+    files: list[str] = []
+    for pattern in patterns:
+        if os.path.isdir(pattern):
+            matched = sorted(
+                str(p) for p in Path(pattern).rglob("*") if p.is_file() and not p.name.startswith(".")
+            )
+        else:
+            matched = sorted(glob.glob(pattern, recursive=True)) if glob.has_magic(pattern) else (
+                [pattern] if os.path.isfile(pattern) else []
+            )
+        if not matched:
+            raise CorpusError(f"{pattern}: no such file, or the pattern matches no file")
+        for path in matched:
+            _kind(path)  # fail early on an unsupported format
+        files.extend(matched)
+    seen: set[str] = set()
+    return [f for f in files if not (f in seen or seen.add(f))]
+
+
+def plan_shards(paths: Sequence[str], num_shards: int) -> list[Shard]:
+    """Split inputs into about `num_shards` parts of similar byte size, in input order.
+
+    Uncompressed line files are cut at byte boundaries (a line belongs to the shard its first byte is in);
+    compressed files and tables stay whole. Concatenating the shards' records in order gives the inputs'
+    records in order.
+    """
+    sizes = [os.path.getsize(p) for p in paths]
+    target = max(1, -(-sum(sizes) // max(1, num_shards)))
+    shards: list[Shard] = []
+    for path, size in zip(paths, sizes):
+        family, compression = _kind(path)
+        if family == "table" or compression or size <= target:
+            shards.append(Shard(path))
+            continue
+        starts = list(range(0, size, target))
+        for i, start in enumerate(starts):
+            end = starts[i + 1] if i + 1 < len(starts) else None
+            shards.append(Shard(path, start, end))
+    return shards
+
+
+def _open_binary(path: str, compression: str) -> io.BufferedIOBase:
+    if compression == ".gz":
+        return gzip.open(path, "rb")  # type: ignore[return-value]
+    if compression in (".zst", ".zstd"):
+        import zstandard
+
+        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True))
+    return open(path, "rb")
+
+
+def _line_number(path: str, offset: int) -> int:
+    """1-based number of the line starting at byte `offset` (uncompressed files)."""
+    family, compression = _kind(path)
+    count = 0
+    with _open_binary(path, compression) as f:
+        remaining = offset
+        while remaining > 0:
+            chunk = f.read(min(remaining, 1 << 24))
+            if not chunk:
+                break
+            count += chunk.count(b"\n")
+            remaining -= len(chunk)
+    return count + 1
+
+
+def _iter_lines(shard: Shard) -> Iterator[tuple[int, int | None, bytes]]:
+    """Yield (byte offset, line number if known, raw line without newline) of the lines owned by `shard`."""
+    _, compression = _kind(shard.path)
+    with _open_binary(shard.path, compression) as f:
+        pos = 0
+        line_no: int | None = 1
+        if shard.start > 0:
+            f.seek(shard.start - 1)
+            # The line that straddles `start` belongs to the previous shard unless it starts exactly here.
+            if f.read(1) != b"\n":
+                f.readline()
+            pos = f.tell()
+            line_no = None
+        while shard.end is None or pos < shard.end:
+            raw = f.readline()
+            if not raw:
+                break
+            yield pos, line_no, raw.rstrip(b"\n").rstrip(b"\r") if raw.endswith(b"\n") else raw
+            pos += len(raw)
+            if line_no is not None:
+                line_no += 1
+
+
+def _check_text(path: str, offset: int, line: int | None, text: object, max_chars: int) -> Record:
+    if not isinstance(text, str):
+        return Record(path, offset, None, "not_a_string", f"got {type(text).__name__}", line)
+    if not text.strip():
+        return Record(path, offset, None, "empty", "", line)
+    if "\x00" in text:
+        return Record(path, offset, None, "nul_byte", f"NUL at character {text.index(chr(0))}", line)
+    if len(text) > max_chars:
+        return Record(path, offset, None, "too_long", f"{len(text)} characters > --max-chars {max_chars}", line)
+    return Record(path, offset, text, None, "", line)
+
+
+def iter_records(
+    shard: Shard | str, key: str = "text", max_chars: int = DEFAULT_MAX_CHARS
+) -> Iterator[Record]:
+    """Yield every line/row of `shard` as a `Record`, in file order."""
+    if isinstance(shard, str):
+        shard = Shard(shard)
+    family, _ = _kind(shard.path)
+    if family == "table":
+        yield from _iter_table(shard.path, key, max_chars)
+        return
+    for offset, line, raw in _iter_lines(shard):
+        try:
+            decoded = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            yield Record(shard.path, offset, None, "invalid_utf8", f"byte {e.start} of the line: {e.reason}", line)
+            continue
+        if family == "txt":
+            if not decoded.strip():
+                yield Record(shard.path, offset, None, "blank_line", "", line)
+                continue
+            yield _check_text(shard.path, offset, line, decoded, max_chars)
+            continue
+        if not decoded.strip():
+            yield Record(shard.path, offset, None, "empty", "blank line", line)
+            continue
+        try:
+            obj = json.loads(decoded)
+        except json.JSONDecodeError as e:
+            yield Record(shard.path, offset, None, "invalid_json", str(e), line)
+            continue
+        if not isinstance(obj, dict) or key not in obj:
+            what = f"no key {key!r}" if isinstance(obj, dict) else f"a JSON {type(obj).__name__}, not an object"
+            yield Record(shard.path, offset, None, "missing_key", what, line)
+            continue
+        yield _check_text(shard.path, offset, line, obj[key], max_chars)
+
+
+def _iter_table(path: str, key: str, max_chars: int) -> Iterator[Record]:
+    import datasets
+
+    builder = "parquet" if path.lower().endswith(".parquet") else "arrow"
+    ds = datasets.load_dataset(builder, data_files=[path], split="train", streaming=True)
+    columns = ds.column_names
+    if columns is not None and key not in columns:
+        raise CorpusError(f"{path}: no column {key!r} (columns: {', '.join(columns)})")
+    for row, example in enumerate(ds):
+        if key not in example:
+            yield Record(path, row, None, "missing_key", f"no column {key!r}", row + 1)
+            continue
+        yield _check_text(path, row, row + 1, example[key], max_chars)
+
+
+def iter_documents(
+    paths: Sequence[str], key: str = "text", max_chars: int = DEFAULT_MAX_CHARS, skip_bad: bool = False
+) -> Iterator[str]:
+    """Texts of all documents in `paths`; a bad record raises `CorpusError` unless `skip_bad`."""
+    for path in paths:
+        for rec in iter_records(path, key, max_chars):
+            if rec.text is not None:
+                yield rec.text
+            elif rec.reason != "blank_line" and not skip_bad:
+                raise rec.error()

@@ -1,0 +1,46 @@
+"""Load tokenizers offline from a tokenizer.json file or a Hugging Face tokenizer directory."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+from tokenizers import Tokenizer
+
+
+class TokenizerLoadError(ValueError):
+    pass
+
+
+def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
+    """Return the fast `tokenizers.Tokenizer` behind `path` (tokenizer.json or an HF directory).
+
+    A directory without tokenizer.json (e.g. vocab.json + merges.txt only) is converted through
+    transformers, still offline.
+    """
+    path = Path(path)
+    if path.is_file():
+        try:
+            return Tokenizer.from_file(str(path))
+        except Exception as e:  # tokenizers raises a bare Exception on bad JSON
+            raise TokenizerLoadError(f"{path}: not a tokenizer.json file ({e})") from e
+    if path.is_dir():
+        if (path / "tokenizer.json").is_file():
+            return load_tokenizer(path / "tokenizer.json")
+        from transformers import AutoTokenizer
+
+        try:
+            hf = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        except Exception as e:
+            raise TokenizerLoadError(f"{path}: no tokenizer.json and transformers cannot load it ({e})") from e
+        backend = getattr(hf, "backend_tokenizer", None) or getattr(hf, "_tokenizer", None)
+        if backend is None:
+            raise TokenizerLoadError(f"{path}: tokenizer has no fast (tokenizers) backend")
+        return backend
+    raise TokenizerLoadError(f"{path}: no such tokenizer file or directory")
+
+
+def tokenizer_fingerprint(tok: Tokenizer) -> str:
+    """sha256 of the tokenizer's canonical JSON: names a tokenizer's identity in manifests."""
+    return hashlib.sha256(tok.to_str().encode("utf-8")).hexdigest()
