@@ -14,12 +14,19 @@ class TokenizerLoadError(ValueError):
 
 
 def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
-    """Return the fast `tokenizers.Tokenizer` behind `path` (tokenizer.json or an HF directory).
+    """Return the fast `tokenizers.Tokenizer` behind `path` (tokenizer.json, an HF directory or a gguf file).
 
-    A directory without tokenizer.json (e.g. vocab.json + merges.txt only) is converted through
-    transformers, still offline.
+    A directory without tokenizer.json (e.g. vocab.json + merges.txt only) and a gguf model file are
+    converted through transformers, still offline.
     """
     path = Path(path)
+    if path.is_file() and path.suffix == ".gguf":
+        from transformers import AutoTokenizer
+
+        try:
+            return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name).backend_tokenizer
+        except Exception as e:
+            raise TokenizerLoadError(f"{path}: transformers cannot read a tokenizer from this gguf file ({e})") from e
     if path.is_file():
         try:
             return Tokenizer.from_file(str(path))
