@@ -1,0 +1,223 @@
+"""The model directory: stage-0 output and every stage's final/ hand-off.
+
+    model.safetensors      split parameter names (e.g. model.embed_tokens.original / .added)
+    config.json            the Hugging Face config (vocab_size = padded size, tie_word_embeddings = false)
+    megaeeve_model.json    ModelMeta: vocabulary layout, module paths, both tokenizers' fingerprints
+    tokenizer files        the expanded tokenizer as copied from its directory (AutoTokenizer loads them)
+    base_tokenizer/        tokenizer.json of the base tokenizer (its identity)
+
+Loading under ZeRO-3 builds the model inside deepspeed.zero.Init, so each rank only ever holds its
+partition plus one module gathered at a time, and reads weights lazily on rank 0.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from megaeeve.atomic import atomic_dir, write_json
+from megaeeve.model.split import SplitEmbedding, SplitLMHead
+
+MODEL_FILE = "model.safetensors"
+META_FILE = "megaeeve_model.json"
+CONFIG_FILE = "config.json"
+BASE_TOKENIZER_DIR = "base_tokenizer"
+FORMAT = "megaeeve-model/1"
+RESERVED_NAMES = {MODEL_FILE, META_FILE, CONFIG_FILE, BASE_TOKENIZER_DIR, "generation_config.json"}
+
+
+class ModelDirError(ValueError):
+    pass
+
+
+@dataclasses.dataclass
+class ModelMeta:
+    """What a model directory holds beyond the HF config; written as megaeeve_model.json."""
+
+    base_vocab_size: int  # ids [0, base_vocab_size) are the base tokenizer's, rows in `original`
+    num_added: int  # ids [base_vocab_size, base_vocab_size + num_added) are new, rows in `added`
+    padded_vocab_size: int  # config.vocab_size; ids above the tokenizer are padding (not stored)
+    hidden_size: int
+    input_embedding: str  # module path of the input embedding, e.g. "model.embed_tokens"
+    output_embedding: str  # module path of the lm_head, e.g. "lm_head"
+    lm_head_bias: bool
+    tied_untied: bool  # the base tied input and output embeddings; extension copied them apart
+    base_model_rows: int  # embedding rows of the base model (rows past base_vocab_size were padding)
+    base_model: str
+    base_tokenizer: str
+    base_tokenizer_fingerprint: str
+    tokenizer_fingerprint: str
+    tokenizer_files: list[str]  # files of the expanded tokenizer in the directory (export copies them)
+    format: str = FORMAT
+
+    @property
+    def vocab_size(self) -> int:
+        """Size of the expanded tokenizer."""
+        return self.base_vocab_size + self.num_added
+
+    @property
+    def num_padding(self) -> int:
+        return self.padded_vocab_size - self.vocab_size
+
+    def split_names(self) -> dict[str, str]:
+        """Split parameter name -> role (see megaeeve.model.parameter_roles)."""
+        names = {
+            f"{self.input_embedding}.original": "input_original",
+            f"{self.input_embedding}.added": "input_added",
+            f"{self.output_embedding}.original": "output_original",
+            f"{self.output_embedding}.added": "output_added",
+        }
+        if self.lm_head_bias:
+            names[f"{self.output_embedding}.bias_original"] = "output_original"
+            names[f"{self.output_embedding}.bias_added"] = "output_added"
+        return names
+
+
+def read_model_meta(model_dir: str | Path) -> ModelMeta:
+    """Read megaeeve_model.json; a missing or foreign file is a clear error naming it."""
+    path = Path(model_dir) / META_FILE
+    if not path.is_file():
+        raise ModelDirError(f"{path} is missing: {model_dir} is not a megaeeve model directory")
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if data.get("format") != FORMAT:
+        raise ModelDirError(f"{path}: format {data.get('format')!r}, expected {FORMAT!r}")
+    fields = {f.name for f in dataclasses.fields(ModelMeta)}
+    unknown = set(data) - fields
+    if unknown:
+        raise ModelDirError(f"{path}: unknown keys {sorted(unknown)}")
+    return ModelMeta(**data)
+
+
+def build_split_model(config, meta: ModelMeta, dtype: torch.dtype) -> nn.Module:
+    """The HF model of `config` with the split embedding and head installed, weights uninitialised.
+
+    Run it inside deepspeed.zero.Init to get partitioned parameters; the replaced full-size modules are
+    never initialised (no_init_weights) and freed at once.
+    """
+    from transformers import AutoModelForCausalLM
+    from transformers.initialization import no_init_weights
+
+    with no_init_weights():
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    sizes = (meta.base_vocab_size, meta.num_added, meta.num_padding, meta.hidden_size)
+    model.set_submodule(meta.input_embedding, SplitEmbedding(*sizes, dtype=dtype))
+    model.set_submodule(meta.output_embedding, SplitLMHead(*sizes, bias=meta.lm_head_bias, dtype=dtype))
+    return model
+
+
+def _zero3(ds_config: dict | None) -> bool:
+    return bool(ds_config) and ds_config.get("zero_optimization", {}).get("stage", 0) == 3
+
+
+def load_model_dir(model_dir: str | Path, ds_config: dict | None = None,
+                   dtype: torch.dtype = torch.float32) -> nn.Module:
+    """Build the split model of a model directory and load its weights (returned in eval mode).
+
+    With ZeRO stage 3 in `ds_config` the model is built under deepspeed.zero.Init and each module's
+    parameters are filled inside GatheredParameters(modifier_rank=0) from rank 0's lazy safetensors
+    reads: no rank ever holds more than its partition plus the largest single module.
+    """
+    from transformers import AutoConfig
+
+    model_dir = Path(model_dir)
+    meta = read_model_meta(model_dir)
+    config = AutoConfig.from_pretrained(str(model_dir))
+    zero3 = _zero3(ds_config)
+    with contextlib.ExitStack() as stack:
+        if zero3:
+            import deepspeed
+            from transformers.integrations.deepspeed import prevent_arange_dtype_change
+
+            stack.enter_context(prevent_arange_dtype_change())  # keeps RoPE buffers in fp32
+            stack.enter_context(deepspeed.zero.Init(config_dict_or_path=ds_config))
+        model = build_split_model(config, meta, dtype)
+    _load_weights(model, model_dir / MODEL_FILE, zero3)
+    return model.eval()
+
+
+def _expected_names(model: nn.Module) -> set[str]:
+    return set(model.state_dict().keys())
+
+
+def _load_weights(model: nn.Module, path: Path, zero3: bool) -> None:
+    import torch.distributed as dist
+
+    rank = dist.get_rank() if zero3 and dist.is_initialized() else 0
+    with safe_open(str(path), framework="pt") as f, torch.no_grad():
+        in_file, expected = set(f.keys()), _expected_names(model)
+        if in_file != expected:
+            raise ModelDirError(f"{path}: tensors do not match the model: missing {sorted(expected - in_file)[:5]}, "
+                                f"unexpected {sorted(in_file - expected)[:5]}")
+        for prefix, module in model.named_modules():
+            params = list(module.named_parameters(recurse=False))
+            gather = contextlib.nullcontext()
+            if zero3 and params:
+                import deepspeed
+
+                gather = deepspeed.zero.GatheredParameters([p for _, p in params], modifier_rank=0)
+            with gather:
+                if rank == 0:
+                    for name, param in params:
+                        _copy(param, f, f"{prefix}.{name}" if prefix else name, path)
+            for name, buf in module.named_buffers(recurse=False):  # buffers are not partitioned: all ranks
+                key = f"{prefix}.{name}" if prefix else name
+                if key in in_file:
+                    _copy(buf, f, key, path)
+
+
+def _copy(target: torch.Tensor, f, key: str, path: Path) -> None:
+    tensor = f.get_tensor(key)
+    if tensor.shape != target.shape:
+        raise ModelDirError(f"{path}: {key} has shape {tuple(tensor.shape)}, the model expects {tuple(target.shape)}")
+    target.data.copy_(tensor)
+
+
+def save_model_dir(state_dict: dict[str, torch.Tensor], src_dir: str | Path, out_dir: str | Path,
+                   overwrite: bool = False) -> Path:
+    """Write a model directory atomically from a consolidated state dict (names/shapes as in src_dir).
+
+    Everything but the weights (config, meta, tokenizers) is copied from `src_dir`.
+    """
+    src_dir, out_dir = Path(src_dir), Path(out_dir)
+    read_model_meta(src_dir)
+    with safe_open(str(src_dir / MODEL_FILE), framework="pt") as f:
+        shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    missing, unexpected = set(shapes) - set(state_dict), set(state_dict) - set(shapes)
+    if missing or unexpected:
+        raise ModelDirError(f"state dict does not match {src_dir / MODEL_FILE}: missing {sorted(missing)[:5]}, "
+                            f"unexpected {sorted(unexpected)[:5]}")
+    for key, tensor in state_dict.items():
+        if tuple(tensor.shape) != shapes[key]:
+            raise ModelDirError(f"state dict {key} has shape {tuple(tensor.shape)}, {src_dir} has {shapes[key]}")
+    with atomic_dir(out_dir, overwrite=overwrite) as tmp:
+        for entry in src_dir.iterdir():
+            if entry.name == MODEL_FILE:
+                continue
+            if entry.is_dir():
+                shutil.copytree(entry, tmp / entry.name)
+            else:
+                shutil.copy2(entry, tmp / entry.name)
+        save_file({k: v.detach().cpu().contiguous() for k, v in state_dict.items()}, str(tmp / MODEL_FILE),
+                  metadata={"format": "pt"})
+    return out_dir
+
+
+def write_model_dir(tmp: Path, state_dict: dict[str, torch.Tensor], config, meta: ModelMeta,
+                    tokenizer_dir: Path, base_tokenizer) -> None:
+    """Fill a fresh (temporary) directory with a model directory's files; the caller renames it."""
+    save_file({k: v.detach().contiguous() for k, v in state_dict.items()}, str(tmp / MODEL_FILE),
+              metadata={"format": "pt"})
+    config.save_pretrained(str(tmp))
+    for name in meta.tokenizer_files:
+        shutil.copy2(tokenizer_dir / name, tmp / name)
+    (tmp / BASE_TOKENIZER_DIR).mkdir()
+    base_tokenizer.save(str(tmp / BASE_TOKENIZER_DIR / "tokenizer.json"))
+    write_json(tmp / META_FILE, dataclasses.asdict(meta))

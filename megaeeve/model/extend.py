@@ -1,0 +1,143 @@
+"""Extend a base causal LM to an expanded tokenizer: split embeddings, EEVE init, stage-0 directory.
+
+Works for any Hugging Face causal LM whose embeddings come from get_input_embeddings /
+get_output_embeddings. Tied embeddings are untied (the output rows are a copy), which the result and
+megaeeve_model.json record. Every check runs before the output directory is created, and the
+directory appears atomically.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer
+
+from megaeeve.atomic import atomic_dir
+from megaeeve.model.checkpoint import RESERVED_NAMES, ModelMeta, write_model_dir
+from megaeeve.model.init import eeve_rows, token_pieces
+from megaeeve.tokenizer_io import load_tokenizer, tokenizer_fingerprint
+
+EXPANSION_REPORT = "expansion_report.json"
+
+
+class ExtendError(ValueError):
+    pass
+
+
+def load_base_model(path: str | Path):
+    """An HF model directory or a gguf file, loaded offline in fp32."""
+    from transformers import AutoModelForCausalLM
+
+    path = Path(path)
+    if path.is_file() and path.suffix == ".gguf":
+        return AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
+    if not (path / "config.json").is_file():
+        raise ExtendError(f"{path}: neither a gguf file nor a Hugging Face model directory (no config.json)")
+    return AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+
+
+def base_vocab_size_of(tokenizer_dir: Path, base: Tokenizer) -> int:
+    """base_vocab_size from the expansion report when there is one, else the base tokenizer's size."""
+    size = base.get_vocab_size(with_added_tokens=True)
+    report = tokenizer_dir / EXPANSION_REPORT
+    if report.is_file():
+        reported = json.loads(report.read_text(encoding="utf-8")).get("base_vocab_size")
+        if reported != size:
+            raise ExtendError(f"{report}: base_vocab_size {reported} but the base tokenizer has {size} tokens")
+    return size
+
+
+def check_extension(base: Tokenizer, expanded: Tokenizer, base_vocab_size: int, tokenizer_path: Path) -> int:
+    """Validate that `expanded` keeps every base id's string and appends contiguous ids; return its size."""
+    size = expanded.get_vocab_size(with_added_tokens=True)
+    if size <= base_vocab_size:
+        raise ExtendError(f"{tokenizer_path}: {size} tokens, no new tokens after the base's {base_vocab_size}")
+    for i in range(base_vocab_size):
+        old, new = base.id_to_token(i), expanded.id_to_token(i)
+        if old != new:
+            raise ExtendError(f"{tokenizer_path} is not an extension of the base tokenizer: id {i} is {new!r} "
+                              f"there, {old!r} in the base")
+    for i in range(base_vocab_size, size):
+        if expanded.id_to_token(i) is None:
+            raise ExtendError(f"{tokenizer_path}: new ids are not contiguous, id {i} has no token")
+    return size
+
+
+def _module_path(model, module) -> str:
+    return next(name for name, m in model.named_modules() if m is module)
+
+
+def extend_model(base_model: str | Path, base_tokenizer: str | Path, tokenizer: str | Path, output: str | Path,
+                 pad_vocab_to_multiple_of: int = 64, overwrite: bool = False) -> ModelMeta:
+    """Write the stage-0 model directory `output`; return its ModelMeta."""
+    tokenizer, output = Path(tokenizer), Path(output)
+    if output.exists() and not overwrite:
+        raise FileExistsError(f"{output} already exists; pass --overwrite to replace it")
+    if not (tokenizer / "tokenizer.json").is_file():
+        raise ExtendError(f"{tokenizer}: not a tokenizer directory (no tokenizer.json)")
+    if pad_vocab_to_multiple_of < 1:
+        raise ExtendError(f"--pad-vocab-to-multiple-of must be >= 1, got {pad_vocab_to_multiple_of}")
+    tokenizer_files = sorted(p.name for p in tokenizer.iterdir() if p.is_file())
+    clash = RESERVED_NAMES & set(tokenizer_files)
+    if clash:
+        raise ExtendError(f"{tokenizer}: holds {sorted(clash)}, which a model directory reserves")
+    base_tok, new_tok = load_tokenizer(base_tokenizer), load_tokenizer(tokenizer)
+    base_size = base_vocab_size_of(tokenizer, base_tok)
+    vocab_size = check_extension(base_tok, new_tok, base_size, tokenizer)
+    pieces = token_pieces(base_tok, new_tok, range(base_size, vocab_size))
+
+    model = load_base_model(base_model)
+    inp, out = model.get_input_embeddings(), model.get_output_embeddings()
+    rows, hidden = inp.weight.shape
+    if rows < base_size:
+        raise ExtendError(f"{base_model}: the model has {rows} embedding rows but the base tokenizer "
+                          f"{base_tokenizer} has {base_size} tokens: vocabulary sizes disagree")
+    if out is None or out.weight.shape != inp.weight.shape:
+        raise ExtendError(f"{base_model}: the lm_head does not match the input embedding ({rows}x{hidden})")
+    in_path, out_path = _module_path(model, inp), _module_path(model, out)
+    tied = out.weight is inp.weight or out.weight.data_ptr() == inp.weight.data_ptr()
+    bias = getattr(out, "bias", None)
+
+    added_in, added_out, added_bias = eeve_rows(inp.weight, out.weight, bias, pieces)
+    state = {k: v for k, v in model.state_dict().items()
+             if k not in {f"{in_path}.weight", f"{out_path}.weight", f"{out_path}.bias"}}
+    state[f"{in_path}.original"] = inp.weight[:base_size].float().clone()
+    state[f"{in_path}.added"] = added_in
+    state[f"{out_path}.original"] = out.weight[:base_size].float().clone()
+    state[f"{out_path}.added"] = added_out
+    if bias is not None:
+        state[f"{out_path}.bias_original"] = bias[:base_size].float().clone()
+        state[f"{out_path}.bias_added"] = added_bias
+
+    padded = math.ceil(vocab_size / pad_vocab_to_multiple_of) * pad_vocab_to_multiple_of
+    config = copy.deepcopy(model.config)
+    config.vocab_size = padded
+    config.tie_word_embeddings = False
+    meta = ModelMeta(
+        base_vocab_size=base_size, num_added=vocab_size - base_size, padded_vocab_size=padded, hidden_size=hidden,
+        input_embedding=in_path, output_embedding=out_path, lm_head_bias=bias is not None, tied_untied=tied,
+        base_model_rows=rows,
+        base_model=str(base_model), base_tokenizer=str(base_tokenizer),
+        base_tokenizer_fingerprint=tokenizer_fingerprint(base_tok), tokenizer_fingerprint=tokenizer_fingerprint(new_tok),
+        tokenizer_files=tokenizer_files,
+    )
+    with atomic_dir(output, overwrite=overwrite) as tmp:
+        write_model_dir(tmp, state, config, meta, tokenizer, base_tok)
+    return meta
+
+
+def describe(meta: ModelMeta) -> str:
+    """Human summary printed by tools/extend_model.py."""
+    lines = [f"{k}: {v}" for k, v in dataclasses.asdict(meta).items() if k != "tokenizer_files"]
+    if meta.tied_untied:
+        lines.append("NOTE: the base model ties input and output embeddings; they are now untied "
+                     "(the lm_head rows are a copy of the input rows).")
+    if meta.base_model_rows > meta.base_vocab_size:
+        lines.append(f"NOTE: the base model's {meta.base_model_rows - meta.base_vocab_size} padding rows after id "
+                     f"{meta.base_vocab_size - 1} were dropped; new tokens take those ids.")
+    return "\n".join(lines)
