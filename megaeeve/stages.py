@@ -1,0 +1,107 @@
+"""The seven EEVE training stages, as data.
+
+This is the one place where a stage's trainable set is decided. Each stage names the parameter
+*roles* it trains (roles come from `megaeeve.model.parameter_roles`, which splits the input
+embedding and the lm_head into base rows ("original") and new rows ("added")), plus default
+budget and learning rate. A run config (RUN.yaml `stages:`) overrides any field per stage, adds
+stages with their own numbers, or replaces the whole table (`default_stages: false`): no code
+change is needed for a custom schedule.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+ROLES = ("input_original", "input_added", "output_original", "output_added", "body")
+EMBEDDING_ROLES = frozenset(ROLES) - {"body"}
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage: what trains, for how long, how fast."""
+
+    number: int
+    description: str
+    trainable: tuple[str, ...]
+    lr: float
+    steps: int | None = 200
+    tokens: int | None = None  # budget in tokens; wins over `steps` when set
+    warmup_ratio: float = 0.05
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.0  # body matrices (biases and norms never decay)
+    embedding_weight_decay: float = 0.0  # embedding / lm_head rows: none unless asked
+    data_weights: Mapping[str, float] | None = None  # per dataset name; None: the run's weights
+
+    def __post_init__(self) -> None:
+        unknown = set(self.trainable) - set(ROLES)
+        if unknown:
+            raise ValueError(f"stage {self.number}: unknown role(s) {sorted(unknown)}; roles are {list(ROLES)}")
+        if not self.trainable:
+            raise ValueError(f"stage {self.number}: trains nothing (empty `trainable`)")
+        if self.lr <= 0:
+            raise ValueError(f"stage {self.number}: lr must be > 0, got {self.lr}")
+        if (self.steps is None or self.steps <= 0) and (self.tokens is None or self.tokens <= 0):
+            raise ValueError(f"stage {self.number}: needs a budget: `steps` > 0 or `tokens` > 0")
+        if not 0 <= self.warmup_ratio < 1 or not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"stage {self.number}: warmup_ratio must be in [0, 1) and min_lr_ratio in [0, 1]")
+
+
+# EEVE (Kim et al. 2024), seven stages. Embedding-only stages use a higher learning rate than the
+# stages that move transformer weights.
+DEFAULT_STAGES: dict[int, Stage] = {
+    s.number: s
+    for s in (
+        Stage(1, "new input embedding rows", ("input_added",), lr=2e-4),
+        Stage(2, "new output embedding rows", ("output_added",), lr=2e-4),
+        Stage(3, "new input + new output rows", ("input_added", "output_added"), lr=1e-4),
+        Stage(4, "all output rows", ("output_original", "output_added"), lr=5e-5),
+        Stage(5, "new input rows + all output rows", ("input_added", "output_original", "output_added"), lr=5e-5),
+        Stage(6, "all parameters", ROLES, lr=2e-5),
+        Stage(7, "transformer layers only", ("body",), lr=2e-5),
+    )
+}
+
+_FIELDS = {f.name for f in dataclasses.fields(Stage)} - {"number"}
+
+
+def stage_table(overrides: Mapping[int, Mapping[str, Any]] | None = None, use_defaults: bool = True) -> dict[int, Stage]:
+    """The stage table for a run: the defaults (unless `use_defaults` is False) with `overrides` applied.
+
+    A stage number absent from the defaults is a custom stage and must give at least
+    `trainable` and `lr`.
+    """
+    table = dict(DEFAULT_STAGES) if use_defaults else {}
+    for number, fields in (overrides or {}).items():
+        number = int(number)
+        unknown = set(fields) - _FIELDS
+        if unknown:
+            raise ValueError(f"stage {number}: unknown setting(s) {sorted(unknown)}; allowed: {sorted(_FIELDS)}")
+        fields = dict(fields)
+        if "trainable" in fields:
+            if isinstance(fields["trainable"], str):
+                fields["trainable"] = (fields["trainable"],)
+            fields["trainable"] = tuple(fields["trainable"])
+        if "data_weights" in fields and fields["data_weights"] is not None:
+            fields["data_weights"] = dict(fields["data_weights"])
+        if number in table:
+            table[number] = dataclasses.replace(table[number], **fields)
+        else:
+            missing = {"trainable", "lr"} - set(fields)
+            if missing:
+                raise ValueError(f"stage {number} is not a default stage; it must set {sorted(missing)}")
+            fields.setdefault("description", f"custom stage {number}")
+            table[number] = Stage(number, **fields)
+    return dict(sorted(table.items()))
+
+
+def trainable_names(roles: Mapping[str, str], stage: Stage) -> list[str]:
+    """Parameter names (from a name -> role map) that `stage` trains, in the map's order."""
+    missing = set(stage.trainable) - set(roles.values())
+    if missing:
+        raise ValueError(
+            f"stage {stage.number} trains role(s) {sorted(missing)} but the model has no parameter with them "
+            f"(roles present: {sorted(set(roles.values()))})"
+        )
+    return [name for name, role in roles.items() if role in stage.trainable]

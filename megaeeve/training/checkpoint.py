@@ -1,0 +1,145 @@
+"""Checkpoints inside a stage, and the hand-off between stages.
+
+Inside a stage: `engine.save_checkpoint` / `engine.load_checkpoint` (full: fp32 masters, Adam
+moments, scheduler) plus our client state (step, consumed samples, RNG states). DeepSpeed writes
+the `latest` file only after every rank saved, so a kill -9 mid-save resumes from the one before.
+
+Between stages: never `load_checkpoint` (it fails when the trainable set changes). The stage's
+final weights are consolidated into final/ (a model directory): trainable tensors as their fp32
+masters, frozen tensors copied from the stage's input directory after checking bitwise that the
+engine did not move them. DONE is written last; the next stage starts only from a DONE stage.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import deepspeed
+import numpy as np
+import torch
+import torch.distributed as dist
+from deepspeed.utils import safe_get_full_fp32_param
+from safetensors import safe_open
+
+from megaeeve.atomic import write_json
+from megaeeve.model import read_model_meta, save_model_dir
+from megaeeve.model.checkpoint import MODEL_FILE
+from megaeeve.tokenizer_io import load_tokenizer, tokenizer_fingerprint
+
+DONE = "DONE"
+
+
+class StageError(RuntimeError):
+    """A stage cannot start (missing or mismatching predecessor, completed stage without --overwrite)."""
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def latest_tag(ckpt_dir: Path) -> str | None:
+    latest = ckpt_dir / "latest"
+    return latest.read_text().strip() if latest.is_file() else None
+
+
+def save(engine: Any, ckpt_dir: Path, step: int, consumed_samples: int, keep: int) -> None:
+    """Save a resumable checkpoint (all ranks) and drop all but the newest `keep` ones (rank 0)."""
+    tag = f"step{step:08d}"
+    engine.save_checkpoint(str(ckpt_dir), tag=tag,
+                           client_state={"step": step, "consumed_samples": consumed_samples, "rng": rng_state()})
+    if dist.get_rank() == 0 and keep > 0:
+        tags = sorted(p for p in ckpt_dir.glob("step*") if p.is_dir())
+        for old in tags[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    dist.barrier()
+
+
+def resume(engine: Any, ckpt_dir: Path) -> tuple[int, int] | None:
+    """Load the latest checkpoint if any: returns (step, consumed samples) and restores RNG states."""
+    tag = latest_tag(ckpt_dir)
+    if tag is None:
+        return None
+    path, client = engine.load_checkpoint(str(ckpt_dir), tag=tag)
+    if path is None:
+        raise StageError(f"{ckpt_dir}: could not load checkpoint {tag}")
+    set_rng_state(client["rng"])
+    return int(client["step"]), int(client["consumed_samples"])
+
+
+def _config_shape(model_dir: Path) -> dict[str, Any]:
+    import json
+
+    cfg = json.loads((model_dir / "config.json").read_text())
+    return {k: cfg.get(k) for k in ("model_type", "vocab_size", "hidden_size", "num_hidden_layers",
+                                    "intermediate_size", "num_attention_heads")}
+
+
+def check_predecessor(stage_dir: Path, final_dir: Path, stage0_dir: Path) -> None:
+    """Refuse a predecessor stage that is incomplete or whose vocabulary/shape differs from the run's model."""
+    if not (stage_dir / DONE).is_file():
+        raise StageError(f"{stage_dir} has no {DONE} marker: finish that stage first")
+    ours, theirs = read_model_meta(stage0_dir), read_model_meta(final_dir)
+    for key in ("base_vocab_size", "num_added", "padded_vocab_size", "hidden_size", "tokenizer_fingerprint"):
+        if getattr(ours, key) != getattr(theirs, key):
+            raise StageError(f"{final_dir}: {key} = {getattr(theirs, key)!r} but the run's model {stage0_dir} "
+                             f"has {getattr(ours, key)!r}")
+    if _config_shape(final_dir) != _config_shape(stage0_dir):
+        raise StageError(f"{final_dir}/config.json shape {_config_shape(final_dir)} differs from {stage0_dir}'s "
+                         f"{_config_shape(stage0_dir)}")
+    tokenizer = final_dir / "tokenizer.json"
+    if tokenizer.is_file() and tokenizer_fingerprint(load_tokenizer(tokenizer)) != ours.tokenizer_fingerprint:
+        raise StageError(f"{tokenizer} is not the tokenizer of the run's model {stage0_dir}")
+
+
+def load_fp32_masters(model: torch.nn.Module, src_dir: Path) -> None:
+    """Set trainable parameters' fp32 masters to the exact tensors of `src_dir` (the hand-off is fp32,
+    the bf16 working copy loaded by load_model_dir is not)."""
+    from deepspeed.utils import safe_set_full_fp32_param
+
+    with safe_open(str(src_dir / MODEL_FILE), framework="pt") as f:
+        for name, p in model.named_parameters():
+            if p.requires_grad:
+                safe_set_full_fp32_param(p, f.get_tensor(name).float())
+
+
+def export_final(model: torch.nn.Module, src_dir: Path, out_dir: Path) -> None:
+    """Consolidate the stage's weights into `out_dir` (a model directory) on rank 0; all ranks call.
+
+    Trainable parameters: their fp32 masters. Frozen parameters and buffers: the input tensors,
+    after checking that the engine's copy still equals them bitwise (invariant 2).
+    """
+    rank = dist.get_rank()
+    state: dict[str, torch.Tensor] = {}
+    with safe_open(str(src_dir / MODEL_FILE), framework="pt") as f:
+        for name in f.keys():
+            state[name] = f.get_tensor(name)
+        for name, p in model.named_parameters():
+            if p.requires_grad:
+                full = safe_get_full_fp32_param(p)  # collective: every rank, same order
+                state[name] = full.detach().cpu().float()
+                continue
+            with deepspeed.zero.GatheredParameters([p], modifier_rank=None):
+                if rank == 0 and not torch.equal(p.data.cpu(), state[name].to(p.dtype)):
+                    raise StageError(f"frozen parameter {name} changed during the stage")
+    if rank == 0:
+        save_model_dir(state, src_dir, out_dir, overwrite=True)
+    dist.barrier()
+
+
+def write_done(stage_dir: Path, summary: dict[str, Any]) -> None:
+    """The completion marker, written last (rank 0)."""
+    write_json(stage_dir / DONE, summary)

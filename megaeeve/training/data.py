@@ -1,0 +1,50 @@
+"""A stage's data: the weighted train blend and one held-out set per dataset (for per-dataset eval loss)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from megaeeve.data.blending import BlendedDataset, blended_dataset, samples_per_dataset
+from megaeeve.data.gpt_dataset import DataError, PackedDataset, document_split, packed_dataset
+from megaeeve.stages import Stage
+from megaeeve.training.config import RunConfig
+
+
+@dataclass
+class StageData:
+    names: list[str]  # dataset names, index = the blend's dataset number
+    train: BlendedDataset
+    valid: dict[str, PackedDataset]
+
+
+def _open(prefix: Path):
+    from megaeeve.data.indexed import IndexedDataset
+
+    if not Path(f"{prefix}.idx").is_file() or not Path(f"{prefix}.bin").is_file():
+        raise DataError(f"dataset prefix {prefix}: {prefix}.bin / {prefix}.idx not found")
+    return IndexedDataset(str(prefix))
+
+
+def stage_data(cfg: RunConfig, stage: Stage, num_samples: int, base_vocab_size: int) -> StageData:
+    """Build (or load from the index cache) the blend of `num_samples` training samples."""
+    weights = dict(stage.data_weights) if stage.data_weights else {s.name: s.weight for s in cfg.data.sources}
+    sources = [s for s in cfg.data.sources if weights.get(s.name, 0) > 0]
+    if not sources:
+        raise DataError(f"{cfg.path}: stage {stage.number} gives every dataset weight 0")
+    cache_dir = cfg.data.cache_dir or cfg.run_dir / "index-cache"
+    vocab = cfg.data.base_vocab_size or base_vocab_size
+    w = [weights[s.name] for s in sources]
+    train_sets, valid = [], {}
+    for k, (source, n) in enumerate(zip(sources, samples_per_dataset(w, num_samples))):
+        docs = _open(source.prefix)
+        train_docs, valid_docs = document_split(len(docs), cfg.data.valid_fraction, str(source.prefix))
+        common = dict(seq_length=cfg.seq_length, cache_dir=cache_dir, base_vocab_size=vocab)
+        train_sets.append(packed_dataset(docs, source.prefix, train_docs, "train", n, seed=cfg.seed + 7919 * k,
+                                         new_token_bias=cfg.data.new_token_bias, **common))
+        valid[source.name] = packed_dataset(docs, source.prefix, valid_docs, "valid", cfg.training.eval_samples,
+                                            seed=cfg.seed, **common)
+    train = blended_dataset(train_sets, w, num_samples, cache_dir,
+                            {"datasets": [str(s.prefix) for s in sources], "seed": cfg.seed,
+                             "seq_length": cfg.seq_length, "bias": cfg.data.new_token_bias})
+    return StageData([s.name for s in sources], train, valid)

@@ -1,0 +1,126 @@
+"""One DeepSpeed ZeRO-3 engine per stage: freeze by role, parameter groups, warmup + cosine.
+
+`requires_grad` is fixed before `deepspeed.initialize`, which is why a stage is an engine (and a
+process) of its own: ZeRO-3 builds optimizer partitions only for parameters that require grad,
+so frozen parameters get no fp32 master, no Adam moments and no weight decay.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+import deepspeed
+import torch
+from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
+
+from megaeeve.stages import EMBEDDING_ROLES, Stage, trainable_names
+from megaeeve.training.config import ConfigError
+
+# Adam(W) keeps two fp32 moments per trainable parameter; ZeRO keeps an fp32 master copy too.
+ADAM_STATE_BYTES = 8
+FP32_MASTER_BYTES = 4
+
+
+def model_dtype(ds_config: Mapping[str, Any]) -> torch.dtype:
+    if ds_config.get("bf16", {}).get("enabled"):
+        return torch.bfloat16
+    if ds_config.get("fp16", {}).get("enabled"):
+        return torch.float16
+    return torch.float32
+
+
+def full_numel(p: torch.Tensor) -> int:
+    """Element count of a parameter, also when ZeRO-3 has partitioned it away (`ds_numel`)."""
+    return int(getattr(p, "ds_numel", p.numel()))
+
+
+def full_shape(p: torch.Tensor) -> tuple[int, ...]:
+    return tuple(getattr(p, "ds_shape", p.shape))
+
+
+def freeze_for_stage(model: nn.Module, roles: Mapping[str, str], stage: Stage) -> list[str]:
+    """Set requires_grad from the stage's roles; returns the trainable parameter names."""
+    names = set(trainable_names(roles, stage))
+    for name, p in model.named_parameters():
+        if name not in roles:
+            raise ValueError(f"parameter {name} has no role (parameter_roles does not cover it)")
+        p.requires_grad_(name in names)
+    return [n for n, _ in model.named_parameters() if n in names]
+
+
+def param_groups(model: nn.Module, roles: Mapping[str, str], stage: Stage) -> list[dict[str, Any]]:
+    """Optimizer groups of the trainable parameters only, each with the stage's lr and its weight decay.
+
+    Embedding and lm_head rows decay only if `embedding_weight_decay` asks; body matrices use
+    `weight_decay`; biases and norm weights (1-D) never decay.
+    """
+    groups: dict[str, dict[str, Any]] = {
+        "embeddings": {"weight_decay": stage.embedding_weight_decay},
+        "body_decay": {"weight_decay": stage.weight_decay},
+        "body_no_decay": {"weight_decay": 0.0},
+    }
+    for g in groups.values():
+        g.update(params=[], names=[], lr=stage.lr)
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        key = ("embeddings" if roles[name] in EMBEDDING_ROLES
+               else "body_decay" if len(full_shape(p)) >= 2 else "body_no_decay")
+        groups[key]["params"].append(p)
+        groups[key]["names"].append(name)
+    return [{"group": k, **g} for k, g in groups.items() if g["params"]]
+
+
+def warmup_cosine(total_steps: int, warmup_steps: int, min_lr_ratio: float):
+    """lr multiplier: linear warmup to 1, then cosine decay to `min_lr_ratio` at `total_steps`."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def initialize_engine(model: nn.Module, roles: Mapping[str, str], stage: Stage, ds_config: dict[str, Any],
+                      total_steps: int, where: str) -> Any:
+    """deepspeed.initialize with the stage's parameter groups and a warmup+cosine LambdaLR.
+
+    The optimizer comes from the ds_config's "optimizer" section when present (its group lr and
+    weight decay are overridden by ours), else torch AdamW. The schedule belongs to the run
+    config, so a ds_config "scheduler" section is refused rather than silently ignored.
+    """
+    if "scheduler" in ds_config:
+        raise ConfigError(f"{where}: remove the `scheduler` section; the run config sets each stage's schedule")
+    groups = param_groups(model, roles, stage)
+    for g in groups:
+        g.pop("names")
+    optimizer = None
+    if "optimizer" not in ds_config:
+        optimizer = torch.optim.AdamW(groups, lr=stage.lr, betas=(0.9, 0.95), eps=1e-8)
+    warmup = round(stage.warmup_ratio * total_steps)
+    schedule = warmup_cosine(total_steps, warmup, stage.min_lr_ratio)
+    engine, _, _, _ = deepspeed.initialize(
+        model=model,
+        model_parameters=groups if optimizer is None else None,
+        optimizer=optimizer,
+        lr_scheduler=lambda opt: LambdaLR(opt, schedule),
+        config=ds_config,
+    )
+    return engine
+
+
+def optimizer_state_bytes(trainable_numel: int) -> int:
+    """Adam moments plus the fp32 master copy (ZeRO-3 keeps one even in fp32 training), all ranks together."""
+    return trainable_numel * (ADAM_STATE_BYTES + FP32_MASTER_BYTES)
+
+
+def flops_per_token(model: nn.Module, roles: Mapping[str, str], seq_length: int) -> float:
+    """Model FLOPs per trained token, the usual MFU convention: 6 N (N = matmul parameters, i.e. all
+    but the input embedding) + 12 L h s for attention, counted whatever the stage freezes."""
+    n = sum(full_numel(p) for name, p in model.named_parameters() if not roles[name].startswith("input_"))
+    cfg = model.config
+    return 6.0 * n + 12.0 * cfg.num_hidden_layers * cfg.hidden_size * seq_length

@@ -1,0 +1,124 @@
+"""The training loop of one stage: accumulation, logging, eval per dataset, checkpoints, preemption."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from megaeeve.data.sampler import micro_batch_indices
+from megaeeve.training.config import BatchShape
+from megaeeve.training.data import StageData
+from megaeeve.training.metrics import Metrics
+from megaeeve.training.signals import StopRequest
+
+
+@dataclass
+class LoopState:
+    step: int  # optimizer steps done
+    consumed_samples: int  # samples consumed by all ranks together
+
+
+@dataclass
+class LoopSettings:
+    total_steps: int
+    batch: BatchShape
+    seq_length: int
+    base_vocab_size: int  # ids >= this are new tokens
+    flops_per_token: float
+    log_every: int
+    eval_every: int
+    checkpoint_every: int
+
+
+def lm_loss(engine: Any, tokens: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Mean next-token cross entropy of `tokens` [batch, seq+1] and the number of predicted tokens."""
+    inputs, labels = tokens[:, :-1], tokens[:, 1:]
+    logits = engine(input_ids=inputs).logits
+    loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten())
+    return loss, labels.numel()
+
+
+def _all_sum(values: list[float]) -> list[float]:
+    t = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def evaluate(engine: Any, data: StageData, micro: int) -> dict[str, float]:
+    """Held-out loss per dataset. Every rank runs the same number of forward passes (ZeRO-3 gathers
+    parameters collectively); samples past the end are padding with weight 0."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    engine.eval()
+    out = {}
+    with torch.no_grad():
+        for name, valid in data.valid.items():
+            n = len(valid)
+            per_rank = -(-n // world)
+            total = count = 0.0
+            for start in range(0, per_rank, micro):
+                idx = [rank + world * j for j in range(start, min(start + micro, per_rank))]
+                weight = torch.tensor([1.0 if i < n else 0.0 for i in idx])
+                tokens = torch.from_numpy(np.stack([valid[i if i < n else 0] for i in idx]))
+                logits = engine(input_ids=tokens[:, :-1]).logits.float()
+                losses = F.cross_entropy(logits.transpose(1, 2), tokens[:, 1:], reduction="none").mean(dim=1)
+                total += float((losses * weight).sum())
+                count += float(weight.sum())
+            total, count = _all_sum([total, count])
+            out[f"eval_loss_{name}"] = total / count
+    engine.train()
+    return out
+
+
+def train(engine: Any, data: StageData, state: LoopState, s: LoopSettings, metrics: Metrics,
+          stop: StopRequest, save: Callable[[LoopState], None]) -> bool:
+    """Train until `s.total_steps`; returns False if stopped early by a signal (after a checkpoint)."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    engine.train()
+    while state.step < s.total_steps:
+        t0 = time.perf_counter()
+        loss_sum = tokens_sum = new_sum = 0.0
+        checksum = 0
+        share_by_dataset = np.zeros(len(data.names))
+        for _ in range(s.batch.grad_accum):
+            idx = micro_batch_indices(state.consumed_samples, s.batch.micro, rank, world)
+            items = [data.train[i] for i in idx]
+            tokens = torch.from_numpy(np.stack([t for _, t in items]))
+            for k, _ in items:
+                share_by_dataset[k] += 1
+            loss, n = lm_loss(engine, tokens)
+            engine.backward(loss)
+            engine.step()
+            state.consumed_samples += s.batch.micro * world
+            loss_sum += float(loss) * n
+            tokens_sum += n
+            new_sum += float((tokens[:, :-1] >= s.base_vocab_size).sum())
+            checksum = (checksum * 1_000_003 + int((tokens * torch.arange(1, tokens.shape[1] + 1)).sum())) % (2**31 - 1)
+        state.step += 1
+        reduced = _all_sum([loss_sum, tokens_sum, new_sum, float(checksum), *share_by_dataset])
+        elapsed = time.perf_counter() - t0
+        if state.step % s.log_every == 0 or state.step == s.total_steps:
+            tokens_per_s = reduced[1] / elapsed
+            record = {
+                "kind": "train", "step": state.step, "consumed_samples": state.consumed_samples,
+                "loss": reduced[0] / reduced[1], "lr": float(engine.get_lr()[0]),
+                "grad_norm": float(engine.get_global_grad_norm() or 0.0), "tokens_per_s": tokens_per_s,
+                "tflops_per_device": s.flops_per_token * tokens_per_s / world / 1e12,
+                "new_token_share": reduced[2] / reduced[1], "step_time_s": elapsed,
+                "batch_checksum": int(reduced[3]),
+                **{f"samples_{name}": int(reduced[4 + k]) for k, name in enumerate(data.names)},
+            }
+            metrics.log(record)
+        if s.eval_every and state.step % s.eval_every == 0 and state.step < s.total_steps:
+            metrics.log({"kind": "eval", "step": state.step, **evaluate(engine, data, s.batch.micro)})
+        if stop.agreed():
+            save(state)
+            return False
+        if s.checkpoint_every and state.step % s.checkpoint_every == 0 and state.step < s.total_steps:
+            save(state)
+    return True

@@ -1,0 +1,46 @@
+"""Preemption: SIGUSR1 / SIGTERM -> checkpoint at the next step boundary, then exit for requeue.
+
+Exit codes of `megaeeve/train.py` (the SLURM scripts rely on them):
+
+    0   the stage finished (final/ and DONE written), or --dry-run printed its table
+    2   bad configuration or input (message names the file and key), or the stage may not start
+        (predecessor without DONE, vocabulary/shape mismatch, completed stage without --overwrite)
+    99  REQUEUE_EXIT_CODE: a signal arrived; a checkpoint of the last finished step was saved and
+        the same command resumes from it (`scontrol requeue` / rerun)
+
+A signal may reach only some ranks (SLURM's `--signal=B:USR1@N` goes to the batch shell, which
+forwards it), so ranks agree with an all-reduce at every step boundary before stopping together.
+"""
+
+from __future__ import annotations
+
+import signal
+
+import torch
+import torch.distributed as dist
+
+REQUEUE_EXIT_CODE = 99
+CONFIG_ERROR_EXIT_CODE = 2
+STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+
+
+class StopRequest:
+    """Remembers that a stop signal arrived; the training loop polls it at step boundaries."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def install(self) -> "StopRequest":
+        for s in STOP_SIGNALS:
+            signal.signal(s, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.signum = signum
+
+    def agreed(self) -> bool:
+        """True on every rank if any rank got a stop signal (collective: call on all ranks)."""
+        flag = torch.tensor([1 if self.signum is not None else 0], dtype=torch.int32)
+        if dist.is_initialized():
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
