@@ -96,20 +96,28 @@ def read_model_meta(model_dir: str | Path) -> ModelMeta:
     return ModelMeta(**data)
 
 
-def build_split_model(config, meta: ModelMeta, dtype: torch.dtype) -> nn.Module:
+def build_split_model(config, meta: ModelMeta, dtype: torch.dtype, ds_config: dict | None = None) -> nn.Module:
     """The HF model of `config` with the split embedding and head installed, weights uninitialised.
 
-    Run it inside deepspeed.zero.Init to get partitioned parameters; the replaced full-size modules are
-    never initialised (no_init_weights) and freed at once.
+    With ZeRO stage 3 in `ds_config` it is built inside deepspeed.zero.Init (partitioned parameters).
+    The replaced full-size modules are never initialised (no_init_weights) and are freed at once.
     """
-    from transformers import AutoModelForCausalLM
+    from transformers import MODEL_FOR_CAUSAL_LM_MAPPING, AutoModelForCausalLM
     from transformers.initialization import no_init_weights
 
-    with no_init_weights():
+    MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]  # import the model's module now: imports break under zero.Init
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(no_init_weights())
+        if _zero3(ds_config):
+            import deepspeed
+            from transformers.integrations.deepspeed import prevent_arange_dtype_change
+
+            stack.enter_context(prevent_arange_dtype_change())  # keeps RoPE buffers in fp32
+            stack.enter_context(deepspeed.zero.Init(config_dict_or_path=ds_config))
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    sizes = (meta.base_vocab_size, meta.num_added, meta.num_padding, meta.hidden_size)
-    model.set_submodule(meta.input_embedding, SplitEmbedding(*sizes, dtype=dtype))
-    model.set_submodule(meta.output_embedding, SplitLMHead(*sizes, bias=meta.lm_head_bias, dtype=dtype))
+        sizes = (meta.base_vocab_size, meta.num_added, meta.num_padding, meta.hidden_size)
+        model.set_submodule(meta.input_embedding, SplitEmbedding(*sizes, dtype=dtype))
+        model.set_submodule(meta.output_embedding, SplitLMHead(*sizes, bias=meta.lm_head_bias, dtype=dtype))
     return model
 
 
@@ -130,16 +138,8 @@ def load_model_dir(model_dir: str | Path, ds_config: dict | None = None,
     model_dir = Path(model_dir)
     meta = read_model_meta(model_dir)
     config = AutoConfig.from_pretrained(str(model_dir))
-    zero3 = _zero3(ds_config)
-    with contextlib.ExitStack() as stack:
-        if zero3:
-            import deepspeed
-            from transformers.integrations.deepspeed import prevent_arange_dtype_change
-
-            stack.enter_context(prevent_arange_dtype_change())  # keeps RoPE buffers in fp32
-            stack.enter_context(deepspeed.zero.Init(config_dict_or_path=ds_config))
-        model = build_split_model(config, meta, dtype)
-    _load_weights(model, model_dir / MODEL_FILE, zero3)
+    model = build_split_model(config, meta, dtype, ds_config)
+    _load_weights(model, model_dir / MODEL_FILE, _zero3(ds_config))
     return model.eval()
 
 
