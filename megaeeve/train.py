@@ -159,6 +159,11 @@ def run_stage(cfg: RunConfig, ds_config: dict, ds_path: Path, number: int, overw
 
     meta = read_model_meta(src_dir)
     dtype = model_dtype(ds_config)
+    # Import before zero.Init patches torch.Tensor.__new__: torch._dynamo (pulled in by
+    # transformers.modeling_utils) fails to import while that patch is active.
+    import torch._dynamo  # noqa: F401
+    import transformers.modeling_utils  # noqa: F401
+
     model = load_model_dir(src_dir, ds_config, dtype)
     roles = parameter_roles(model)
     freeze_for_stage(model, roles, stage)

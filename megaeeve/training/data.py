@@ -27,7 +27,11 @@ def _open(prefix: Path):
 
 
 def stage_data(cfg: RunConfig, stage: Stage, num_samples: int, base_vocab_size: int) -> StageData:
-    """Build (or load from the index cache) the blend of `num_samples` training samples."""
+    """Build (or load from the index cache) the blend of `num_samples` training samples.
+
+    Each stage shuffles with its own seed (run seed + stage number), so stages see the data in
+    different orders; the held-out samples are the same for every stage.
+    """
     weights = dict(stage.data_weights) if stage.data_weights else {s.name: s.weight for s in cfg.data.sources}
     sources = [s for s in cfg.data.sources if weights.get(s.name, 0) > 0]
     if not sources:
@@ -40,11 +44,11 @@ def stage_data(cfg: RunConfig, stage: Stage, num_samples: int, base_vocab_size: 
         docs = _open(source.prefix)
         train_docs, valid_docs = document_split(len(docs), cfg.data.valid_fraction, str(source.prefix))
         common = dict(seq_length=cfg.seq_length, cache_dir=cache_dir, base_vocab_size=vocab)
-        train_sets.append(packed_dataset(docs, source.prefix, train_docs, "train", n, seed=cfg.seed + 7919 * k,
+        train_sets.append(packed_dataset(docs, source.prefix, train_docs, "train", n, seed=cfg.seed + stage.number + 7919 * k,
                                          new_token_bias=cfg.data.new_token_bias, **common))
         valid[source.name] = packed_dataset(docs, source.prefix, valid_docs, "valid", cfg.training.eval_samples,
                                             seed=cfg.seed, **common)
     train = blended_dataset(train_sets, w, num_samples, cache_dir,
-                            {"datasets": [str(s.prefix) for s in sources], "seed": cfg.seed,
+                            {"datasets": [str(s.prefix) for s in sources], "seed": cfg.seed + stage.number,
                              "seq_length": cfg.seq_length, "bias": cfg.data.new_token_bias})
     return StageData([s.name for s in sources], train, valid)

@@ -82,6 +82,7 @@ def train(engine: Any, data: StageData, state: LoopState, s: LoopSettings, metri
     engine.train()
     while state.step < s.total_steps:
         t0 = time.perf_counter()
+        lr = float(engine.get_lr()[0])  # the lr this step uses
         loss_sum = tokens_sum = new_sum = 0.0
         checksum = 0
         share_by_dataset = np.zeros(len(data.names))
@@ -95,7 +96,7 @@ def train(engine: Any, data: StageData, state: LoopState, s: LoopSettings, metri
             engine.backward(loss)
             engine.step()
             state.consumed_samples += s.batch.micro * world
-            loss_sum += float(loss) * n
+            loss_sum += loss.item() * n
             tokens_sum += n
             new_sum += float((tokens[:, :-1] >= s.base_vocab_size).sum())
             checksum = (checksum * 1_000_003 + int((tokens * torch.arange(1, tokens.shape[1] + 1)).sum())) % (2**31 - 1)
@@ -106,7 +107,7 @@ def train(engine: Any, data: StageData, state: LoopState, s: LoopSettings, metri
             tokens_per_s = reduced[1] / elapsed
             record = {
                 "kind": "train", "step": state.step, "consumed_samples": state.consumed_samples,
-                "loss": reduced[0] / reduced[1], "lr": float(engine.get_lr()[0]),
+                "loss": reduced[0] / reduced[1], "lr": lr,
                 "grad_norm": float(engine.get_global_grad_norm() or 0.0), "tokens_per_s": tokens_per_s,
                 "tflops_per_device": s.flops_per_token * tokens_per_s / world / 1e12,
                 "new_token_share": reduced[2] / reduced[1], "step_time_s": elapsed,

@@ -25,6 +25,7 @@ class Metrics:
         self.bar = None
         if not enabled:
             return
+        stage_dir.mkdir(parents=True, exist_ok=True)
         self._truncate(start_step)
         self.file = open(self.path, "a", encoding="utf-8")
         if tensorboard:
