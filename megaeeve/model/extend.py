@@ -73,8 +73,12 @@ def _module_path(model, module) -> str:
 
 
 def extend_model(base_model: str | Path, base_tokenizer: str | Path, tokenizer: str | Path, output: str | Path,
-                 pad_vocab_to_multiple_of: int = 64, overwrite: bool = False) -> ModelMeta:
-    """Write the stage-0 model directory `output`; return its ModelMeta."""
+                 pad_vocab_to_multiple_of: int = 64, overwrite: bool = False, model=None) -> ModelMeta:
+    """Write the stage-0 model directory `output`; return its ModelMeta.
+
+    `model` is the base model already loaded from `base_model` (load_base_model); None loads it here,
+    after the tokenizer checks.
+    """
     tokenizer, output = Path(tokenizer), Path(output)
     if output.exists() and not overwrite:
         raise FileExistsError(f"{output} already exists; pass --overwrite to replace it")
@@ -91,7 +95,7 @@ def extend_model(base_model: str | Path, base_tokenizer: str | Path, tokenizer: 
     vocab_size = check_extension(base_tok, new_tok, base_size, tokenizer)
     pieces = token_pieces(base_tok, new_tok, range(base_size, vocab_size))
 
-    model = load_base_model(base_model)
+    model = load_base_model(base_model) if model is None else model
     inp, out = model.get_input_embeddings(), model.get_output_embeddings()
     rows, hidden = inp.weight.shape
     if rows < base_size:
@@ -118,6 +122,9 @@ def extend_model(base_model: str | Path, base_tokenizer: str | Path, tokenizer: 
     config = copy.deepcopy(model.config)
     config.vocab_size = padded
     config.tie_word_embeddings = False
+    config.architectures = [type(model).__name__]
+    if getattr(config, "quantization_config", None) is not None:  # gguf: the weights are dequantized to fp32
+        del config.quantization_config
     meta = ModelMeta(
         base_vocab_size=base_size, num_added=vocab_size - base_size, padded_vocab_size=padded, hidden_size=hidden,
         input_embedding=in_path, output_embedding=out_path, lm_head_bias=bias is not None, tied_untied=tied,
