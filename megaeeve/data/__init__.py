@@ -1,0 +1,2 @@
+"""Token datasets: Megatron MMIDIDX files (indexed.py), offline preprocessing (preprocess.py), packed
+training samples (gpt_dataset.py), blends (blending.py) and samplers (sampler.py)."""
