@@ -142,12 +142,13 @@ def run_stage(cfg: RunConfig, ds_config: dict, ds_path: Path, number: int, overw
     src_dir = cfg.model if previous is None else cfg.stage_dir(previous) / "final"
     if previous is not None:
         ckpt.check_predecessor(cfg.stage_dir(previous), src_dir, cfg.model)
+    completed = (stage_dir / DONE).is_file()
+    if completed and not overwrite:
+        raise StageError(f"stage {number} is complete ({stage_dir / DONE}); pass --overwrite to train it again")
     stop = StopRequest().install()
     deepspeed.init_distributed()
     rank, world = dist.get_rank(), dist.get_world_size()
-    if (stage_dir / DONE).is_file():
-        if not overwrite:
-            raise StageError(f"stage {number} is complete ({stage_dir / DONE}); pass --overwrite to train it again")
+    if completed:  # --overwrite: start the stage from scratch
         dist.barrier()
         if rank == 0:
             shutil.rmtree(stage_dir)
