@@ -5,7 +5,7 @@ Formats, chosen by file name:
   the text under a key (default ``text``).
 - Plain text: ``*.txt`` (optionally ``.gz``/``.zst``): one document per line; blank lines separate
   nothing and are counted as ``blank_line``, never treated as documents.
-- Parquet / Arrow: ``*.parquet``, ``*.arrow``: read with `datasets`, the text in a column.
+- Parquet / Arrow: ``*.parquet``, ``*.arrow``: read in record batches (pyarrow / `datasets`), the text in a column.
 
 Every line or row becomes one `Record`: either a document or the reason it is not one. The reader never
 drops anything; callers raise `CorpusError` on a bad record or, when asked to, skip and count it.
@@ -241,19 +241,62 @@ def iter_records(
         yield _check_text(shard.path, offset, line, obj[key], max_chars)
 
 
-def _iter_table(path: str, key: str, max_chars: int) -> Iterator[Record]:
-    import datasets
+TABLE_BATCH_ROWS = 1024
 
-    builder = "parquet" if path.lower().endswith(".parquet") else "arrow"
-    ds = datasets.load_dataset(builder, data_files=[path], split="train", streaming=True)
-    columns = ds.column_names
-    if columns is not None and key not in columns:
+
+def _table_batches(path: str, key: str) -> Iterator["pyarrow.RecordBatch"]:
+    """Record batches of the `key` column, never the whole table in memory.
+
+    Parquet is read row group by row group through pyarrow (the engine of `datasets`); Arrow files
+    are memory-mapped: the IPC stream format `datasets` writes through `datasets.Dataset.from_file`,
+    the IPC file format (Feather v2) through pyarrow. (Reading parquet through a `datasets` streaming
+    iterator aborted the interpreter at exit: "terminate called without an active exception".)
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if path.lower().endswith(".parquet"):
+        try:
+            source = pq.ParquetFile(path)
+        except (pa.ArrowException, OSError) as e:
+            raise CorpusError(f"{path}: not a readable parquet file ({e})") from e
+        columns = source.schema_arrow.names
+        _require_column(path, key, columns)
+        yield from source.iter_batches(batch_size=TABLE_BATCH_ROWS, columns=[key])
+        return
+    with open(path, "rb") as f:
+        file_format = f.read(6) == b"ARROW1"
+    try:
+        if file_format:
+            import pyarrow.ipc
+
+            reader = pyarrow.ipc.open_file(pa.memory_map(path))
+            _require_column(path, key, reader.schema.names)
+            for i in range(reader.num_record_batches):
+                batch = reader.get_batch(i).select([key])
+                for start in range(0, batch.num_rows, TABLE_BATCH_ROWS):
+                    yield batch.slice(start, TABLE_BATCH_ROWS)
+            return
+        import datasets
+
+        table = datasets.Dataset.from_file(path).data.table
+    except (pa.ArrowException, OSError) as e:
+        raise CorpusError(f"{path}: not a readable Arrow file ({e})") from e
+    _require_column(path, key, table.column_names)
+    yield from table.select([key]).to_batches(max_chunksize=TABLE_BATCH_ROWS)
+
+
+def _require_column(path: str, key: str, columns: list[str]) -> None:
+    if key not in columns:
         raise CorpusError(f"{path}: no column {key!r} (columns: {', '.join(columns)})")
-    for row, example in enumerate(ds):
-        if key not in example:
-            yield Record(path, row, None, "missing_key", f"no column {key!r}", row + 1)
-            continue
-        yield _check_text(path, row, row + 1, example[key], max_chars)
+
+
+def _iter_table(path: str, key: str, max_chars: int) -> Iterator[Record]:
+    row = 0
+    for batch in _table_batches(path, key):
+        for value in batch.column(0).to_pylist():
+            yield _check_text(path, row, row + 1, value, max_chars)
+            row += 1
 
 
 def iter_documents(
