@@ -1,0 +1,129 @@
+"""The stage table, RUN.yaml validation, parameter groups and the schedule (no processes launched)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from megaeeve.model import parameter_roles
+from megaeeve.model.checkpoint import ModelMeta, build_split_model
+from megaeeve.stages import DEFAULT_STAGES, ROLES, stage_table, trainable_names
+from megaeeve.training.config import ConfigError, batch_shape, load_run_config
+from megaeeve.training.engine import freeze_for_stage, param_groups, warmup_cosine
+
+DESIGN_TABLE = {  # ../shared/DESIGN.md "The seven stages"
+    1: {"input_added"},
+    2: {"output_added"},
+    3: {"input_added", "output_added"},
+    4: {"output_original", "output_added"},
+    5: {"input_added", "output_original", "output_added"},
+    6: set(ROLES),
+    7: {"body"},
+}
+
+
+@pytest.fixture(scope="module")
+def split_phi():
+    from transformers import PhiConfig
+
+    config = PhiConfig(vocab_size=128, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+                       tie_word_embeddings=False)
+    meta = ModelMeta(base_vocab_size=100, num_added=20, padded_vocab_size=128, hidden_size=16,
+                     input_embedding="model.embed_tokens", output_embedding="lm_head", lm_head_bias=True,
+                     tied_untied=False, base_model_rows=100, base_model="-", base_tokenizer="-",
+                     base_tokenizer_fingerprint="-", tokenizer_fingerprint="-", tokenizer_files=[])
+    with torch.device("meta"):
+        return build_split_model(config, meta, torch.float32)
+
+
+def test_default_table_is_the_eeve_schedule():
+    assert {n: set(s.trainable) for n, s in DEFAULT_STAGES.items()} == DESIGN_TABLE
+
+
+def test_each_stage_selects_exactly_its_roles(split_phi):
+    roles = parameter_roles(split_phi)
+    for number, stage in DEFAULT_STAGES.items():
+        names = set(trainable_names(roles, stage))
+        assert names == {n for n, r in roles.items() if r in DESIGN_TABLE[number]}
+    assert set(trainable_names(roles, DEFAULT_STAGES[2])) == {"lm_head.added", "lm_head.bias_added"}
+
+
+def test_overrides_and_custom_tables():
+    table = stage_table({2: {"lr": 1e-3, "tokens": 10_000}, 8: {"trainable": "body", "lr": 1e-5, "steps": 5}})
+    assert table[2].lr == 1e-3 and table[2].tokens == 10_000 and table[2].trainable == ("output_added",)
+    assert table[8].trainable == ("body",) and list(table) == list(range(1, 9))
+    custom = stage_table({1: {"trainable": ["input_added", "output_added"], "lr": 1e-4}}, use_defaults=False)
+    assert list(custom) == [1] and custom[1].trainable == ("input_added", "output_added")
+    with pytest.raises(ValueError, match="unknown role"):
+        stage_table({1: {"trainable": ["embeddings"]}})
+    with pytest.raises(ValueError, match="unknown setting"):
+        stage_table({1: {"learning_rate": 1}})
+    with pytest.raises(ValueError, match=r"must set \['lr'\]"):
+        stage_table({9: {"trainable": ["body"]}})
+
+
+def _write(tmp_path: Path, raw: dict) -> Path:
+    path = tmp_path / "RUN.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+BASE = {"run_dir": "runs/x", "model": "stage0", "seq_length": 64,
+        "data": [{"prefix": "data/ko", "weight": 0.7, "name": "ko"}, {"prefix": "data/en", "weight": 0.3}]}
+
+
+def test_run_config_resolves_paths_and_stages(tmp_path):
+    cfg = load_run_config(_write(tmp_path, {**BASE, "run_stages": [1, 3, 6], "stages": {3: {"lr": 3e-4}}}))
+    assert cfg.run_dir == tmp_path / "runs" / "x" and cfg.model == tmp_path / "stage0"
+    assert [s.name for s in cfg.data.sources] == ["ko", "en"] and cfg.data.sources[1].prefix == tmp_path / "data/en"
+    assert cfg.previous_stage(1) is None and cfg.previous_stage(3) == 1 and cfg.previous_stage(6) == 3
+    assert cfg.stages[3].lr == 3e-4
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"seq_length": None}, "missing required key `seq_length`"),
+    ({"epochs": 3}, r"unknown key\(s\) \['epochs'\]"),
+    ({"run_stages": [1, 9]}, r"run_stages names stage\(s\) \[9\]"),
+    ({"data": [{"prefix": "a", "weight": -1}]}, r"data.sources\[0\]: weight must be > 0"),
+    ({"data": [{"weight": 1}]}, r"data.sources\[0\]: missing required key `prefix`"),
+    ({"stages": {4: {"data_weights": {"fr": 1.0}}}}, r"stage 4 data_weights names unknown dataset\(s\) \['fr'\]"),
+    ({"training": {"checkpoint_every_n": 1}}, r"training: unknown key"),
+])
+def test_run_config_errors_name_file_and_key(tmp_path, change, message):
+    path = _write(tmp_path, {**BASE, **change})
+    with pytest.raises(ConfigError, match=message) as err:
+        load_run_config(path)
+    assert str(path) in str(err.value)
+
+
+def test_batch_shape_checks_the_ds_config():
+    assert batch_shape({"train_micro_batch_size_per_gpu": 2, "train_batch_size": 16}, 4, "ds.json").grad_accum == 2
+    with pytest.raises(ConfigError, match="ds.json: train_batch_size 10"):
+        batch_shape({"train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": 2, "train_batch_size": 10},
+                    2, "ds.json")
+
+
+def test_param_groups_hold_only_trainable_params_with_their_decay(split_phi):
+    roles = parameter_roles(split_phi)
+    stage = stage_table({6: {"weight_decay": 0.1}})[6]
+    freeze_for_stage(split_phi, roles, stage)
+    groups = {g["group"]: g for g in param_groups(split_phi, roles, stage)}
+    assert groups["embeddings"]["weight_decay"] == 0.0
+    assert groups["body_decay"]["weight_decay"] == 0.1 and groups["body_no_decay"]["weight_decay"] == 0.0
+    assert all(len(p.shape) == 1 for p in groups["body_no_decay"]["params"])
+    assert sum(len(g["params"]) for g in groups.values()) == len(list(split_phi.parameters()))
+    stage1 = DEFAULT_STAGES[1]
+    freeze_for_stage(split_phi, roles, stage1)
+    groups = param_groups(split_phi, roles, stage1)
+    assert [g["names"] for g in groups] == [["model.embed_tokens.added"]] and groups[0]["lr"] == stage1.lr
+    assert [n for n, p in split_phi.named_parameters() if p.requires_grad] == ["model.embed_tokens.added"]
+
+
+def test_warmup_then_cosine_to_the_floor():
+    f = warmup_cosine(total_steps=100, warmup_steps=10, min_lr_ratio=0.1)
+    assert [round(f(s), 3) for s in (0, 4, 9)] == [0.1, 0.5, 1.0]
+    assert f(10) == 1.0 and f(55) == pytest.approx(0.55) and f(100) == pytest.approx(0.1)
+    assert all(f(s) >= f(s + 1) for s in range(10, 100))
