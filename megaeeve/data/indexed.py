@@ -323,6 +323,8 @@ class IndexedDatasetWriter:
                 if os.path.exists(idx_path(self.prefix)):
                     os.unlink(idx_path(self.prefix))
                 os.replace(self._files["bin"][0], bin_path(self.prefix))
+                readable_by_all(bin_path(self.prefix))
+                readable_by_all(idx.name)
         finally:
             self._done = True
             self._remove_temporaries()
@@ -350,6 +352,13 @@ class IndexedDatasetWriter:
             self.finalize()
 
 
+def readable_by_all(path: str) -> None:
+    """Temporary files are created 0600; a finished dataset gets the usual 0666 & ~umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
 def _read_chunks(path: str, dtype: type, offset: int, count: int) -> Iterable[np.ndarray]:
     """`count` values of `dtype` from byte `offset` of `path`, CHUNK at a time (plain reads, no mmap)."""
     itemsize = np.dtype(dtype).itemsize
@@ -369,6 +378,8 @@ def merge_datasets(prefixes: Sequence[str | os.PathLike], out_prefix: str | os.P
     """Concatenate datasets (same dtype) into `out_prefix`, in order, streaming."""
     if not prefixes:
         raise ValueError("merge_datasets needs at least one input prefix")
+    if os.path.abspath(out_prefix) in {os.path.abspath(p) for p in prefixes}:
+        raise ValueError(f"{out_prefix}: the output prefix is also an input")
     headers = [IndexHeader(p) for p in prefixes]  # validate all before writing anything
     for h in headers[1:]:
         if h.dtype != headers[0].dtype:

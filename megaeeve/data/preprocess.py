@@ -1,0 +1,418 @@
+"""Tokenize text corpora into one Megatron MMIDIDX dataset, offline, on every core and across MPI ranks.
+
+How the work is cut:
+- the inputs are planned into shards (`corpus.plan_shards`, about `shard_bytes` each, at least one per
+  rank); rank r takes shards r, r + K, ... of K ranks;
+- a shard is read by a background thread (JSON parsing holds the GIL) while the main thread encodes the
+  previous batch with `Tokenizer.encode_batch_fast`, whose Rust thread pool uses `workers` cores with
+  the GIL released;
+- each finished shard is a complete part dataset (+ its counts) in a work directory beside the prefix,
+  `.NAME.parts/`; after a crash or kill -9, a rerun with the same inputs and options keeps the finished
+  parts and redoes only the rest;
+- rank 0 concatenates the parts in shard order (= input order, so any rank count gives the same bytes),
+  then writes PREFIX.bin, PREFIX.idx and, last, PREFIX.manifest.json, and removes the work directory.
+
+Nothing is dropped silently: a bad record stops the run with its file:line, or with `skip_bad` is
+counted by reason in the manifest (documents read = written + skipped).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+import queue
+import shutil
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from megaeeve.atomic import write_json
+from megaeeve.corpus import (
+    DEFAULT_MAX_CHARS, SKIP_REASONS, CorpusError, Record, Shard, expand_inputs, iter_records, plan_shards,
+)
+from megaeeve.data.indexed import (
+    IndexedDataset, IndexedDatasetWriter, bin_path, dtype_for_vocab, exists, idx_path, merge_datasets, readable_by_all,
+)
+from megaeeve.tokenizer_io import load_tokenizer, tokenizer_fingerprint
+
+MANIFEST_FORMAT = "megaeeve-preprocess/1"
+EXAMPLES_PER_REASON = 3
+MPI_ENV_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "MPI_LOCALNRANKS")
+
+
+class PreprocessError(ValueError):
+    """The run cannot produce a dataset (bad input, no EOD token, ids that do not fit); says why."""
+
+
+@dataclass
+class PreprocessConfig:
+    inputs: list[str]
+    output_prefix: str
+    tokenizer: str
+    json_key: str = "text"
+    append_eod: bool = False
+    eod_token: str | None = None
+    workers: int | None = None  # tokenizer threads per rank; default: this rank's share of the cores
+    skip_bad: bool = False
+    max_chars: int = DEFAULT_MAX_CHARS
+    batch_chars: int = 1 << 20  # characters per encode_batch call (enough for all cores, bounded memory)
+    shard_bytes: int = 64 << 20
+    progress: bool = True
+
+
+@dataclass
+class Counts:
+    """What happened to every record of some input: documents written, skipped by reason, blank lines."""
+
+    documents_read: int = 0
+    documents_written: int = 0
+    tokens_written: int = 0
+    blank_lines: int = 0
+    skipped: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SKIP_REASONS, 0))
+    skipped_examples: dict[str, list[str]] = field(default_factory=dict)
+
+    def skip(self, rec: Record) -> None:
+        self.documents_read += 1
+        self.skipped[rec.reason] += 1  # type: ignore[index]
+        examples = self.skipped_examples.setdefault(rec.reason, [])  # type: ignore[arg-type]
+        if len(examples) < EXAMPLES_PER_REASON:
+            examples.append(f"{rec.location()}: {rec.detail}" if rec.detail else rec.location())
+
+    def add(self, other: "Counts") -> None:
+        self.documents_read += other.documents_read
+        self.documents_written += other.documents_written
+        self.tokens_written += other.tokens_written
+        self.blank_lines += other.blank_lines
+        for reason, n in other.skipped.items():
+            self.skipped[reason] += n
+        for reason, examples in other.skipped_examples.items():
+            mine = self.skipped_examples.setdefault(reason, [])
+            mine.extend(examples[: EXAMPLES_PER_REASON - len(mine)])
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> "Counts":
+        return cls(**obj)
+
+
+# -- the tokenizer side ------------------------------------------------------------------------------
+def _eos_from_config(tokenizer_path: Path) -> str | None:
+    """The eos token named by a Hugging Face tokenizer directory (tokenizer_config / special tokens map)."""
+    directory = tokenizer_path if tokenizer_path.is_dir() else tokenizer_path.parent
+    if tokenizer_path.is_file() and tokenizer_path.name != "tokenizer.json":
+        return None
+    for name in ("tokenizer_config.json", "special_tokens_map.json"):
+        path = directory / name
+        if path.is_file():
+            eos = json.loads(path.read_text(encoding="utf-8")).get("eos_token")
+            if isinstance(eos, dict):
+                eos = eos.get("content")
+            if isinstance(eos, str) and eos:
+                return eos
+    return None
+
+
+def resolve_eod(tokenizer_path: str, tok, eod_token: str | None) -> int:
+    """Id of the end-of-document token: `eod_token`, else the tokenizer directory's eos token."""
+    token = eod_token or _eos_from_config(Path(tokenizer_path))
+    if token is None:
+        raise PreprocessError(
+            f"{tokenizer_path}: --append-eod needs an end-of-document token, and this tokenizer names no "
+            f"eos_token (tokenizer_config.json / special_tokens_map.json); pass --eod-token TOKEN"
+        )
+    eod = tok.token_to_id(token)
+    if eod is None:
+        raise PreprocessError(f"{tokenizer_path}: EOD token {token!r} is not in the vocabulary")
+    return eod
+
+
+# -- one shard -----------------------------------------------------------------------------------------
+def _record_batches(shard: Shard, cfg: PreprocessConfig, stop: threading.Event) -> Iterator[list[Record]]:
+    batch: list[Record] = []
+    chars = 0
+    for rec in iter_records(shard, cfg.json_key, cfg.max_chars):
+        batch.append(rec)
+        chars += len(rec.text) if rec.text is not None else 0
+        if chars >= cfg.batch_chars or len(batch) >= 65536:
+            yield batch
+            batch, chars = [], 0
+            if stop.is_set():
+                return
+    if batch:
+        yield batch
+
+
+def _prefetched(items: Iterator[Any], stop: threading.Event, depth: int = 2) -> Iterator[Any]:
+    """Run `items` in a background thread, `depth` items ahead; its exceptions re-raise here."""
+    q: queue.Queue = queue.Queue(depth)
+    end = object()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        q.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put(end)
+        except BaseException as e:  # handed to the consumer
+            q.put(e)
+
+    thread = threading.Thread(target=produce, daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is end:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join()
+
+
+def encode_shard(shard: Shard, tok, cfg: PreprocessConfig, eod: int | None, writer: IndexedDatasetWriter, bar) -> Counts:
+    """Tokenize the records of one shard into `writer`; returns what happened to each record."""
+    counts = Counts()
+    stop = threading.Event()
+    for batch in _prefetched(_record_batches(shard, cfg, stop), stop):
+        texts = []
+        for rec in batch:
+            if rec.text is not None:
+                texts.append(rec.text)
+            elif rec.reason == "blank_line":
+                counts.blank_lines += 1
+            elif cfg.skip_bad:
+                counts.skip(rec)
+            else:
+                raise rec.error()
+        if not texts:
+            continue
+        ids = [e.ids for e in tok.encode_batch_fast(texts, add_special_tokens=False)]
+        if eod is not None:
+            for doc in ids:
+                doc.append(eod)
+        lengths = np.fromiter(map(len, ids), np.int64, len(ids))
+        total = int(lengths.sum())
+        tokens = np.fromiter(itertools.chain.from_iterable(ids), np.int64, total)
+        try:
+            writer.add_documents(tokens, lengths)
+        except ValueError as e:
+            raise PreprocessError(f"{shard.path}: {e}") from e
+        counts.documents_read += len(texts)
+        counts.documents_written += len(texts)
+        counts.tokens_written += total
+        if bar is not None:
+            bar.update(len(texts))
+            elapsed = max(bar.format_dict["elapsed"], 1e-9)
+            bar.tokens += total
+            bar.set_postfix_str(f"{bar.tokens / elapsed:,.0f} tokens/s", refresh=False)
+    return counts
+
+
+# -- the run -------------------------------------------------------------------------------------------
+@dataclass
+class _Comm:
+    """This process's place among MPI ranks (a single process when not launched by mpiexec/srun)."""
+
+    rank: int = 0
+    size: int = 1
+    local_size: int = 1
+    mpi: Any = None
+
+    @classmethod
+    def detect(cls) -> "_Comm":
+        if not any(v in os.environ for v in MPI_ENV_VARS):
+            return cls()
+        from mpi4py import MPI
+
+        world = MPI.COMM_WORLD
+        local = world.Split_type(MPI.COMM_TYPE_SHARED)
+        return cls(world.Get_rank(), world.Get_size(), local.Get_size(), world)
+
+    def allgather(self, obj: Any) -> list[Any]:
+        return self.mpi.allgather(obj) if self.mpi is not None else [obj]
+
+    def bcast(self, obj: Any) -> Any:
+        return self.mpi.bcast(obj, root=0) if self.mpi is not None else obj
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 24):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _work_dir(prefix: str) -> Path:
+    p = Path(prefix)
+    return p.parent / f".{p.name}.parts"
+
+
+def _part(work: Path, i: int) -> str:
+    return str(work / f"part-{i:06d}")
+
+
+def _prepare_work_dir(work: Path, plan: dict[str, Any]) -> None:
+    """Keep finished parts only when they were made for exactly this plan; else start clean."""
+    plan_file = work / "plan.json"
+    if plan_file.is_file():
+        try:
+            if json.loads(plan_file.read_text()) == plan:
+                return
+        except json.JSONDecodeError:
+            pass
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    write_json(plan_file, plan)
+
+
+def _default_workers(comm: _Comm) -> int:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores // comm.local_size)
+
+
+def preprocess(cfg: PreprocessConfig) -> dict[str, Any] | None:
+    """Run the whole pipeline; returns the manifest on rank 0 (None on other ranks)."""
+    started = time.perf_counter()
+    comm = _Comm.detect()
+    workers = cfg.workers or _default_workers(comm)
+    # The tokenizers Rust pool reads these when it first starts (tests set PARALLELISM=false globally).
+    os.environ["RAYON_NUM_THREADS"] = str(workers)
+    os.environ["TOKENIZERS_PARALLELISM"] = "true"
+    try:
+        files = expand_inputs(cfg.inputs)
+        tok = load_tokenizer(cfg.tokenizer)
+    except (CorpusError, ValueError) as e:
+        raise PreprocessError(str(e)) from e
+    eod = resolve_eod(cfg.tokenizer, tok, cfg.eod_token) if cfg.append_eod else None
+    vocab_size = tok.get_vocab_size(with_added_tokens=True)
+    dtype = dtype_for_vocab(vocab_size)
+    total_bytes = sum(os.path.getsize(f) for f in files)
+    shards = plan_shards(files, max(comm.size, -(-total_bytes // cfg.shard_bytes)))
+    plan = {
+        "inputs": [[f, os.path.getsize(f), os.stat(f).st_mtime_ns] for f in files],
+        "shards": [[s.path, s.start, s.end] for s in shards],
+        "tokenizer": tokenizer_fingerprint(tok),
+        "options": [cfg.json_key, eod, cfg.max_chars, cfg.skip_bad, dtype.name, comm.size],
+    }
+    work = _work_dir(cfg.output_prefix)
+    if comm.rank == 0:
+        _prepare_work_dir(work, plan)
+    comm.bcast(None)  # the work directory is ready
+
+    error = None
+    hashes: dict[str, str] = {}
+    try:
+        _encode_my_shards(shards, comm, cfg, tok, eod, dtype, work, workers)
+        hashes = {f: _sha256(f) for f in files[comm.rank :: comm.size]}
+    except (CorpusError, PreprocessError) as e:
+        error = str(e)
+    except Exception as e:  # every rank must reach the allgather, or the others wait forever
+        if comm.size == 1:
+            raise
+        error = f"rank {comm.rank}: {type(e).__name__}: {e}"
+
+    results = comm.allgather((error, hashes))
+    errors = [e for e, _ in results if e]
+    if errors:
+        raise PreprocessError(errors[0])
+    if comm.rank != 0:
+        return None
+    for _, h in results:
+        hashes.update(h)
+    return _assemble(cfg, files, shards, hashes, work, tok, eod, dtype, vocab_size, comm, workers, started)
+
+
+def _encode_my_shards(shards: list[Shard], comm: _Comm, cfg: PreprocessConfig, tok, eod, dtype, work: Path, workers: int) -> None:
+    mine = [i for i in range(len(shards)) if i % comm.size == comm.rank]
+    todo = [i for i in mine if not (Path(_part(work, i) + ".json").is_file() and exists(_part(work, i)))]
+    bar = None
+    if cfg.progress and comm.rank == 0:
+        from tqdm import tqdm
+
+        desc = f"tokenizing ({workers} threads" + (f", rank 0 of {comm.size})" if comm.size > 1 else ")")
+        bar = tqdm(desc=desc, unit=" docs", unit_scale=True, smoothing=0.1)
+        bar.tokens = 0
+    try:
+        for i in todo:
+            with IndexedDatasetWriter(_part(work, i), dtype) as writer:
+                counts = encode_shard(shards[i], tok, cfg, eod, writer, bar)
+            write_json(_part(work, i) + ".json", asdict(counts))
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _assemble(cfg, files, shards, hashes, work: Path, tok, eod, dtype, vocab_size, comm, workers, started) -> dict[str, Any]:
+    """Rank 0: merge the parts in order and write the manifest (last: it marks the dataset complete)."""
+    per_file = {f: Counts() for f in files}
+    for i, shard in enumerate(shards):
+        per_file[shard.path].add(Counts.from_json(json.loads(Path(_part(work, i) + ".json").read_text())))
+    total = Counts()
+    for counts in per_file.values():
+        total.add(counts)
+    manifest_path = Path(f"{cfg.output_prefix}.manifest.json")
+    if manifest_path.exists():
+        manifest_path.unlink()
+    merge_datasets([_part(work, i) for i in range(len(shards))], cfg.output_prefix)
+    out = IndexedDataset(cfg.output_prefix)
+    skipped = sum(total.skipped.values())
+    if (out.num_documents, out.num_tokens) != (total.documents_written, total.tokens_written) or (
+        total.documents_read != total.documents_written + skipped
+    ):
+        raise PreprocessError(f"{cfg.output_prefix}: internal accounting mismatch; the parts in {work} disagree")
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "output_prefix": cfg.output_prefix,
+        "files": {"bin": bin_path(cfg.output_prefix), "idx": idx_path(cfg.output_prefix)},
+        "dtype": dtype.name,
+        "tokenizer": {"path": cfg.tokenizer, "sha256": tokenizer_fingerprint(tok), "vocab_size": vocab_size},
+        "json_key": cfg.json_key,
+        "append_eod": cfg.append_eod,
+        "eod_id": eod,
+        "max_chars": cfg.max_chars,
+        "skip_bad": cfg.skip_bad,
+        "documents": {
+            "read": total.documents_read,
+            "written": total.documents_written,
+            "skipped": skipped,
+            "skipped_by_reason": total.skipped,
+            "skipped_examples": total.skipped_examples,
+        },
+        "blank_lines": total.blank_lines,
+        "tokens_written": total.tokens_written,
+        "inputs": [
+            {"path": f, "bytes": os.path.getsize(f), "sha256": hashes[f], **_file_counts(per_file[f])} for f in files
+        ],
+        "ranks": comm.size,
+        "workers_per_rank": workers,
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+    write_json(manifest_path, manifest)
+    readable_by_all(str(manifest_path))
+    shutil.rmtree(work)
+    return manifest
+
+
+def _file_counts(c: Counts) -> dict[str, Any]:
+    return {
+        "documents_read": c.documents_read,
+        "documents_written": c.documents_written,
+        "skipped_by_reason": {r: n for r, n in c.skipped.items() if n},
+        "blank_lines": c.blank_lines,
+        "tokens_written": c.tokens_written,
+    }
