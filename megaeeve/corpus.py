@@ -192,53 +192,71 @@ def _iter_lines(shard: Shard) -> Iterator[tuple[int, int | None, bytes]]:
                 line_no += 1
 
 
-def _check_text(path: str, offset: int, line: int | None, text: object, max_chars: int) -> Record:
+def _blank(text: str) -> bool:
+    return not text or text.isspace()  # like `not text.strip()`, without copying the text
+
+
+def _check_text(path: str, offset: int, line: int | None, text: object, max_chars: int) -> str | Record:
+    """`text` itself when it is a document, else the `Record` saying why not."""
     if not isinstance(text, str):
         return Record(path, offset, None, "not_a_string", f"got {type(text).__name__}", line)
-    if not text.strip():
+    if _blank(text):
         return Record(path, offset, None, "empty", "", line)
     if "\x00" in text:
         return Record(path, offset, None, "nul_byte", f"NUL at character {text.index(chr(0))}", line)
     if len(text) > max_chars:
         return Record(path, offset, None, "too_long", f"{len(text)} characters > --max-chars {max_chars}", line)
-    return Record(path, offset, text, None, "", line)
+    return text
+
+
+def _iter_items(shard: Shard, key: str, max_chars: int) -> Iterator[tuple[int, int | None, str | Record]]:
+    """(offset, line, document text or `Record` of a non-document) for every line/row of `shard`."""
+    family, _ = _kind(shard.path)
+    if family == "table":
+        yield from _iter_table(shard.path, key, max_chars)
+        return
+    path = shard.path
+    for offset, line, raw in _iter_lines(shard):
+        try:
+            decoded = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            yield offset, line, Record(path, offset, None, "invalid_utf8", f"byte {e.start} of the line: {e.reason}", line)
+            continue
+        if family == "txt":
+            if _blank(decoded):
+                yield offset, line, Record(path, offset, None, "blank_line", "", line)
+                continue
+            yield offset, line, _check_text(path, offset, line, decoded, max_chars)
+            continue
+        if _blank(decoded):
+            yield offset, line, Record(path, offset, None, "empty", "blank line", line)
+            continue
+        try:
+            obj = json.loads(decoded)
+        except json.JSONDecodeError as e:
+            yield offset, line, Record(path, offset, None, "invalid_json", str(e), line)
+            continue
+        if not isinstance(obj, dict) or key not in obj:
+            what = f"no key {key!r}" if isinstance(obj, dict) else f"a JSON {type(obj).__name__}, not an object"
+            yield offset, line, Record(path, offset, None, "missing_key", what, line)
+            continue
+        yield offset, line, _check_text(path, offset, line, obj[key], max_chars)
 
 
 def iter_records(
     shard: Shard | str, key: str = "text", max_chars: int = DEFAULT_MAX_CHARS
 ) -> Iterator[Record]:
     """Yield every line/row of `shard` as a `Record`, in file order."""
-    if isinstance(shard, str):
-        shard = Shard(shard)
-    family, _ = _kind(shard.path)
-    if family == "table":
-        yield from _iter_table(shard.path, key, max_chars)
-        return
-    for offset, line, raw in _iter_lines(shard):
-        try:
-            decoded = raw.decode("utf-8")
-        except UnicodeDecodeError as e:
-            yield Record(shard.path, offset, None, "invalid_utf8", f"byte {e.start} of the line: {e.reason}", line)
-            continue
-        if family == "txt":
-            if not decoded.strip():
-                yield Record(shard.path, offset, None, "blank_line", "", line)
-                continue
-            yield _check_text(shard.path, offset, line, decoded, max_chars)
-            continue
-        if not decoded.strip():
-            yield Record(shard.path, offset, None, "empty", "blank line", line)
-            continue
-        try:
-            obj = json.loads(decoded)
-        except json.JSONDecodeError as e:
-            yield Record(shard.path, offset, None, "invalid_json", str(e), line)
-            continue
-        if not isinstance(obj, dict) or key not in obj:
-            what = f"no key {key!r}" if isinstance(obj, dict) else f"a JSON {type(obj).__name__}, not an object"
-            yield Record(shard.path, offset, None, "missing_key", what, line)
-            continue
-        yield _check_text(shard.path, offset, line, obj[key], max_chars)
+    shard = Shard(shard) if isinstance(shard, str) else shard
+    for offset, line, item in _iter_items(shard, key, max_chars):
+        yield item if isinstance(item, Record) else Record(shard.path, offset, item, None, "", line)
+
+
+def iter_texts(shard: Shard | str, key: str = "text", max_chars: int = DEFAULT_MAX_CHARS) -> Iterator[str | Record]:
+    """Like `iter_records`, but a document is its plain text (no `Record` built: the fast path)."""
+    shard = Shard(shard) if isinstance(shard, str) else shard
+    for _, _, item in _iter_items(shard, key, max_chars):
+        yield item
 
 
 TABLE_BATCH_ROWS = 1024
@@ -291,11 +309,11 @@ def _require_column(path: str, key: str, columns: list[str]) -> None:
         raise CorpusError(f"{path}: no column {key!r} (columns: {', '.join(columns)})")
 
 
-def _iter_table(path: str, key: str, max_chars: int) -> Iterator[Record]:
+def _iter_table(path: str, key: str, max_chars: int) -> Iterator[tuple[int, int, str | Record]]:
     row = 0
     for batch in _table_batches(path, key):
         for value in batch.column(0).to_pylist():
-            yield _check_text(path, row, row + 1, value, max_chars)
+            yield row, row + 1, _check_text(path, row, row + 1, value, max_chars)
             row += 1
 
 
@@ -304,8 +322,8 @@ def iter_documents(
 ) -> Iterator[str]:
     """Texts of all documents in `paths`; a bad record raises `CorpusError` unless `skip_bad`."""
     for path in paths:
-        for rec in iter_records(path, key, max_chars):
-            if rec.text is not None:
-                yield rec.text
-            elif rec.reason != "blank_line" and not skip_bad:
-                raise rec.error()
+        for item in iter_texts(path, key, max_chars):
+            if isinstance(item, str):
+                yield item
+            elif item.reason != "blank_line" and not skip_bad:
+                raise item.error()

@@ -18,6 +18,7 @@ counted by reason in the manifest (documents read = written + skipped).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
@@ -34,7 +35,7 @@ import numpy as np
 
 from megaeeve.atomic import write_json
 from megaeeve.corpus import (
-    DEFAULT_MAX_CHARS, SKIP_REASONS, CorpusError, Record, Shard, expand_inputs, iter_records, plan_shards,
+    DEFAULT_MAX_CHARS, SKIP_REASONS, CorpusError, Record, Shard, expand_inputs, iter_texts, plan_shards,
 )
 from megaeeve.data.indexed import (
     IndexedDataset, IndexedDatasetWriter, bin_path, dtype_for_vocab, exists, idx_path, merge_datasets, readable_by_all,
@@ -132,24 +133,48 @@ def resolve_eod(tokenizer_path: str, tok, eod_token: str | None) -> int:
 
 
 # -- one shard -----------------------------------------------------------------------------------------
-def _record_batches(shard: Shard, cfg: PreprocessConfig, stop: threading.Event) -> Iterator[list[Record]]:
-    batch: list[Record] = []
+def _batches(shard: Shard, cfg: PreprocessConfig) -> Iterator[list[str | Record]]:
+    """The shard's items (document texts and `Record`s of non-documents) in batches of ~batch_chars."""
+    batch: list[str | Record] = []
     chars = 0
-    for rec in iter_records(shard, cfg.json_key, cfg.max_chars):
-        batch.append(rec)
-        chars += len(rec.text) if rec.text is not None else 0
+    for item in iter_texts(shard, cfg.json_key, cfg.max_chars):
+        batch.append(item)
+        if isinstance(item, str):
+            chars += len(item)
         if chars >= cfg.batch_chars or len(batch) >= 65536:
             yield batch
             batch, chars = [], 0
-            if stop.is_set():
-                return
     if batch:
         yield batch
 
 
-def _prefetched(items: Iterator[Any], stop: threading.Event, depth: int = 2) -> Iterator[Any]:
-    """Run `items` in a background thread, `depth` items ahead; its exceptions re-raise here."""
+@dataclass
+class _Encoded:
+    ids: list[list[int]]
+    blank_lines: int
+    bad: list[Record]
+
+
+def _encode(batches: Iterator[list[str | Record]], tok, cfg: PreprocessConfig, eod: int | None) -> Iterator[_Encoded]:
+    for batch in batches:
+        texts = [item for item in batch if isinstance(item, str)]
+        bad = [item for item in batch if not isinstance(item, str) and item.reason != "blank_line"]
+        if bad and not cfg.skip_bad:
+            raise bad[0].error()
+        ids = [e.ids for e in tok.encode_batch_fast(texts, add_special_tokens=False)] if texts else []
+        if eod is not None:
+            for doc in ids:
+                doc.append(eod)
+        yield _Encoded(ids, len(batch) - len(texts) - len(bad), bad)
+
+
+def _prefetched(items: Iterator[Any], depth: int = 2) -> Iterator[Any]:
+    """Run the generator `items` in a background thread, `depth` items ahead; its exceptions re-raise here.
+
+    Reading (JSON parsing holds the GIL), encoding (Rust, GIL released) and writing overlap this way.
+    """
     q: queue.Queue = queue.Queue(depth)
+    stop = threading.Event()
     end = object()
 
     def produce() -> None:
@@ -179,45 +204,37 @@ def _prefetched(items: Iterator[Any], stop: threading.Event, depth: int = 2) -> 
             yield item
     finally:
         stop.set()
+        while thread.is_alive():  # unblock a producer waiting on a full queue
+            with contextlib.suppress(queue.Empty):
+                q.get(timeout=0.05)
         thread.join()
+        if hasattr(items, "close"):
+            items.close()
 
 
 def encode_shard(shard: Shard, tok, cfg: PreprocessConfig, eod: int | None, writer: IndexedDatasetWriter, bar) -> Counts:
     """Tokenize the records of one shard into `writer`; returns what happened to each record."""
     counts = Counts()
-    stop = threading.Event()
-    for batch in _prefetched(_record_batches(shard, cfg, stop), stop):
-        texts = []
-        for rec in batch:
-            if rec.text is not None:
-                texts.append(rec.text)
-            elif rec.reason == "blank_line":
-                counts.blank_lines += 1
-            elif cfg.skip_bad:
-                counts.skip(rec)
-            else:
-                raise rec.error()
-        if not texts:
+    for enc in _prefetched(_encode(_prefetched(_batches(shard, cfg)), tok, cfg, eod)):
+        counts.blank_lines += enc.blank_lines
+        for rec in enc.bad:
+            counts.skip(rec)
+        if not enc.ids:
             continue
-        ids = [e.ids for e in tok.encode_batch_fast(texts, add_special_tokens=False)]
-        if eod is not None:
-            for doc in ids:
-                doc.append(eod)
-        lengths = np.fromiter(map(len, ids), np.int64, len(ids))
+        lengths = np.fromiter(map(len, enc.ids), np.int64, len(enc.ids))
         total = int(lengths.sum())
-        tokens = np.fromiter(itertools.chain.from_iterable(ids), np.int64, total)
+        tokens = np.fromiter(itertools.chain.from_iterable(enc.ids), np.int64, total)
         try:
             writer.add_documents(tokens, lengths)
         except ValueError as e:
             raise PreprocessError(f"{shard.path}: {e}") from e
-        counts.documents_read += len(texts)
-        counts.documents_written += len(texts)
+        counts.documents_read += len(enc.ids)
+        counts.documents_written += len(enc.ids)
         counts.tokens_written += total
         if bar is not None:
-            bar.update(len(texts))
-            elapsed = max(bar.format_dict["elapsed"], 1e-9)
+            bar.update(len(enc.ids))
             bar.tokens += total
-            bar.set_postfix_str(f"{bar.tokens / elapsed:,.0f} tokens/s", refresh=False)
+            bar.set_postfix_str(f"{bar.tokens / max(bar.format_dict['elapsed'], 1e-9):,.0f} tokens/s", refresh=False)
     return counts
 
 
