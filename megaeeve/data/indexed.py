@@ -342,6 +342,10 @@ class IndexedDatasetWriter:
             if os.path.exists(path):
                 os.unlink(path)
 
+    def __del__(self) -> None:  # a writer dropped unfinished leaves no temporaries (kill -9 can; see preprocess)
+        if hasattr(self, "_done"):
+            self.abort()
+
     def __enter__(self) -> "IndexedDatasetWriter":
         return self
 

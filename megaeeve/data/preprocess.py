@@ -25,6 +25,7 @@ import json
 import os
 import queue
 import shutil
+import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -307,9 +308,9 @@ def preprocess(cfg: PreprocessConfig) -> dict[str, Any] | None:
     started = time.perf_counter()
     comm = _Comm.detect()
     workers = cfg.workers or _default_workers(comm)
-    # The tokenizers Rust pool reads these when it first starts (tests set PARALLELISM=false globally).
+    # The tokenizers Rust pool reads this when it first starts; whether it runs at all is up to the caller's
+    # TOKENIZERS_PARALLELISM (tools/preprocess_data.py turns it on; the test suite keeps it off).
     os.environ["RAYON_NUM_THREADS"] = str(workers)
-    os.environ["TOKENIZERS_PARALLELISM"] = "true"
     try:
         files = expand_inputs(cfg.inputs)
         tok = load_tokenizer(cfg.tokenizer)
@@ -357,6 +358,9 @@ def preprocess(cfg: PreprocessConfig) -> dict[str, Any] | None:
 def _encode_my_shards(shards: list[Shard], comm: _Comm, cfg: PreprocessConfig, tok, eod, dtype, work: Path, workers: int) -> None:
     mine = [i for i in range(len(shards)) if i % comm.size == comm.rank]
     todo = [i for i in mine if not (Path(_part(work, i) + ".json").is_file() and exists(_part(work, i)))]
+    if len(todo) < len(mine):
+        print(f"rank {comm.rank}: resuming, {len(mine) - len(todo)} of {len(mine)} shards already done in {work}",
+              file=sys.stderr, flush=True)
     bar = None
     if cfg.progress and comm.rank == 0:
         from tqdm import tqdm
