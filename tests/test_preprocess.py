@@ -1,0 +1,212 @@
+"""tools/preprocess_data.py end to end on real Korean and English text: exact ids, every input format, bad
+input (error by default, counted with --skip-bad), MPI ranks giving the same bytes, kill -9 and rerun."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from megaeeve.corpus import SKIP_REASONS
+from megaeeve.data.indexed import IndexedDataset
+from megaeeve.data.preprocess import PreprocessConfig, PreprocessError, preprocess
+from megaeeve.tokenizer_io import load_tokenizer, tokenizer_fingerprint
+
+REPO = Path(__file__).resolve().parents[1]
+TOOL = str(REPO / "tools" / "preprocess_data.py")
+EOS_ID = 50256
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
+
+
+@pytest.fixture(autouse=True)
+def _restore_rayon_env(monkeypatch):
+    monkeypatch.setenv("RAYON_NUM_THREADS", "1")  # preprocess() sets it; put it back afterwards
+
+
+def run_tool(*args: str, mpi: int = 0, check: bool = True) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, TOOL, *args]
+    if mpi:
+        cmd = [str(Path(sys.executable).parent / "mpiexec"), "-n", str(mpi), *cmd]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
+    if check and out.returncode != 0:
+        raise AssertionError(f"{cmd} failed ({out.returncode}):\n{out.stderr[-3000:]}")
+    return out
+
+
+def expected_ids(tokenizer_dir: Path, docs: list[str], eod: bool = True) -> list[list[int]]:
+    tok = load_tokenizer(tokenizer_dir)
+    return [e.ids + ([EOS_ID] if eod else []) for e in tok.encode_batch(docs, add_special_tokens=False)]
+
+
+def read_docs(prefix: Path) -> list[list[int]]:
+    ds = IndexedDataset(prefix)
+    assert len(ds) == ds.num_documents  # one sequence per document
+    return [ds[i].tolist() for i in range(len(ds))]
+
+
+def run(tmp_path: Path, inputs: list, tokenizer: Path, name: str = "out", **kw) -> tuple[dict, Path]:
+    prefix = tmp_path / name
+    cfg = PreprocessConfig(inputs=[str(p) for p in inputs], output_prefix=str(prefix), tokenizer=str(tokenizer),
+                           progress=False, **kw)
+    return preprocess(cfg), prefix
+
+
+def test_end_to_end_korean_and_english(tmp_path, gpt2_tokenizer_dir, korean_jsonl, english_jsonl, korean_split, english_docs):
+    from megatron.core.datasets.indexed_dataset import IndexedDataset as MegatronDataset
+
+    prefix = tmp_path / "out" / "ko_en"
+    out = run_tool("--input", str(korean_jsonl), str(english_jsonl), "--output-prefix", str(prefix),
+                   "--tokenizer", str(gpt2_tokenizer_dir), "--append-eod", "--workers", "2")
+    assert "docs/s" in out.stderr and "tokens/s" in out.stderr  # the progress bar
+    docs = korean_split[0] + english_docs
+    want = expected_ids(gpt2_tokenizer_dir, docs)
+    assert read_docs(prefix) == want
+    theirs = MegatronDataset(str(prefix))
+    assert [theirs[i].tolist() for i in (0, len(docs) - 1)] == [want[0], want[-1]]
+
+    manifest = json.loads(Path(f"{prefix}.manifest.json").read_text())
+    assert manifest["dtype"] == "uint16" and manifest["eod_id"] == EOS_ID
+    assert manifest["documents"]["read"] == manifest["documents"]["written"] == len(docs)
+    assert manifest["documents"]["skipped"] == 0
+    assert manifest["tokens_written"] == sum(map(len, want))
+    assert manifest["tokenizer"]["sha256"] == tokenizer_fingerprint(load_tokenizer(gpt2_tokenizer_dir))
+    for entry, path, n in zip(manifest["inputs"], (korean_jsonl, english_jsonl), (len(korean_split[0]), len(english_docs))):
+        assert entry["path"] == str(path) and entry["bytes"] == path.stat().st_size
+        assert entry["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+        assert entry["documents_written"] == n
+    assert sorted(p.name for p in prefix.parent.iterdir()) == ["ko_en.bin", "ko_en.idx", "ko_en.manifest.json"]
+
+
+BAD = [  # (line, reason); reason None = a good document
+    ('{"text": "첫 번째 문서입니다."}', None),
+    ('{"text": "broken', "invalid_json"),
+    ('{"body": "no text"}', "missing_key"),
+    ('{"text": ["not", "a", "string"]}', "not_a_string"),
+    (b'{"text": "caf\xe9"}', "invalid_utf8"),
+    ('{"text": "  "}', "empty"),
+    ('{"text": "nul \\u0000 inside"}', "nul_byte"),
+    ('{"text": "' + "long " * 40 + '"}', "too_long"),
+    ('{"text": "The last good document."}', None),
+]
+
+
+def write_bad_corpus(tmp_path: Path) -> tuple[Path, Path, list[str]]:
+    jsonl = tmp_path / "in" / "bad.jsonl"
+    jsonl.parent.mkdir()
+    jsonl.write_bytes(b"".join((x if isinstance(x, bytes) else x.encode()) + b"\n" for x, _ in BAD))
+    txt = tmp_path / "in" / "notes.txt"
+    txt.write_text("한 줄짜리 문서\n\n   \nsecond line document\n", encoding="utf-8")
+    good = [json.loads(x)["text"] for x, r in BAD if r is None] + ["한 줄짜리 문서", "second line document"]
+    return jsonl, txt, good
+
+
+def test_bad_input_is_an_error_by_default_and_counted_with_skip_bad(tmp_path, gpt2_tokenizer_dir):
+    jsonl, txt, good = write_bad_corpus(tmp_path)
+    with pytest.raises(PreprocessError, match=r"bad\.jsonl:2: invalid_json"):
+        run(tmp_path, [jsonl, txt], gpt2_tokenizer_dir, max_chars=100)
+    for later in range(3, len(BAD)):  # each kind stops the run by itself, naming its line
+        only = tmp_path / "in" / f"only{later}.jsonl"
+        only.write_bytes(jsonl.read_bytes().split(b"\n")[0] + b"\n" + jsonl.read_bytes().split(b"\n")[later - 1] + b"\n")
+        with pytest.raises(PreprocessError, match=rf"only{later}\.jsonl:2: {BAD[later - 1][1]}"):
+            run(tmp_path, [only], gpt2_tokenizer_dir, max_chars=100)
+    assert not list((tmp_path).glob("out*"))  # nothing that looks like a dataset
+
+    cli = run_tool("--input", str(jsonl), "--output-prefix", str(tmp_path / "cli"), "--tokenizer",
+                   str(gpt2_tokenizer_dir), "--max-chars", "100", check=False)
+    assert cli.returncode == 1 and f"{jsonl}:2: invalid_json" in cli.stderr and "Traceback" not in cli.stderr
+
+    manifest, prefix = run(tmp_path, [tmp_path / "in" / "bad.jsonl", txt], gpt2_tokenizer_dir, max_chars=100,
+                           skip_bad=True, append_eod=True)
+    skipped = manifest["documents"]["skipped_by_reason"]
+    assert skipped == {r: 1 for r in SKIP_REASONS}  # each kind once ("  " in the .txt is a blank line)
+    assert manifest["blank_lines"] == 2
+    assert manifest["documents"]["read"] == len(good) + len(SKIP_REASONS)
+    assert manifest["documents"]["written"] == len(good)
+    assert manifest["documents"]["skipped_examples"]["too_long"][0].startswith(f"{jsonl}:8")
+    assert manifest["inputs"][1]["blank_lines"] == 2 and manifest["inputs"][1]["documents_written"] == 2
+    assert read_docs(prefix) == expected_ids(gpt2_tokenizer_dir, good)
+
+
+def test_formats_globs_and_multiple_files(tmp_path, phi2_tokenizer_dir, korean_split, english_docs):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import zstandard
+
+    ko, en = korean_split[1][:120], english_docs[:12]
+    lines = lambda docs: "".join(json.dumps({"content": d}, ensure_ascii=False) + "\n" for d in docs).encode()
+    d = tmp_path / "corpus"
+    d.mkdir()
+    (d / "a.jsonl.gz").write_bytes(gzip.compress(lines(ko[:40])))
+    (d / "b.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(lines(ko[40:80])))
+    (d / "c.txt").write_text("\n".join(ko[80:]) + "\n", encoding="utf-8")
+    pq.write_table(pa.table({"content": en}), d / "d.parquet", row_group_size=5)
+    manifest, prefix = run(tmp_path, [d / "*.j*", d / "c.txt", d / "*.parquet"], phi2_tokenizer_dir, json_key="content")
+    assert [i["path"] for i in manifest["inputs"]] == [str(d / n) for n in ("a.jsonl.gz", "b.jsonl.zst", "c.txt", "d.parquet")]
+    assert read_docs(prefix) == expected_ids(phi2_tokenizer_dir, ko + en, eod=False)
+
+
+def test_mpi_ranks_produce_the_same_bytes_as_one_process(tmp_path, gpt2_tokenizer_dir, korean_jsonl, english_jsonl):
+    _, single = run(tmp_path, [korean_jsonl, english_jsonl], gpt2_tokenizer_dir, name="single", append_eod=True)
+    mpi = tmp_path / "mpi"
+    out = run_tool("--input", str(korean_jsonl), str(english_jsonl), "--output-prefix", str(mpi), "--tokenizer",
+                   str(gpt2_tokenizer_dir), "--append-eod", "--shard-mb", "0.03", "--no-progress", mpi=2)
+    assert out.stdout.count("documents") == 1  # only rank 0 reports
+    for suffix in (".bin", ".idx"):
+        assert Path(f"{mpi}{suffix}").read_bytes() == Path(f"{single}{suffix}").read_bytes()
+    manifest = json.loads(Path(f"{mpi}.manifest.json").read_text())
+    assert manifest["ranks"] == 2 and manifest["workers_per_rank"] == 1
+
+
+def test_kill_9_leaves_nothing_complete_and_a_rerun_resumes(tmp_path, gpt2_tokenizer_dir, korean_split):
+    docs = korean_split[0] * 6  # ~1 MB: a few seconds on one thread, in ~20 shards
+    corpus = tmp_path / "big.jsonl"
+    corpus.write_text("".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in docs), encoding="utf-8")
+    prefix = tmp_path / "out" / "big"
+    args = [sys.executable, TOOL, "--input", str(corpus), "--output-prefix", str(prefix), "--tokenizer",
+            str(gpt2_tokenizer_dir), "--workers", "1", "--shard-mb", "0.05", "--no-progress"]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    work = prefix.parent / ".big.parts"
+    deadline = time.monotonic() + 120
+    while len(list(work.glob("part-*.json"))) < 2 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert not any(Path(f"{prefix}{s}").exists() for s in (".bin", ".idx", ".manifest.json"))
+    done = len(list(work.glob("part-*.json")))
+
+    out = subprocess.run(args, capture_output=True, text=True, timeout=240)
+    assert out.returncode == 0, out.stderr
+    assert f"resuming, {done} of " in out.stderr
+    manifest = json.loads(Path(f"{prefix}.manifest.json").read_text())
+    assert manifest["documents"]["written"] == len(docs) and not work.exists()
+    ds = IndexedDataset(prefix)
+    sample = list(range(0, len(docs), 97))
+    want = expected_ids(gpt2_tokenizer_dir, [docs[i] for i in sample], eod=False)
+    assert [ds[i].tolist() for i in sample] == want
+    assert ds.num_tokens == manifest["tokens_written"]
+
+
+def test_eod_token_comes_from_the_tokenizer_or_the_flag(tmp_path, gpt2_tokenizer_dir, korean_jsonl):
+    bare = tmp_path / "bare" / "gpt2.json"  # a tokenizer file with no config beside it names no eos
+    bare.parent.mkdir()
+    shutil.copy(gpt2_tokenizer_dir / "tokenizer.json", bare)
+    with pytest.raises(PreprocessError, match="--eod-token"):
+        run(tmp_path, [korean_jsonl], bare, append_eod=True)
+    with pytest.raises(PreprocessError, match="not in the vocabulary"):
+        run(tmp_path, [korean_jsonl], bare, append_eod=True, eod_token="<eod>")
+    manifest, prefix = run(tmp_path, [korean_jsonl], bare, append_eod=True, eod_token="<|endoftext|>")
+    assert manifest["eod_id"] == EOS_ID
+    ds = IndexedDataset(prefix)
+    assert all(ds[i][-1] == EOS_ID for i in range(0, len(ds), 50))
+    assert np.count_nonzero(np.asarray(ds[0:len(ds)][5]) == EOS_ID) == 1
