@@ -1,0 +1,169 @@
+"""Vocabulary expansion pieces: scripts, merge safety, the merge builder, counting under MPI, bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from tokenizers import Tokenizer, models, pre_tokenizers
+
+from megaeeve import assets
+from megaeeve.corpus import CorpusError
+from megaeeve.vocab import ExpandConfig, ExpansionError, UnsupportedTokenizer, expand_vocab
+from megaeeve.vocab.count import count_corpus
+from megaeeve.vocab.family import detect_family
+from megaeeve.vocab.merge import build_target
+from megaeeve.vocab.scripts import parse_script
+from tests._vocab_helpers import load_json
+from tests.conftest import PYTHON, REPO
+
+HANGUL = parse_script("hangul")
+
+
+def test_script_names_and_ranges():
+    assert HANGUL.is_target_text(" 한국어") and HANGUL.is_target_text("ㅋㅋ")
+    assert not HANGUL.is_target_text("한국a") and not HANGUL.is_target_text("  한") and not HANGUL.is_target_text(" ")
+    thai = parse_script("U+0E00-U+0E7F")
+    assert thai.is_target_text("ภาษา") and not thai.is_target_text("한")
+    with pytest.raises(ValueError, match="klingon"):
+        parse_script("klingon")
+
+
+def test_partial_prefixes_owned_only_when_every_completion_is_hangul():
+    assert HANGUL.owns_all_completions("한".encode()[:2])  # U+D540-U+D57F: all syllables
+    assert HANGUL.owns_all_completions("한".encode()[:1])  # ED: syllables, Jamo Ext-B (surrogates never occur)
+    assert not HANGUL.owns_all_completions("가".encode()[:1])  # EA also starts Yi, Vai, Lisu ...
+    assert not HANGUL.owns_all_completions("ㆍ".encode()[:2])  # U+3180-U+31BF also holds Kanbun, Bopomofo
+
+
+def test_merge_safety_on_byte_pieces():
+    family = detect_family(assets.gpt2_tokenizer())
+    piece = family.text_piece
+    assert family.merge_is_safe(piece("한"), HANGUL) and family.merge_is_safe(piece(" 한국"), HANGUL)
+    assert family.merge_is_safe(piece("한")[:2], HANGUL)  # ED 95: only syllables start so
+    assert not family.merge_is_safe(piece("한")[1:], HANGUL)  # 95 9C ends characters of any script
+    assert not family.merge_is_safe(piece("가")[:1], HANGUL) and not family.merge_is_safe(piece(" a"), HANGUL)
+
+
+@pytest.mark.parametrize("model", [models.WordPiece({"[UNK]": 0, "a": 1}, unk_token="[UNK]"), models.Unigram([("a", -1.0)], 0, False)])
+def test_unsupported_model_is_named(model):
+    with pytest.raises(UnsupportedTokenizer, match=type(model).__name__):
+        detect_family(Tokenizer(model))
+
+
+def test_build_target_reaches_each_piece_with_merges_only_after_base_ones():
+    base = assets.gpt2_tokenizer()
+    family = detect_family(base)
+    pieces = [family.text_piece(t) for t in (" 대한민국", "한국", "국어", " 한국어", "ㆍ")]
+    target = build_target(base, family, HANGUL, pieces)
+    assert target.base_vocab_size == 50257 and [n.id for n in target.new] == list(range(50257, 50257 + len(target.new)))
+    assert target.unreachable == [family.text_piece("ㆍ")]
+    assert {n.piece for n in target.new if n.kind == "selected"} == set(pieces[:-1])
+    for n in target.new:
+        assert [t.value for t in target.tokenizer.model.tokenize(n.piece)] == [n.piece]
+    spec, base_spec = json.loads(target.json()), json.loads(base.to_str())
+    assert spec["model"]["merges"][:50000] == base_spec["model"]["merges"]
+    tokens = target.tokenizer.encode(" 한국어는 Korean").tokens
+    assert tokens == [family.text_piece(" 한국어")] + base.encode("는").tokens + ["ĠKorean"]
+
+
+def test_counts_sum_over_mpi_ranks(tmp_path, korean_jsonl):
+    """`mpiexec -n 2`: each rank counts part of the corpus, the totals equal a one-process count."""
+    tok = assets.gpt2_tokenizer()
+    tok.save(str(tmp_path / "tok.json"))
+    single = count_corpus(tok, [str(korean_jsonl)], HANGUL, batch_chars=4096, progress=False)
+    script = (
+        "import sys, numpy as np; from tokenizers import Tokenizer; from mpi4py import MPI;"
+        "from megaeeve.vocab.count import count_corpus; from megaeeve.vocab.scripts import parse_script;"
+        f"c = count_corpus(Tokenizer.from_file({str(tmp_path / 'tok.json')!r}), [{str(korean_jsonl)!r}],"
+        " parse_script('hangul'), batch_chars=4096, progress=False);"
+        "mine = c.documents;"
+        f"MPI.COMM_WORLD.Get_rank() == 0 and np.savez({str(tmp_path / 'mpi.npz')!r}, tokens=c.token_counts,"
+        " chars=np.array([c.char_counts.get(ch, 0) for ch in sys.argv[1]]), docs=c.documents)"
+    )
+    chars = "".join(single.char_counts)
+    proc = subprocess.run(
+        [str(Path(PYTHON).parent / "mpiexec"), "-n", "2", PYTHON, "-c", script, chars],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    got = np.load(tmp_path / "mpi.npz")
+    assert np.array_equal(got["tokens"], single.token_counts)
+    assert got["chars"].tolist() == list(single.char_counts.values())
+    assert int(got["docs"]) == single.documents == 2232
+
+
+def test_min_frequency_per_million(tmp_path, gpt2_tokenizer_dir, korean_jsonl):
+    cfg = ExpandConfig(
+        str(gpt2_tokenizer_dir), [str(korean_jsonl)], str(tmp_path / "out"), intermediate_vocab_size=2000,
+        min_frequency=None, min_frequency_per_million=500.0, progress=False,
+    )  # fmt: skip
+    report = expand_vocab(cfg, log=lambda *a: None)
+    tokens_round1 = report["rounds"][0]["tokens_counted"]
+    assert report["settings"]["resolved_min_frequency"] == -(-500 * tokens_round1 // 1_000_000) > 5
+    assert all(r["threshold"] == report["settings"]["resolved_min_frequency"] for r in report["rounds"])
+    assert report["new_token_ids"]["first"] == report["base_vocab_size"] == 50257
+
+
+def _assert_no_output(out: Path) -> None:
+    assert not out.exists()
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}")]
+
+
+@pytest.mark.parametrize(
+    "case, error, message",
+    [
+        ("empty", CorpusError, "has no documents"),
+        ("english", ExpansionError, "nothing to add"),
+        ("invalid_utf8", CorpusError, r"bad\.jsonl:3: invalid_utf8"),
+        ("threshold", ExpansionError, "nothing to add.*minimum frequency 1000000"),
+        ("wordpiece", UnsupportedTokenizer, "'WordPiece'"),
+    ],
+)
+def test_bad_input_clear_error_no_output(case, error, message, tmp_path, phi2_tokenizer_dir, korean_jsonl, english_jsonl):
+    base, corpus, count, min_freq = str(phi2_tokenizer_dir), [str(korean_jsonl)], None, 5
+    if case == "empty":
+        (tmp_path / "empty.jsonl").write_bytes(b"")
+        corpus = [str(tmp_path / "empty.jsonl")]
+    elif case == "english":
+        corpus = [str(english_jsonl)]
+    elif case == "invalid_utf8":  # found while counting, after the intermediate tokenizer is trained
+        (tmp_path / "bad.jsonl").write_bytes(b'{"text": "\xec\x95\x88"}\n{"text": "ok"}\n{"text": "\xec\x95"}\n')
+        count = [str(tmp_path / "bad.jsonl")]
+    elif case == "threshold":
+        min_freq = 1_000_000
+    elif case == "wordpiece":
+        tok = Tokenizer(models.WordPiece({"[UNK]": 0, "a": 1}, unk_token="[UNK]"))
+        tok.pre_tokenizer = pre_tokenizers.Whitespace()
+        tok.save(str(tmp_path / "wp.json"))
+        base = str(tmp_path / "wp.json")
+    out = tmp_path / "out"
+    cfg = ExpandConfig(base, corpus, str(out), intermediate_vocab_size=1000, min_frequency=min_freq,
+                       count_corpus=count, progress=False)  # fmt: skip
+    with pytest.raises(error, match=message):
+        expand_vocab(cfg, log=lambda *a: None)
+    _assert_no_output(out)
+
+
+def test_cli_reports_error_and_exit_code(tmp_path, phi2_tokenizer_dir, english_jsonl):
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [PYTHON, "tools/expand_vocab.py", "--base-tokenizer", str(phi2_tokenizer_dir), "--corpus", str(english_jsonl),
+         "--output", str(out), "--intermediate-vocab-size", "1000", "--no-progress"],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2 and "error: nothing to add" in proc.stderr, proc.stderr
+    _assert_no_output(out)
+    help_text = subprocess.run([PYTHON, "tools/expand_vocab.py", "--help"], cwd=REPO, capture_output=True, text=True)
+    assert "--min-frequency-per-million" in help_text.stdout
+
+
+def test_existing_output_is_refused(tmp_path, phi2_tokenizer_dir, korean_jsonl):
+    (tmp_path / "out").mkdir()
+    cfg = ExpandConfig(str(phi2_tokenizer_dir), [str(korean_jsonl)], str(tmp_path / "out"), progress=False)
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        expand_vocab(cfg, log=lambda *a: None)
+    assert list((tmp_path / "out").iterdir()) == []
