@@ -88,36 +88,59 @@ def total_steps(stage: Stage, batch: BatchShape, seq_length: int) -> int:
     return int(stage.steps)
 
 
-def dry_run(cfg: RunConfig, ds_config: dict, stages: list[int]) -> None:
-    """Per stage: trainable parameters (by role, with counts) and optimizer-state bytes. Builds the
-    model on the meta device: no weights are read and nothing is distributed."""
+def meta_model(model_dir: Path, ds_config: dict | None = None) -> torch.nn.Module:
+    """The split model of a model directory on the meta device: shapes and names, no weights read."""
     from transformers import AutoConfig
 
-    from megaeeve.model import parameter_roles, read_model_meta
+    from megaeeve.model import read_model_meta
     from megaeeve.model.checkpoint import build_split_model
-    from megaeeve.stages import trainable_names
-    from megaeeve.training.engine import model_dtype, optimizer_state_bytes
+    from megaeeve.training.engine import model_dtype
 
-    meta = read_model_meta(cfg.model)
+    meta = read_model_meta(model_dir)
     with torch.device("meta"):
-        model = build_split_model(AutoConfig.from_pretrained(str(cfg.model)), meta, model_dtype(ds_config))
+        return build_split_model(AutoConfig.from_pretrained(str(model_dir)), meta, model_dtype(ds_config or {}))
+
+
+def stage_plans(cfg: RunConfig, ds_config: dict | None = None, stages: list[int] | None = None) -> list[dict]:
+    """Per stage: trainable tensors by role with counts, and optimizer-state bytes (for --dry-run and reports)."""
+    from megaeeve.model import parameter_roles
+    from megaeeve.stages import trainable_names
+    from megaeeve.training.engine import optimizer_state_bytes
+
+    model = meta_model(cfg.model, ds_config)
     roles = parameter_roles(model)
     numel = {n: p.numel() for n, p in model.named_parameters()}
-    world = int(os.environ.get("WORLD_SIZE", "1"))
     total = sum(numel.values())
-    print(f"model {cfg.model}: {total:,} parameters; world size {world}")
-    for number in stages:
+    plans = []
+    for number in stages if stages is not None else list(cfg.run_stages):
         stage = cfg.stages[number]
         names = trainable_names(roles, stage)
         n = sum(numel[x] for x in names)
-        opt = optimizer_state_bytes(n)
-        print(f"\nstage {number}: {stage.description}  (lr {stage.lr:g}, budget "
+        plans.append({
+            "stage": number, "description": stage.description, "total": total, "trainable": n,
+            "optimizer_bytes": optimizer_state_bytes(n),
+            "roles": {role: [(x, tuple(model.get_parameter(x).shape)) for x in names if roles[x] == role]
+                      for role in stage.trainable},
+            "role_numel": {role: sum(numel[x] for x in names if roles[x] == role) for role in stage.trainable},
+        })
+    return plans
+
+
+def dry_run(cfg: RunConfig, ds_config: dict, stages: list[int]) -> None:
+    """Per stage: trainable parameters (by role, with counts) and optimizer-state bytes. Builds the
+    model on the meta device: no weights are read and nothing is distributed."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    plans = stage_plans(cfg, ds_config, stages)
+    print(f"model {cfg.model}: {plans[0]['total']:,} parameters; world size {world}")
+    for plan in plans:
+        stage = cfg.stages[plan["stage"]]
+        n, total, opt = plan["trainable"], plan["total"], plan["optimizer_bytes"]
+        print(f"\nstage {stage.number}: {stage.description}  (lr {stage.lr:g}, budget "
               f"{f'{stage.tokens:,} tokens' if stage.tokens else f'{stage.steps} steps'})")
-        for role in stage.trainable:
-            members = [x for x in names if roles[x] == role]
-            listing = ", ".join(f"{x} {tuple(model.get_parameter(x).shape)}" for x in members[:4])
+        for role, members in plan["roles"].items():
+            listing = ", ".join(f"{x} {shape}" for x, shape in members[:4])
             more = f", ... ({len(members)} tensors)" if len(members) > 4 else ""
-            print(f"  {role:16s} {sum(numel[x] for x in members):>15,}  {listing}{more}")
+            print(f"  {role:16s} {plan['role_numel'][role]:>15,}  {listing}{more}")
         print(f"  trainable {n:,} of {total:,} ({100 * n / total:.2f}%); frozen {total - n:,}")
         print(f"  optimizer state (Adam moments + fp32 master): {opt / 2**20:,.1f} MiB in all, "
               f"{opt / world / 2**20:,.1f} MiB per rank")
