@@ -25,7 +25,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     freq.add_argument("--min-frequency", type=int, default=None, help="absolute count (default 6000)")
     freq.add_argument("--min-frequency-per-million", type=float, default=None, help="rate per million tokens")
     p.add_argument("--count-corpus", nargs="+", default=None, help="corpus to count on (default: --corpus)")
-    p.add_argument("--workers", type=int, default=os.cpu_count(), help="threads for encoding (default: all cores)")
+    p.add_argument("--workers", type=int, default=os.cpu_count(), help="counting processes, threads for training (default: all cores)")
     p.add_argument("--script", default="hangul", help="target script: a name or ranges U+AC00-U+D7AF,...")
     p.add_argument("--held-out", nargs="+", default=[], help="held-out target-language text for chars/token")
     p.add_argument("--english", nargs="+", default=[], help="non-target text that must tokenize as by the base")
@@ -57,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         script=args.script,
         held_out=args.held_out,
         english=args.english,
+        workers=max(1, args.workers),
         overwrite=args.overwrite,
         progress=not args.no_progress,
     )

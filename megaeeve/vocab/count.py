@@ -1,16 +1,15 @@
 """Step 4: how often the target tokenizer emits each id over a counting corpus, streamed.
 
-Memory is fixed: a count per id, a count per target-language character, and a bounded queue of
-batches. A reader thread parses the corpus while the tokenizer's own thread pool (all cores, or
-RAYON_NUM_THREADS) encodes the previous batch; under `mpiexec -n K` each rank reads its share of the
-corpus's byte ranges and the counts are summed across ranks.
+Memory is fixed: per process a count per id, a count per target-language character and one batch of
+text. The corpus is cut into byte ranges (`plan_shards`); `workers` processes each read, encode (one
+thread each) and count whole shards, so reading and JSON parsing scale with the cores as well as the
+BPE does. Under `mpiexec -n K` each rank takes every K-th shard and the counts are summed across ranks.
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import os
-import queue
-import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
@@ -19,10 +18,11 @@ import numpy as np
 from tokenizers import Tokenizer
 from tqdm import tqdm
 
-from megaeeve.corpus import CorpusError, iter_records, plan_shards
+from megaeeve.corpus import CorpusError, Shard, iter_records, plan_shards
 from megaeeve.vocab.scripts import Script
 
 MPI_ENV = ("PMI_SIZE", "PMI_RANK", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK")
+SHARDS_PER_WORKER = 8  # small shards: balanced workers, a progress bar that moves
 
 
 @dataclass
@@ -44,76 +44,90 @@ def mpi_world() -> Any | None:
     return MPI.COMM_WORLD if MPI.COMM_WORLD.Get_size() > 1 else None
 
 
-def _batches(shards: Sequence, batch_chars: int) -> Iterator[list[str]]:
+def _batches(shard: Shard, batch_chars: int) -> Iterator[list[str]]:
     batch: list[str] = []
     size = 0
-    for shard in shards:
-        for rec in iter_records(shard):
-            if rec.text is None:
-                if rec.reason == "blank_line":
-                    continue
-                raise rec.error()
-            batch.append(rec.text)
-            size += len(rec.text)
-            if size >= batch_chars:
-                yield batch
-                batch, size = [], 0
+    for rec in iter_records(shard):
+        if rec.text is None:
+            if rec.reason == "blank_line":
+                continue
+            raise rec.error()
+        batch.append(rec.text)
+        size += len(rec.text)
+        if size >= batch_chars:
+            yield batch
+            batch, size = [], 0
     if batch:
         yield batch
 
 
-def _prefetch(it: Iterator[list[str]], depth: int = 2) -> Iterator[list[str]]:
-    """Run `it` in a thread, `depth` batches ahead; its exception is re-raised here."""
-    q: queue.Queue = queue.Queue(maxsize=depth)
-    done = object()
+def _count_shard(tok: Tokenizer, script: Script, shard: Shard, batch_chars: int) -> Counts:
+    token_counts = np.zeros(tok.get_vocab_size(with_added_tokens=True), dtype=np.int64)
+    char_counts: dict[str, int] = {}
+    docs = chars = 0
+    for batch in _batches(shard, batch_chars):
+        encodings = tok.encode_batch_fast(batch, add_special_tokens=False)
+        ids = np.concatenate([np.asarray(e.ids, dtype=np.int64) for e in encodings])
+        token_counts += np.bincount(ids, minlength=len(token_counts))
+        for cp, n in zip(*script.count_chars(batch)):
+            char_counts[chr(cp)] = char_counts.get(chr(cp), 0) + int(n)
+        docs += len(batch)
+        chars += sum(len(t) for t in batch)
+    return Counts(token_counts, char_counts, docs, int(token_counts.sum()), chars)
 
-    def work() -> None:
-        try:
-            for item in it:
-                q.put(item)
-        except BaseException as e:  # handed to the consumer
-            q.put(e)
-        q.put(done)
 
-    threading.Thread(target=work, daemon=True).start()
-    while (item := q.get()) is not done:
-        if isinstance(item, BaseException):
-            raise item
-        yield item
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(tokenizer_json: str, script: Script, batch_chars: int) -> None:
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one thread per process: the processes use the cores
+    _WORKER.update(tok=Tokenizer.from_str(tokenizer_json), script=script, batch_chars=batch_chars)
+
+
+def _worker_count(shard: Shard) -> Counts:
+    return _count_shard(_WORKER["tok"], _WORKER["script"], shard, _WORKER["batch_chars"])
+
+
+def _add(total: Counts, part: Counts) -> None:
+    total.token_counts += part.token_counts
+    for ch, n in part.char_counts.items():
+        total.char_counts[ch] = total.char_counts.get(ch, 0) + n
+    total.documents += part.documents
+    total.tokens += part.tokens
+    total.chars += part.chars
 
 
 def count_corpus(
     tok: Tokenizer,
     files: Sequence[str],
     script: Script,
-    batch_chars: int = 1 << 20,
+    workers: int = 1,
+    batch_chars: int = 1 << 18,
     progress: bool = True,
     desc: str = "counting",
 ) -> Counts:
     """Emission count of every id of `tok` and count of every script character over `files`."""
     comm = mpi_world()
     rank, size = (comm.Get_rank(), comm.Get_size()) if comm else (0, 1)
-    shards = plan_shards(list(files), 4 * size)[rank::size]
-    vocab_size = tok.get_vocab_size(with_added_tokens=True)
-    token_counts = np.zeros(vocab_size, dtype=np.int64)
-    char_counts: dict[str, int] = {}
-    docs = chars = 0
-    error = None
+    shards = plan_shards(list(files), SHARDS_PER_WORKER * max(1, workers) * size)[rank::size]
+    total = Counts(np.zeros(tok.get_vocab_size(with_added_tokens=True), dtype=np.int64), {}, 0, 0, 0)
     start = time.perf_counter()
+    error = None
     bar = tqdm(desc=desc, unit="doc", disable=not progress or rank != 0, dynamic_ncols=True)
     try:
-        for batch in _prefetch(_batches(shards, batch_chars)):
-            encodings = tok.encode_batch_fast(batch, add_special_tokens=False)
-            if encodings:
-                ids = np.concatenate([np.asarray(e.ids, dtype=np.int64) for e in encodings])
-                token_counts += np.bincount(ids, minlength=vocab_size)
-            for cp, n in zip(*script.count_chars(batch)):
-                ch = chr(int(cp))
-                char_counts[ch] = char_counts.get(ch, 0) + int(n)
-            docs += len(batch)
-            chars += sum(len(t) for t in batch)
-            bar.update(len(batch))
-            bar.set_postfix(tokens_per_s=f"{token_counts.sum() / (time.perf_counter() - start):,.0f}")
+        if workers > 1 and len(shards) > 1:
+            # spawn: the tokenizers library's thread pool does not survive fork
+            ctx = multiprocessing.get_context("spawn")
+            with ctx.Pool(min(workers, len(shards)), _init_worker, (tok.to_str(), script, batch_chars)) as pool:
+                parts = pool.imap_unordered(_worker_count, shards)
+                for part in parts:
+                    _add(total, part)
+                    bar.update(part.documents)
+                    bar.set_postfix(tokens_per_s=f"{total.tokens / (time.perf_counter() - start):,.0f}")
+        else:
+            for shard in shards:
+                _add(total, _count_shard(tok, script, shard, batch_chars))
+                bar.update(total.documents - bar.n)
     except CorpusError as e:
         if comm is None:
             raise
@@ -124,22 +138,10 @@ def count_corpus(
         errors = [e for e in comm.allgather(error) if e]
         if errors:
             raise CorpusError(errors[0])
-        from mpi4py import MPI
-
-        total = np.empty_like(token_counts)
-        comm.Allreduce(token_counts, total, op=MPI.SUM)
-        token_counts = total
-        merged: dict[str, int] = {}
-        for part in comm.allgather(char_counts):
-            for ch, n in part.items():
-                merged[ch] = merged.get(ch, 0) + n
-        char_counts = merged
-        docs, chars = comm.allreduce(docs), comm.allreduce(chars)
-    return Counts(
-        token_counts=token_counts,
-        char_counts=dict(sorted(char_counts.items())),
-        documents=docs,
-        tokens=int(token_counts.sum()),
-        chars=chars,
-        seconds=time.perf_counter() - start,
-    )
+        parts = comm.allgather(total)
+        total = Counts(np.zeros_like(total.token_counts), {}, 0, 0, 0)
+        for part in parts:
+            _add(total, part)
+    total.char_counts = dict(sorted(total.char_counts.items()))
+    total.seconds = time.perf_counter() - start
+    return total

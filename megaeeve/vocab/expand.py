@@ -34,6 +34,7 @@ class ExpandConfig:
     script: str = "hangul"
     held_out: list[str] = field(default_factory=list)  # target-language text for characters per token
     english: list[str] = field(default_factory=list)  # non-target text: must tokenize as by the base
+    workers: int = 1  # counting processes
     overwrite: bool = False
     progress: bool = True
 
@@ -140,7 +141,9 @@ def expand_vocab(cfg: ExpandConfig, log=print) -> dict[str, Any]:
             " token that the base lacks (is the corpus in the target language?)"
         )
     say(f"{len(candidates)} {script.name} candidates not in the base vocabulary")
-    result = refine(base, family, script, candidates, count_files, threshold, progress=cfg.progress, log=say)
+    result = refine(
+        base, family, script, candidates, count_files, threshold, cfg.workers, progress=cfg.progress, log=say
+    )
 
     target = result.target
     vocab_size = target.tokenizer.get_vocab_size(with_added_tokens=True)

@@ -72,6 +72,7 @@ def refine(
     candidates: Sequence[str],
     count_files: Sequence[str],
     threshold: Threshold,
+    workers: int = 1,
     progress: bool = True,
     log=print,
 ) -> Refined:
@@ -90,7 +91,9 @@ def refine(
                 f"nothing to add: no new {script.name} token survives"
                 + (f" the minimum frequency {limit}" if limit is not None else "")
             )
-        counts = count_corpus(target.tokenizer, count_files, script, progress=progress, desc=f"round {len(rounds) + 1}")
+        counts = count_corpus(
+            target.tokenizer, count_files, script, workers, progress=progress, desc=f"round {len(rounds) + 1}"
+        )
         if counts.tokens == 0:
             raise ExpansionError(f"counting corpus {', '.join(count_files)} has no text")
         limit = threshold.resolve(counts.tokens) if limit is None else limit
