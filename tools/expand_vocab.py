@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--base-tokenizer", required=True, help="HF tokenizer directory, tokenizer.json or .gguf file")
+    p.add_argument("--base-tokenizer", required=True, help="HF tokenizer directory or tokenizer.json")
     p.add_argument("--corpus", nargs="+", required=True, help="target-language corpus (files, dirs, globs)")
     p.add_argument("--output", required=True, help="output directory (written atomically)")
     p.add_argument("--intermediate-vocab-size", type=int, default=40_000)

@@ -24,7 +24,7 @@ REPORT = "expansion_report.json"
 
 @dataclass
 class ExpandConfig:
-    base_tokenizer: str  # HF tokenizer directory, tokenizer.json, or a .gguf file
+    base_tokenizer: str  # HF tokenizer directory or tokenizer.json
     corpus: list[str]  # target-language corpus for the intermediate tokenizer
     output: str
     intermediate_vocab_size: int = 40_000
@@ -40,14 +40,12 @@ class ExpandConfig:
 
 
 def load_base(path: str) -> tuple[Any, Tokenizer]:
-    """(transformers tokenizer, its tokenizers backend) of a directory, tokenizer.json or .gguf, offline."""
+    """(transformers tokenizer, its tokenizers backend) of a directory or tokenizer.json, offline."""
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
     p = Path(path)
     try:
-        if p.suffix == ".gguf" and p.is_file():
-            hf = AutoTokenizer.from_pretrained(str(p.parent), gguf_file=p.name, local_files_only=True)
-        elif p.is_dir():
+        if p.is_dir():
             hf = AutoTokenizer.from_pretrained(str(p), local_files_only=True)
         else:
             hf = PreTrainedTokenizerFast(tokenizer_object=load_tokenizer(p))
@@ -195,12 +193,19 @@ def expand_vocab(cfg: ExpandConfig, log=print) -> dict[str, Any]:
                 f"{name}: {stats['base_chars_per_token']} -> {stats['expanded_chars_per_token']} chars/token"
                 f" (identical ids: {stats['identical_ids']})"
             )
+    failure = None
     if rank == 0:
-        with atomic_dir(cfg.output, overwrite=cfg.overwrite) as tmp:
-            _write(tmp, hf, result, report, (held[:20] + english[:20]) or [n.text for n in target.new if n.text][:50])
-        say(f"wrote {cfg.output}: {len(target.new)} new tokens, ids {target.base_vocab_size}..{vocab_size - 1}")
-    if comm is not None:
-        comm.Barrier()
+        try:
+            with atomic_dir(cfg.output, overwrite=cfg.overwrite) as tmp:
+                probe = (held[:20] + english[:20]) or [n.text for n in target.new if n.text][:50]
+                _write(tmp, hf, result, report, probe)
+            say(f"wrote {cfg.output}: {len(target.new)} new tokens, ids {target.base_vocab_size}..{vocab_size - 1}")
+        except BaseException as e:  # other ranks must not wait forever for a rank that failed
+            failure = e
+    if comm is not None and comm.bcast(failure is not None, root=0) and rank != 0:
+        raise ExpansionError(f"rank 0 failed to write {cfg.output}")
+    if failure is not None:
+        raise failure
     return report
 
 
