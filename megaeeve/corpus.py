@@ -209,6 +209,20 @@ def _check_text(path: str, offset: int, line: int | None, text: object, max_char
     return text
 
 
+_scan_json = json.JSONDecoder().scan_once  # the C scanner behind json.loads, without its per-call overhead
+
+
+def _parse_json(line: str) -> object:
+    """`json.loads(line)`, about twice as fast on the usual line: one value, no surrounding whitespace."""
+    try:
+        obj, end = _scan_json(line, 0)
+        if end == len(line):
+            return obj
+    except (StopIteration, json.JSONDecodeError):
+        pass
+    return json.loads(line)  # whitespace around the value, or the exact error for a bad line
+
+
 def _iter_items(shard: Shard, key: str, max_chars: int) -> Iterator[tuple[int, int | None, str | Record]]:
     """(offset, line, document text or `Record` of a non-document) for every line/row of `shard`."""
     family, _ = _kind(shard.path)
@@ -232,7 +246,7 @@ def _iter_items(shard: Shard, key: str, max_chars: int) -> Iterator[tuple[int, i
             yield offset, line, Record(path, offset, None, "empty", "blank line", line)
             continue
         try:
-            obj = json.loads(decoded)
+            obj = _parse_json(decoded)
         except json.JSONDecodeError as e:
             yield offset, line, Record(path, offset, None, "invalid_json", str(e), line)
             continue

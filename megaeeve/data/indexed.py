@@ -36,7 +36,7 @@ DTYPE_CODES = {
 }
 CODE_DTYPES = {code: dtype for dtype, code in DTYPE_CODES.items()}
 WRITABLE_DTYPES = (np.dtype(np.uint16), np.dtype(np.int32))
-CHUNK = 1 << 20  # index entries per buffer / per streamed chunk
+CHUNK = 1 << 16  # index entries per buffer / per streamed chunk (memory: a few of these, whatever the size)
 
 
 class IndexedDatasetError(ValueError):
@@ -286,7 +286,7 @@ class IndexedDatasetWriter:
             self._buffer("docs", base + (values[1:] if first else values))
             first = False
         with open(src.bin_path, "rb") as f:
-            shutil.copyfileobj(f, self._files["bin"][1], 1 << 24)  # type: ignore[arg-type]
+            shutil.copyfileobj(f, self._files["bin"][1], 1 << 22)  # type: ignore[arg-type]
         self.sequence_count += src.sequence_count
         self.document_count += src.document_count - 1
         self.token_count += src.bin_size // self.dtype.itemsize

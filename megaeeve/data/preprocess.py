@@ -63,7 +63,7 @@ class PreprocessConfig:
     workers: int | None = None  # tokenizer threads per rank; default: this rank's share of the cores
     skip_bad: bool = False
     max_chars: int = DEFAULT_MAX_CHARS
-    batch_chars: int = 1 << 20  # characters per encode_batch call (enough for all cores, bounded memory)
+    batch_chars: int | None = None  # characters per encode_batch_fast call; default 64K per worker thread
     shard_bytes: int = 64 << 20
     progress: bool = True
 
@@ -134,15 +134,19 @@ def resolve_eod(tokenizer_path: str, tok, eod_token: str | None) -> int:
 
 
 # -- one shard -----------------------------------------------------------------------------------------
-def _batches(shard: Shard, cfg: PreprocessConfig) -> Iterator[list[str | Record]]:
-    """The shard's items (document texts and `Record`s of non-documents) in batches of ~batch_chars."""
+def _batches(shard: Shard, cfg: PreprocessConfig, batch_chars: int) -> Iterator[list[str | Record]]:
+    """The shard's items (document texts and `Record`s of non-documents) in batches of ~batch_chars.
+
+    Enough text per batch to keep every worker thread busy, small enough that the few batches in flight
+    (texts, then tokenizers' Encoding objects, ~100 bytes a token) stay a fixed, modest amount of memory.
+    """
     batch: list[str | Record] = []
     chars = 0
     for item in iter_texts(shard, cfg.json_key, cfg.max_chars):
         batch.append(item)
         if isinstance(item, str):
             chars += len(item)
-        if chars >= cfg.batch_chars or len(batch) >= 65536:
+        if chars >= batch_chars or len(batch) >= 65536:
             yield batch
             batch, chars = [], 0
     if batch:
@@ -151,22 +155,20 @@ def _batches(shard: Shard, cfg: PreprocessConfig) -> Iterator[list[str | Record]
 
 @dataclass
 class _Encoded:
-    ids: list[list[int]]
+    encodings: list  # tokenizers.Encoding of the batch's documents, in order
     blank_lines: int
     bad: list[Record]
 
 
-def _encode(batches: Iterator[list[str | Record]], tok, cfg: PreprocessConfig, eod: int | None) -> Iterator[_Encoded]:
+def _encode(batches: Iterator[list[str | Record]], tok, cfg: PreprocessConfig) -> Iterator[_Encoded]:
+    """Only the encoding runs here (Rust threads, GIL released), back to back; ids are taken elsewhere."""
     for batch in batches:
         texts = [item for item in batch if isinstance(item, str)]
         bad = [item for item in batch if not isinstance(item, str) and item.reason != "blank_line"]
         if bad and not cfg.skip_bad:
             raise bad[0].error()
-        ids = [e.ids for e in tok.encode_batch_fast(texts, add_special_tokens=False)] if texts else []
-        if eod is not None:
-            for doc in ids:
-                doc.append(eod)
-        yield _Encoded(ids, len(batch) - len(texts) - len(bad), bad)
+        encodings = tok.encode_batch_fast(texts, add_special_tokens=False) if texts else []
+        yield _Encoded(encodings, len(batch) - len(texts) - len(bad), bad)
 
 
 def _prefetched(items: Iterator[Any], depth: int = 2) -> Iterator[Any]:
@@ -213,27 +215,35 @@ def _prefetched(items: Iterator[Any], depth: int = 2) -> Iterator[Any]:
             items.close()
 
 
-def encode_shard(shard: Shard, tok, cfg: PreprocessConfig, eod: int | None, writer: IndexedDatasetWriter, bar) -> Counts:
+def encode_shard(
+    shard: Shard, tok, cfg: PreprocessConfig, eod: int | None, writer: IndexedDatasetWriter, workers: int, bar=None
+) -> Counts:
     """Tokenize the records of one shard into `writer`; returns what happened to each record."""
     counts = Counts()
-    for enc in _prefetched(_encode(_prefetched(_batches(shard, cfg)), tok, cfg, eod)):
+    batch_chars = cfg.batch_chars or (1 << 16) * workers
+    for enc in _prefetched(_encode(_prefetched(_batches(shard, cfg, batch_chars)), tok, cfg), depth=1):
         counts.blank_lines += enc.blank_lines
         for rec in enc.bad:
             counts.skip(rec)
-        if not enc.ids:
+        if not enc.encodings:
             continue
-        lengths = np.fromiter(map(len, enc.ids), np.int64, len(enc.ids))
+        ids = [e.ids for e in enc.encodings]
+        enc = None  # free the Encoding objects now, not after the next batch arrives
+        if eod is not None:
+            for doc in ids:
+                doc.append(eod)
+        lengths = np.fromiter(map(len, ids), np.int64, len(ids))
         total = int(lengths.sum())
-        tokens = np.fromiter(itertools.chain.from_iterable(enc.ids), np.int64, total)
+        tokens = np.fromiter(itertools.chain.from_iterable(ids), np.int64, total)
         try:
             writer.add_documents(tokens, lengths)
         except ValueError as e:
             raise PreprocessError(f"{shard.path}: {e}") from e
-        counts.documents_read += len(enc.ids)
-        counts.documents_written += len(enc.ids)
+        counts.documents_read += len(ids)
+        counts.documents_written += len(ids)
         counts.tokens_written += total
         if bar is not None:
-            bar.update(len(enc.ids))
+            bar.update(len(ids))
             bar.tokens += total
             bar.set_postfix_str(f"{bar.tokens / max(bar.format_dict['elapsed'], 1e-9):,.0f} tokens/s", refresh=False)
     return counts
@@ -267,11 +277,8 @@ class _Comm:
 
 
 def _sha256(path: str) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        while chunk := f.read(1 << 24):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()  # small fixed buffer
 
 
 def _work_dir(prefix: str) -> Path:
@@ -319,12 +326,13 @@ def preprocess(cfg: PreprocessConfig) -> dict[str, Any] | None:
     eod = resolve_eod(cfg.tokenizer, tok, cfg.eod_token) if cfg.append_eod else None
     vocab_size = tok.get_vocab_size(with_added_tokens=True)
     dtype = dtype_for_vocab(vocab_size)
+    fingerprint = tokenizer_fingerprint(tok)
     total_bytes = sum(os.path.getsize(f) for f in files)
     shards = plan_shards(files, max(comm.size, -(-total_bytes // cfg.shard_bytes)))
     plan = {
         "inputs": [[f, os.path.getsize(f), os.stat(f).st_mtime_ns] for f in files],
         "shards": [[s.path, s.start, s.end] for s in shards],
-        "tokenizer": tokenizer_fingerprint(tok),
+        "tokenizer": fingerprint,
         "options": [cfg.json_key, eod, cfg.max_chars, cfg.skip_bad, dtype.name, comm.size],
     }
     work = _work_dir(cfg.output_prefix)
@@ -352,7 +360,7 @@ def preprocess(cfg: PreprocessConfig) -> dict[str, Any] | None:
         return None
     for _, h in results:
         hashes.update(h)
-    return _assemble(cfg, files, shards, hashes, work, tok, eod, dtype, vocab_size, comm, workers, started)
+    return _assemble(cfg, files, shards, hashes, work, plan, eod, dtype, vocab_size, comm, workers, started)
 
 
 def _encode_my_shards(shards: list[Shard], comm: _Comm, cfg: PreprocessConfig, tok, eod, dtype, work: Path, workers: int) -> None:
@@ -371,14 +379,14 @@ def _encode_my_shards(shards: list[Shard], comm: _Comm, cfg: PreprocessConfig, t
     try:
         for i in todo:
             with IndexedDatasetWriter(_part(work, i), dtype) as writer:
-                counts = encode_shard(shards[i], tok, cfg, eod, writer, bar)
+                counts = encode_shard(shards[i], tok, cfg, eod, writer, workers, bar)
             write_json(_part(work, i) + ".json", asdict(counts))
     finally:
         if bar is not None:
             bar.close()
 
 
-def _assemble(cfg, files, shards, hashes, work: Path, tok, eod, dtype, vocab_size, comm, workers, started) -> dict[str, Any]:
+def _assemble(cfg, files, shards, hashes, work: Path, plan, eod, dtype, vocab_size, comm, workers, started) -> dict[str, Any]:
     """Rank 0: merge the parts in order and write the manifest (last: it marks the dataset complete)."""
     per_file = {f: Counts() for f in files}
     for i, shard in enumerate(shards):
@@ -401,7 +409,7 @@ def _assemble(cfg, files, shards, hashes, work: Path, tok, eod, dtype, vocab_siz
         "output_prefix": cfg.output_prefix,
         "files": {"bin": bin_path(cfg.output_prefix), "idx": idx_path(cfg.output_prefix)},
         "dtype": dtype.name,
-        "tokenizer": {"path": cfg.tokenizer, "sha256": tokenizer_fingerprint(tok), "vocab_size": vocab_size},
+        "tokenizer": {"path": cfg.tokenizer, "sha256": plan["tokenizer"], "vocab_size": vocab_size},
         "json_key": cfg.json_key,
         "append_eod": cfg.append_eod,
         "eod_id": eod,

