@@ -181,9 +181,9 @@ def write_results(text: str, path: Path) -> None:
         start = next(i for i, line in enumerate(lines) if line.strip() == SECTION)
         end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
     except StopIteration:
-        start = end = len(lines)
         if lines and lines[-1].strip():
             lines.append("\n")
+        start = end = len(lines)
     new = lines[:start] + [text.rstrip("\n") + "\n\n"] + lines[end:]
     with atomic_file(path, "w") as f:
         f.write("".join(new).rstrip("\n") + "\n")

@@ -196,7 +196,10 @@ class IndexedDatasetWriter:
     would wrap them silently).
     """
 
-    def __init__(self, prefix: str | os.PathLike, dtype: np.dtype | type | None = None, *, vocab_size: int | None = None):
+    def __init__(
+        self, prefix: str | os.PathLike, dtype: np.dtype | type | None = None, *, vocab_size: int | None = None,
+        tmp_dir: str | os.PathLike | None = None,
+    ):
         if (dtype is None) == (vocab_size is None):
             raise ValueError("give exactly one of dtype and vocab_size")
         self.dtype = np.dtype(dtype) if dtype is not None else dtype_for_vocab(vocab_size)  # type: ignore[arg-type]
@@ -204,12 +207,13 @@ class IndexedDatasetWriter:
             raise ValueError(f"token dtype must be uint16 or int32, got {self.dtype}")
         self._limits = (np.iinfo(self.dtype).min, np.iinfo(self.dtype).max)
         self.prefix = os.fspath(prefix)
-        parent = Path(self.prefix).parent
-        parent.mkdir(parents=True, exist_ok=True)
+        Path(self.prefix).parent.mkdir(parents=True, exist_ok=True)
         name = Path(self.prefix).name
+        # Temporaries live beside the prefix unless `tmp_dir` (same file system: .bin is renamed from there).
+        tmp_dir = tmp_dir if tmp_dir is not None else Path(self.prefix).parent
         self._files: dict[str, tuple[str, object]] = {}
         for part in ("bin", "lengths", "docs"):
-            fd, path = tempfile.mkstemp(prefix=f".{name}.{part}.", suffix=".tmp", dir=parent)
+            fd, path = tempfile.mkstemp(prefix=f".{name}.{part}.", suffix=".tmp", dir=tmp_dir)
             self._files[part] = (path, os.fdopen(fd, "wb"))
         self._lengths = np.empty(CHUNK, np.int32)
         self._docs = np.empty(CHUNK, np.int64)
@@ -378,7 +382,9 @@ def _read_chunks(path: str, dtype: type, offset: int, count: int) -> Iterable[np
             done += take
 
 
-def merge_datasets(prefixes: Sequence[str | os.PathLike], out_prefix: str | os.PathLike) -> IndexHeader:
+def merge_datasets(
+    prefixes: Sequence[str | os.PathLike], out_prefix: str | os.PathLike, tmp_dir: str | os.PathLike | None = None
+) -> IndexHeader:
     """Concatenate datasets (same dtype) into `out_prefix`, in order, streaming."""
     if not prefixes:
         raise ValueError("merge_datasets needs at least one input prefix")
@@ -388,7 +394,7 @@ def merge_datasets(prefixes: Sequence[str | os.PathLike], out_prefix: str | os.P
     for h in headers[1:]:
         if h.dtype != headers[0].dtype:
             raise IndexedDatasetError(f"{h.idx_path}: dtype {h.dtype} differs from {headers[0].idx_path}'s {headers[0].dtype}")
-    with IndexedDatasetWriter(out_prefix, headers[0].dtype) as writer:
+    with IndexedDatasetWriter(out_prefix, headers[0].dtype, tmp_dir=tmp_dir) as writer:
         for prefix in prefixes:
             writer.add_index(prefix)
     return IndexHeader(out_prefix)
