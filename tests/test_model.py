@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from tokenizers import Tokenizer
 
 from megaeeve import assets
-from megaeeve.model import (ExtendError, ModelDirError, export_hf, extend_model, load_model_dir, parameter_roles,
+from megaeeve.model import (ExtendError, ModelDirError, extend_model, load_model_dir, parameter_roles,
                             read_model_meta, save_model_dir)
 from _model_helpers import KOREAN_ADDED_TOKENS, byte_level, expand, save_model, tiny_llama, tiny_phi
 
