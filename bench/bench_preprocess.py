@@ -7,6 +7,7 @@ Methods (same tokenizer: GPT-2's byte-level BPE; same worker count):
 - encode_batch_fast: the same with `encode_batch_fast` (no offsets), for reference.
 - megaeeve: tools/preprocess_data.py on the JSONL file: reading, JSON, tokenizing, writing .bin/.idx,
   hashing, manifest (its own timer: interpreter start-up and imports excluded).
+- megaeeve --tiktoken: the same with the exact tiktoken path (megaeeve/data/fast_bpe.py).
 - megatron-style: what Megatron-LM's preprocess_data.py does, written here from its description: a
   multiprocessing Pool of workers, `imap` over the file's lines (chunks of 32), one document per
   `Tokenizer.encode` call, the main process writing the dataset.
@@ -140,10 +141,11 @@ def make_corpus(path: Path, lang: str, target_bytes: int) -> tuple[int, int]:
 
 def one_run(method: str, corpus: Path, tokenizer: Path, workers: int, out_dir: Path, megatron_lm: str | None) -> dict:
     prefix = out_dir / f"{method}-{corpus.stem}"
-    if method == "megaeeve":
+    if method.startswith("megaeeve"):
         out, wall, rss, cpu = measure([sys.executable, str(REPO / "tools/preprocess_data.py"), "--input", str(corpus),
-                                  "--output-prefix", str(prefix), "--tokenizer", str(tokenizer),
-                                  "--workers", str(workers), "--no-progress"])
+                                       "--output-prefix", str(prefix), "--tokenizer", str(tokenizer),
+                                       "--workers", str(workers), "--no-progress",
+                                       *(["--tiktoken"] if method == "megaeeve --tiktoken" else [])])
         manifest = json.loads(Path(f"{prefix}.manifest.json").read_text())
         return {"seconds": manifest["seconds"], "docs": manifest["documents"]["written"],
                 "tokens": manifest["tokens_written"], "rss": rss, "wall": wall, "cpu": cpu}
@@ -208,7 +210,7 @@ def main() -> int:
 
     from megaeeve import assets
 
-    methods = ["encode_batch", "encode_batch_fast", "megaeeve", "megatron-style"]
+    methods = ["encode_batch", "encode_batch_fast", "megaeeve", "megaeeve --tiktoken", "megatron-style"]
     if args.megatron_lm:
         methods.append("megatron-lm")
     with tempfile.TemporaryDirectory(prefix="bench-preprocess-") as tmp:
@@ -267,13 +269,15 @@ def render(rows: dict, methods: list[str], args: argparse.Namespace) -> str:
     out += ["", "| ratio (wall throughput; CPU-time ratio in brackets) | " + " | ".join(langs) + " |",
             "|---|" + "---:|" * len(langs)]
     ratios = [("megaeeve / encode_batch, the limit (target >= 0.90)", "encode_batch"),
+              ("megaeeve --tiktoken / encode_batch", "encode_batch"),
               ("megaeeve / encode_batch_fast", "encode_batch_fast"),
               ("megaeeve / megatron-style Pool+imap (target > 1)", "megatron-style")]
     if "megatron-lm" in methods:
         ratios.append(("megaeeve / Megatron-LM preprocess_data.py (its wall time)", "megatron-lm"))
     for label, ref in ratios:
-        cells = [f"{rows[l]['seconds'][ref] / rows[l]['seconds']['megaeeve']:.2f} "
-                 f"({rows[l]['cpu'][ref] / rows[l]['cpu']['megaeeve']:.2f})" for l in langs]
+        ours = label.split(" / ")[0]
+        cells = [f"{rows[l]['seconds'][ref] / rows[l]['seconds'][ours]:.2f} "
+                 f"({rows[l]['cpu'][ref] / rows[l]['cpu'][ours]:.2f})" for l in langs]
         out.append(f"| {label} | " + " | ".join(cells) + " |")
     out += ["", "Peak RSS (wait4 maxrss of the largest process):", "",
             "| run | " + " | ".join(langs) + " |", "|---|" + "---:|" * len(langs)]

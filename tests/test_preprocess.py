@@ -211,3 +211,22 @@ def test_eod_token_comes_from_the_tokenizer_or_the_flag(tmp_path, gpt2_tokenizer
     ds = IndexedDataset(prefix)
     assert all(ds[i][-1] == EOS_ID for i in range(0, len(ds), 50))
     assert np.count_nonzero(np.asarray(ds[0:len(ds)][5]) == EOS_ID) == 1
+
+
+def test_tiktoken_path_gives_identical_ids(tmp_path, gpt2_tokenizer_dir, phi2_tokenizer_dir, korean_split,
+                                           english_docs, korean_jsonl, english_jsonl):
+    from megaeeve.data.fast_bpe import tiktoken_batch_encoder
+
+    tok = load_tokenizer(gpt2_tokenizer_dir)
+    tricky = ["a<|endoftext|>b", "  x\n\n\t 123 ’s we'll DON'T 4567", "😀 é\u00a0z\r\n", " " * 40 + "end", "ｆｕｌｌ 가나 ㄱ"]
+    docs = korean_split[0] + korean_split[1] + english_docs + tricky
+    assert tiktoken_batch_encoder(tok, 2)(docs) == [e.ids for e in tok.encode_batch(docs, add_special_tokens=False)]
+
+    _, hf = run(tmp_path, [korean_jsonl, english_jsonl], gpt2_tokenizer_dir, name="hf", append_eod=True)
+    manifest, tt = run(tmp_path, [korean_jsonl, english_jsonl], gpt2_tokenizer_dir, name="tt", append_eod=True,
+                       tiktoken=True)
+    assert manifest["tokenizer"]["encoder"] == "tiktoken"
+    for suffix in (".bin", ".idx"):
+        assert Path(f"{tt}{suffix}").read_bytes() == Path(f"{hf}{suffix}").read_bytes()
+    with pytest.raises(PreprocessError, match="not a plain special token.*without --tiktoken"):
+        run(tmp_path, [korean_jsonl], phi2_tokenizer_dir, name="phi2", tiktoken=True)

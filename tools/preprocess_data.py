@@ -33,12 +33,15 @@ def main(argv: list[str] | None = None) -> int:
                    help="skip bad records and count them by reason in the manifest (default: stop with file:line)")
     p.add_argument("--max-chars", type=int, default=DEFAULT_MAX_CHARS, help="longer documents are bad (too_long)")
     p.add_argument("--shard-mb", type=float, default=64, help="input split unit, and what a rerun redoes at most")
+    p.add_argument("--tiktoken", action="store_true",
+                   help="encode with tiktoken (same ids, faster) for GPT-2-style byte-level BPE; refused otherwise")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     cfg = PreprocessConfig(
         inputs=args.input, output_prefix=args.output_prefix, tokenizer=args.tokenizer, json_key=args.json_keys,
         append_eod=args.append_eod, eod_token=args.eod_token, workers=args.workers, skip_bad=args.skip_bad,
         max_chars=args.max_chars, shard_bytes=max(1, int(args.shard_mb * (1 << 20))), progress=not args.no_progress,
+        tiktoken=args.tiktoken,
     )
     os.environ["TOKENIZERS_PARALLELISM"] = "true"  # encode_batch_fast on all `--workers` threads
     try:

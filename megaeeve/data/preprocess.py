@@ -30,7 +30,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -66,6 +66,7 @@ class PreprocessConfig:
     batch_chars: int | None = None  # characters per encode_batch_fast call; default 64K per worker thread
     shard_bytes: int = 64 << 20
     progress: bool = True
+    tiktoken: bool = False  # exact tiktoken path for GPT-2-style byte-level BPE (fast_bpe.py); refused otherwise
 
 
 @dataclass
@@ -155,20 +156,31 @@ def _batches(shard: Shard, cfg: PreprocessConfig, batch_chars: int) -> Iterator[
 
 @dataclass
 class _Encoded:
-    encodings: list  # tokenizers.Encoding of the batch's documents, in order
+    encodings: list  # per document in order: a tokenizers.Encoding, or the ids themselves (tiktoken)
     blank_lines: int
     bad: list[Record]
 
 
-def _encode(batches: Iterator[list[str | Record]], tok, cfg: PreprocessConfig) -> Iterator[_Encoded]:
+def batch_encoder(tok, cfg: PreprocessConfig, workers: int) -> Callable[[list[str]], list]:
+    """texts -> per text a tokenizers.Encoding (its `.ids`) or, on the tiktoken path, the ids list."""
+    if cfg.tiktoken:
+        from megaeeve.data.fast_bpe import NotEligible, tiktoken_batch_encoder
+
+        try:
+            return tiktoken_batch_encoder(tok, workers)
+        except NotEligible as e:
+            raise PreprocessError(f"{cfg.tokenizer}: {e}; run without --tiktoken") from e
+    return lambda texts: tok.encode_batch_fast(texts, add_special_tokens=False)
+
+
+def _encode(batches: Iterator[list[str | Record]], encode: Callable[[list[str]], list], cfg: PreprocessConfig) -> Iterator[_Encoded]:
     """Only the encoding runs here (Rust threads, GIL released), back to back; ids are taken elsewhere."""
     for batch in batches:
         texts = [item for item in batch if isinstance(item, str)]
         bad = [item for item in batch if not isinstance(item, str) and item.reason != "blank_line"]
         if bad and not cfg.skip_bad:
             raise bad[0].error()
-        encodings = tok.encode_batch_fast(texts, add_special_tokens=False) if texts else []
-        yield _Encoded(encodings, len(batch) - len(texts) - len(bad), bad)
+        yield _Encoded(encode(texts) if texts else [], len(batch) - len(texts) - len(bad), bad)
 
 
 def _prefetched(items: Iterator[Any], depth: int = 2) -> Iterator[Any]:
@@ -216,18 +228,19 @@ def _prefetched(items: Iterator[Any], depth: int = 2) -> Iterator[Any]:
 
 
 def encode_shard(
-    shard: Shard, tok, cfg: PreprocessConfig, eod: int | None, writer: IndexedDatasetWriter, workers: int, bar=None
+    shard: Shard, encode: Callable[[list[str]], list], cfg: PreprocessConfig, eod: int | None,
+    writer: IndexedDatasetWriter, workers: int, bar=None,
 ) -> Counts:
     """Tokenize the records of one shard into `writer`; returns what happened to each record."""
     counts = Counts()
     batch_chars = cfg.batch_chars or (1 << 16) * workers
-    for enc in _prefetched(_encode(_prefetched(_batches(shard, cfg, batch_chars)), tok, cfg), depth=1):
+    for enc in _prefetched(_encode(_prefetched(_batches(shard, cfg, batch_chars)), encode, cfg), depth=1):
         counts.blank_lines += enc.blank_lines
         for rec in enc.bad:
             counts.skip(rec)
         if not enc.encodings:
             continue
-        ids = [e.ids for e in enc.encodings]
+        ids = enc.encodings if cfg.tiktoken else [e.ids for e in enc.encodings]
         enc = None  # free the Encoding objects now, not after the next batch arrives
         if eod is not None:
             for doc in ids:
@@ -343,7 +356,7 @@ def preprocess(cfg: PreprocessConfig) -> dict[str, Any] | None:
     error = None
     hashes: dict[str, str] = {}
     try:
-        _encode_my_shards(shards, comm, cfg, tok, eod, dtype, work, workers)
+        _encode_my_shards(shards, comm, cfg, batch_encoder(tok, cfg, workers), eod, dtype, work, workers)
         hashes = {f: _sha256(f) for f in files[comm.rank :: comm.size]}
     except (CorpusError, PreprocessError) as e:
         error = str(e)
@@ -363,7 +376,7 @@ def preprocess(cfg: PreprocessConfig) -> dict[str, Any] | None:
     return _assemble(cfg, files, shards, hashes, work, plan, eod, dtype, vocab_size, comm, workers, started)
 
 
-def _encode_my_shards(shards: list[Shard], comm: _Comm, cfg: PreprocessConfig, tok, eod, dtype, work: Path, workers: int) -> None:
+def _encode_my_shards(shards: list[Shard], comm: _Comm, cfg: PreprocessConfig, encode, eod, dtype, work: Path, workers: int) -> None:
     mine = [i for i in range(len(shards)) if i % comm.size == comm.rank]
     todo = [i for i in mine if not (Path(_part(work, i) + ".json").is_file() and exists(_part(work, i)))]
     if len(todo) < len(mine):
@@ -379,7 +392,7 @@ def _encode_my_shards(shards: list[Shard], comm: _Comm, cfg: PreprocessConfig, t
     try:
         for i in todo:
             with IndexedDatasetWriter(_part(work, i), dtype) as writer:
-                counts = encode_shard(shards[i], tok, cfg, eod, writer, workers, bar)
+                counts = encode_shard(shards[i], encode, cfg, eod, writer, workers, bar)
             write_json(_part(work, i) + ".json", asdict(counts))
     finally:
         if bar is not None:
@@ -409,7 +422,8 @@ def _assemble(cfg, files, shards, hashes, work: Path, plan, eod, dtype, vocab_si
         "output_prefix": cfg.output_prefix,
         "files": {"bin": bin_path(cfg.output_prefix), "idx": idx_path(cfg.output_prefix)},
         "dtype": dtype.name,
-        "tokenizer": {"path": cfg.tokenizer, "sha256": plan["tokenizer"], "vocab_size": vocab_size},
+        "tokenizer": {"path": cfg.tokenizer, "sha256": plan["tokenizer"], "vocab_size": vocab_size,
+                      "encoder": "tiktoken" if cfg.tiktoken else "tokenizers"},
         "json_key": cfg.json_key,
         "append_eod": cfg.append_eod,
         "eod_id": eod,
