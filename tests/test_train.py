@@ -1,23 +1,30 @@
 """The seven-stage trainer end to end: 2 ranks, gloo, real DeepSpeed ZeRO-3 engines, tiny Phi and Llama models.
 
-One chained run per architecture (module-scoped) serves every assertion about it.
+One chained run per architecture (module-scoped) serves every assertion about it; the Phi chain's stage 6
+is also the uninterrupted reference of the kill -9 / SIGUSR1 resume test.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
-from _train_helpers import (REPO, TRAIN, ds_config, make_stage0, metrics, read_log, run_config, train_stage, weights,
-                            write_prefix)
+from _train_helpers import (REPO, TRAIN, ds_config, launch, make_stage0, metrics, read_log, run_config, train_stage,
+                            wait, weights, write_prefix)
 from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
 from megaeeve.model import parameter_roles, read_model_meta
 from megaeeve.model.checkpoint import build_split_model
 from megaeeve.stages import DEFAULT_STAGES
+from megaeeve.training.signals import REQUEUE_EXIT_CODE
 
 pytestmark = pytest.mark.slow
 
@@ -42,11 +49,16 @@ def corpus(tmp_path_factory, gpt2_tokenizer_dir, korean_split, english_docs):
     return {"tmp": tmp, "phi": phi, "llama": llama, "sources": sources, "ds": ds_config(tmp / "ds.json")}
 
 
+RESUME_STAGE, RESUME_STEPS = 6, 6  # the chain's stage 6 is also the uninterrupted run of the resume test
+TRAINING = {"eval_samples": 4, "checkpoint_every": 2, "progress_bar": False}
+
+
 def _chain(corpus, arch: str, stages: list[int], steps: int = 2) -> dict:
     tmp = corpus["tmp"]
     run_dir = tmp / f"run-{arch}"
-    cfg = run_config(tmp / f"{arch}.yaml", run_dir, corpus[arch], corpus["sources"],
-                     {s: {"steps": steps} for s in stages}, run_stages=stages)
+    budgets = {s: {"steps": RESUME_STEPS if s == RESUME_STAGE else steps} for s in stages}
+    cfg = run_config(tmp / f"{arch}.yaml", run_dir, corpus[arch], corpus["sources"], budgets, run_stages=stages,
+                     training=TRAINING)
     for s in stages:
         code = train_stage(corpus["ds"], cfg, s, tmp / f"{arch}-stage{s}.log")
         assert code == 0, read_log(tmp / f"{arch}-stage{s}.log")
@@ -110,6 +122,7 @@ def test_metrics_and_markers(phi_chain):
     records = metrics(stage_dir)
     train = [r for r in records if r["kind"] == "train"]
     assert [r["step"] for r in train] == [1, 2]
+    assert [r["step"] for r in metrics(phi_chain["run_dir"] / "stage-6") if r["kind"] == "train"] == list(range(1, 7))
     for r in train:
         for key in ("loss", "lr", "grad_norm", "tokens_per_s", "tflops_per_device", "new_token_share"):
             assert r[key] > 0, key
@@ -156,3 +169,67 @@ def test_dry_run_lists_trainable_parameters(corpus, tmp_path):
     assert f"input_added      {added:>15,}" in out.stdout
     assert out.stdout.count("\nstage ") == 7
     assert not (tmp_path / "dry-run").exists()
+
+
+def _wait_for_step(stage_dir: Path, step: int, procs, timeout: float = 120) -> None:
+    path = stage_dir / "metrics.jsonl"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert all(p.poll() is None for p in procs), "the run ended before it could be interrupted"
+        if path.exists():
+            lines = [json.loads(x) for x in path.read_text().splitlines() if x.endswith("}")]
+            if any(r["kind"] == "train" and r["step"] >= step for r in lines):
+                return
+        time.sleep(0.02)
+    raise TimeoutError(f"step {step} never logged in {path}")
+
+
+def _wait_for_resume(log: Path, procs, timeout: float = 120) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert all(p.poll() is None for p in procs), "the resumed run ended early"
+        match = re.search(r"resumed at step (\d+)", log.read_text() if log.exists() else "")
+        if match:
+            return int(match.group(1))
+        time.sleep(0.02)
+    raise TimeoutError(f"no resume message in {log}")
+
+
+def test_kill_and_signal_then_resume_match_uninterrupted(phi_chain, corpus, tmp_path):
+    """Stage 6 again from the chain's stage-5 weights: killed with -9, resumed and stopped by SIGUSR1 (exit 99),
+    resumed to the end. Its batches and final weights equal the chain's uninterrupted stage 6."""
+    ds = corpus["ds"]
+    cfg = run_config(tmp_path / "interrupted.yaml", tmp_path / "interrupted",
+                     phi_chain["run_dir"] / f"stage-{RESUME_STAGE - 1}" / "final", corpus["sources"],
+                     {RESUME_STAGE: {"steps": RESUME_STEPS}}, run_stages=[RESUME_STAGE], training=TRAINING)
+    stage_dir = tmp_path / "interrupted" / f"stage-{RESUME_STAGE}"
+    args = ["--ds_config", str(ds), "--config", str(cfg), "--stage", str(RESUME_STAGE)]
+    procs = launch(args, log=tmp_path / "killed.log")
+    _wait_for_step(stage_dir, 3, procs)
+    for p in procs:
+        os.killpg(p.pid, signal.SIGKILL)
+    wait(procs)
+    assert not (stage_dir / "DONE").exists()
+
+    procs = launch(args, log=tmp_path / "signalled.log")
+    resumed = _wait_for_resume(tmp_path / "signalled.log.rank0", procs)
+    assert resumed in (2, 4)  # the last checkpoint (every 2 steps) before the kill
+    _wait_for_step(stage_dir, resumed + 1, procs)
+    procs[1].send_signal(signal.SIGUSR1)  # one rank only: the ranks must agree to stop together
+    assert wait(procs) == [REQUEUE_EXIT_CODE] * 2, read_log(tmp_path / "signalled.log")
+    assert not (stage_dir / "DONE").exists()
+
+    assert train_stage(ds, cfg, RESUME_STAGE, tmp_path / "finished.log") == 0
+    assert "resumed at step" in read_log(tmp_path / "finished.log")
+
+    def train_records(d: Path) -> list[tuple]:
+        return [(r["step"], r["consumed_samples"], r["batch_checksum"], r["loss"])
+                for r in metrics(d) if r["kind"] == "train"]
+
+    straight = phi_chain["run_dir"] / f"stage-{RESUME_STAGE}"
+    assert train_records(stage_dir) == train_records(straight)
+    assert [r[0] for r in train_records(stage_dir)] == list(range(1, RESUME_STEPS + 1))
+    a, b = weights(straight / "final"), weights(stage_dir / "final")
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
