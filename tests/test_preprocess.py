@@ -166,6 +166,15 @@ def test_mpi_ranks_produce_the_same_bytes_as_one_process(tmp_path, gpt2_tokenize
     manifest = json.loads(Path(f"{mpi}.manifest.json").read_text())
     assert manifest["ranks"] == 2 and manifest["workers_per_rank"] == 1
 
+    # a bad line in the last shard (rank 1's): every rank stops with the error, nothing is written
+    bad = tmp_path / "bad.jsonl"
+    lines = korean_jsonl.read_text(encoding="utf-8").splitlines()
+    bad.write_text("\n".join(lines + ['{"text": "broken']) + "\n", encoding="utf-8")
+    out = run_tool("--input", str(bad), "--output-prefix", str(tmp_path / "bad"), "--tokenizer",
+                   str(gpt2_tokenizer_dir), "--shard-mb", "0.03", "--no-progress", mpi=2, check=False)
+    assert out.returncode != 0 and f"{bad}:{len(lines) + 1}: invalid_json" in out.stderr
+    assert not (tmp_path / "bad.idx").exists()
+
 
 def test_kill_9_leaves_nothing_complete_and_a_rerun_resumes(tmp_path, gpt2_tokenizer_dir, korean_split):
     docs = korean_split[0] * 6  # ~1 MB: a few seconds on one thread, in ~20 shards

@@ -3,9 +3,9 @@
 How the work is cut:
 - the inputs are planned into shards (`corpus.plan_shards`, about `shard_bytes` each, at least one per
   rank); rank r takes shards r, r + K, ... of K ranks;
-- a shard is read by a background thread (JSON parsing holds the GIL) while the main thread encodes the
-  previous batch with `Tokenizer.encode_batch_fast`, whose Rust thread pool uses `workers` cores with
-  the GIL released;
+- within a shard three threads overlap: one reads and parses records (holds the GIL), one encodes batches
+  with `Tokenizer.encode_batch_fast` (Rust threads on `workers` cores, GIL released; or tiktoken, see
+  fast_bpe.py), and the main thread turns ids into numpy arrays and appends them to the part's writer;
 - each finished shard is a complete part dataset (+ its counts) in a work directory beside the prefix,
   `.NAME.parts/`; after a crash or kill -9, a rerun with the same inputs and options keeps the finished
   parts and redoes only the rest;
@@ -30,7 +30,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -85,7 +85,9 @@ class Counts:
         self.skipped[rec.reason] += 1  # type: ignore[index]
         examples = self.skipped_examples.setdefault(rec.reason, [])  # type: ignore[arg-type]
         if len(examples) < EXAMPLES_PER_REASON:
-            examples.append(f"{rec.location()}: {rec.detail}" if rec.detail else rec.location())
+            # A line number not known yet (a shard starting mid-file) would cost a count from the file's start.
+            where = rec.location() if rec.line is not None else f"{rec.path} (line at byte {rec.offset})"
+            examples.append(f"{where}: {rec.detail}" if rec.detail else where)
 
     def add(self, other: "Counts") -> None:
         self.documents_read += other.documents_read
@@ -275,6 +277,11 @@ class _Comm:
     @classmethod
     def detect(cls) -> "_Comm":
         if not any(v in os.environ for v in MPI_ENV_VARS):
+            if int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_PROCID" in os.environ:
+                raise PreprocessError(
+                    "started as one of several SLURM tasks without MPI: every task would write the same output; "
+                    "launch with `srun --mpi=pmix ...` / `mpirun`, or as a single task"
+                )
             return cls()
         from mpi4py import MPI
 
