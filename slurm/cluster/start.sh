@@ -1,7 +1,6 @@
 #!/usr/bin/env bash
 # Start a throwaway SLURM cluster on this machine, as root, for tests and trying the sbatch scripts:
-# Debian's munged, slurmctld and slurmd with a slurm.conf generated in DIR (nothing under /etc is
-# touched except /etc/netns/<node>/hosts for namespaced nodes).
+# Debian's munged, slurmctld and slurmd with a slurm.conf generated in DIR (nothing under /etc is touched).
 #
 #   slurm/cluster/start.sh [--dir DIR] [--nodes N] [--port PORT] [--subnet A.B.C] [--cpus C]
 #
@@ -34,8 +33,8 @@ done
 for bin in munged slurmctld slurmd scontrol sinfo; do
     command -v "$bin" >/dev/null || { echo "start.sh: $bin not found; install: apt-get install slurm-wlm munge" >&2; exit 1; }
 done
-[ "$NODES" -ge 2 ] && { command -v ip >/dev/null && command -v unshare >/dev/null \
-    || { echo "start.sh: --nodes $NODES needs ip (iproute2) and unshare (util-linux)" >&2; exit 1; }; }
+[ "$NODES" -ge 2 ] && { command -v ip >/dev/null && command -v unshare >/dev/null && command -v nsenter >/dev/null \
+    || { echo "start.sh: --nodes $NODES needs ip (iproute2), unshare and nsenter (util-linux)" >&2; exit 1; }; }
 if [ -f "$DIR/cluster.env" ]; then
     echo "start.sh: $DIR already holds a cluster; stop it first: $(dirname "$0")/stop.sh --dir $DIR" >&2; exit 1
 fi
@@ -60,6 +59,14 @@ NODES=$NODES
 PREFIX=$PREFIX
 NODE_NAMES=(${NODE_NAMES[*]})
 ENV
+
+fail() {  # leave nothing running; keep DIR's logs for a look
+    echo "start.sh: $1; logs in $DIR/log" >&2
+    tail -n 5 "$DIR"/log/*.log >&2 2>/dev/null || true
+    "$(dirname "$0")/stop.sh" --dir "$DIR" --keep-dir >&2
+    exit 1
+}
+trap 'fail "command failed at line $LINENO"' ERR
 
 # munge with its own key and socket, so a system munged (if any) is left alone.
 if command -v mungekey >/dev/null; then mungekey --create --keyfile="$DIR/munge/munge.key" --force
@@ -125,19 +132,23 @@ if [ "$NODES" -ge 2 ]; then
         ip netns exec "$node" ip link set lo up
         ip netns exec "$node" ip addr add "${NODE_ADDRS[$i]}/24" dev "$node-c"
         ip netns exec "$node" ip link set "$node-c" up
-        # `ip netns exec` bind-mounts /etc/netns/<ns>/hosts over /etc/hosts: every node name resolves
-        # to its veth address inside the namespaces (MASTER_ADDR, gloo's own-address lookup).
-        mkdir -p "/etc/netns/$node"
-        {
-            echo "127.0.0.1 localhost"
-            echo "$CTL_ADDR $CTL_HOST"
-            for j in "${!NODE_NAMES[@]}"; do echo "${NODE_ADDRS[$j]} ${NODE_NAMES[$j]}"; done
-        } > "/etc/netns/$node/hosts"
     done
+    {
+        echo "127.0.0.1 localhost"
+        echo "$CTL_ADDR $CTL_HOST"
+        for j in "${!NODE_NAMES[@]}"; do echo "${NODE_ADDRS[$j]} ${NODE_NAMES[$j]}"; done
+    } > "$DIR/hosts"
+    # Each slurmd (and so every job step it starts) runs in its node's network namespace, with its own
+    # hostname and a private mount namespace whose /etc/hosts resolves the node names to the veth
+    # addresses (MASTER_ADDR, gloo's own-address lookup). nsenter, not `ip netns exec`: the latter
+    # remounts /sys, hiding the cgroup filesystem slurmd insists on finding.
     for node in "${NODE_NAMES[@]}"; do
-        ip netns exec "$node" unshare --uts sh -c "hostname $node && exec slurmd -f $SLURM_CONF -N $node"
+        mkdir -p "$DIR/spool/$node"
+        nsenter --net="/run/netns/$node" unshare --mount --uts sh -c \
+            "mount --bind $DIR/hosts /etc/hosts && hostname $node && exec slurmd -f $SLURM_CONF -N $node"
     done
 else
+    mkdir -p "$DIR/spool/${NODE_NAMES[0]}"
     slurmd -f "$SLURM_CONF" -N "${NODE_NAMES[0]}"
 fi
 slurmctld -f "$SLURM_CONF"
@@ -148,7 +159,5 @@ for _ in $(seq 1 60); do
     [ "$idle" -eq "$NODES" ] && { echo "SLURM cluster up: $NODES node(s) (${NODE_NAMES[*]}); export SLURM_CONF=$SLURM_CONF"; exit 0; }
     sleep 0.5
 done
-echo "start.sh: nodes not idle after 30 s:" >&2
 sinfo -N -l >&2 || true
-tail -n 20 "$DIR"/log/*.log >&2
-exit 1
+fail "nodes not idle after 30 s"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Stop a cluster started by slurm/cluster/start.sh and remove what it made (daemons, namespaces,
-# bridge, /etc/netns entries, DIR).   slurm/cluster/stop.sh [--dir DIR] [--keep-dir]
+# bridge, DIR).   slurm/cluster/stop.sh [--dir DIR] [--keep-dir]
 set -uo pipefail
 
 DIR=${MEGAEEVE_SLURM_DIR:-/tmp/megaeeve-slurm}
@@ -34,9 +34,7 @@ if [ "$NODES" -ge 2 ]; then
     for node in "${NODE_NAMES[@]}"; do
         ip netns del "$node" 2>/dev/null || true
         ip link del "$node-h" 2>/dev/null || true
-        rm -rf "/etc/netns/$node"
     done
-    rmdir /etc/netns 2>/dev/null || true
     ip link del "$PREFIX-br" 2>/dev/null || true
 fi
 if [ "$KEEP" = 1 ]; then rm -f "$DIR/cluster.env"; else rm -rf "$DIR"; fi
