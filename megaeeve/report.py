@@ -18,6 +18,7 @@ from megaeeve.atomic import atomic_dir
 
 KOREAN_PROMPT = "대한민국의 모든 국민은"
 ENGLISH_PROMPT = "The import statement"
+TEXT_LABELS = {"held_out": "target language (held out)", "english": "English (held out)"}
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -74,15 +75,14 @@ def _plot_tokenizer(expansion: dict[str, Any], out: Path) -> None:
     ax1.set_xticks(xs)
     ax1.legend()
     cpt = expansion.get("chars_per_token") or {}
-    names = [n for n in ("held_out", "english") if cpt.get(n)]
-    labels = {"held_out": "target language (held out)", "english": "English (held out)"}
+    names = [n for n in TEXT_LABELS if cpt.get(n)]
     for i, name in enumerate(names):
         b, e = cpt[name]["base_chars_per_token"], cpt[name]["expanded_chars_per_token"]
         ax2.bar([i - 0.2], [b], width=0.4, color="tab:gray", label="base" if i == 0 else None)
         ax2.bar([i + 0.2], [e], width=0.4, color="tab:blue", label="expanded" if i == 0 else None)
         ax2.text(i - 0.2, b, f"{b:.2f}", ha="center", va="bottom")
         ax2.text(i + 0.2, e, f"{e:.2f}", ha="center", va="bottom")
-    ax2.set_xticks(range(len(names)), [labels[n] for n in names])
+    ax2.set_xticks(range(len(names)), [TEXT_LABELS[n] for n in names])
     ax2.set_ylabel("characters per token")
     ax2.set_title("Compression before / after")
     ax2.legend()
@@ -189,7 +189,7 @@ def build_report(run_dir: Path, base_model: str, base_tokenizer: str, max_new_to
         md.append(_md_table(["round", "new tokens", "dropped", "characters added"],
                             [[r["round"], r["new_tokens"], len(r["dropped"]), len(r["added"])] for r in rounds]))
         md += ["", _md_table(["text (held out)", "base chars/token", "expanded chars/token", "identical ids"],
-                             [[name, s["base_chars_per_token"], s["expanded_chars_per_token"], s["identical_ids"]]
+                             [[TEXT_LABELS.get(name, name), s["base_chars_per_token"], s["expanded_chars_per_token"], s["identical_ids"]]
                               for name, s in cpt.items() if s]), "", "![tokenizer](tokenizer.png)", ""]
         md += ["## Training", "", "![loss](loss.png)", ""]
         rows = []

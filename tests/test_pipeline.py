@@ -1,0 +1,79 @@
+"""The one-command pipeline (`tools/run_pipeline.py --tiny`) end to end, as CI runs it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("pipeline") / "tiny"
+    proc = subprocess.run([sys.executable, str(REPO / "tools" / "run_pipeline.py"), "--tiny", "--run-dir", str(run_dir),
+                           "--steps-per-stage", "4"], cwd=REPO, capture_output=True, text=True, timeout=1500)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    return run_dir, proc.stdout
+
+
+def test_every_step_ran_and_the_report_shows_it(tiny_run):
+    run_dir, out = tiny_run
+    for n in range(1, 8):
+        assert (run_dir / f"stage-{n}" / "DONE").is_file()
+        assert (run_dir / f"stage-{n}" / "metrics.jsonl").stat().st_size > 0
+    report = (run_dir / "report" / "report.md").read_text(encoding="utf-8")
+    for heading in ("## Tokenizer", "## Training", "## Samples"):
+        assert heading in report
+    for png in ("tokenizer.png", "loss.png"):
+        data = (run_dir / "report" / png).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+    assert "pipeline complete" in out
+
+
+def test_report_numbers_hold_the_invariants(tiny_run):
+    run_dir, _ = tiny_run
+    report = json.loads((run_dir / "report" / "report.json").read_text(encoding="utf-8"))
+    checks = report["frozen_checks"]
+    assert sorted(map(int, checks)) == list(range(1, 8))
+    for stage, check in checks.items():
+        assert check["ok"], (stage, check)
+        assert check["frozen_unchanged"] == check["frozen_total"]
+    plans = report["stage_plans"]
+    # stage 6 trains everything, stage 1 only the new input rows
+    assert plans["6"]["trainable"] == plans["6"]["total"] > plans["1"]["trainable"] > 0
+    expansion = json.loads((run_dir / "tokenizer" / "expansion_report.json").read_text(encoding="utf-8"))
+    cpt = expansion["chars_per_token"]
+    assert cpt["english"]["identical_ids"] is True
+    assert cpt["held_out"]["expanded_chars_per_token"] > 2 * cpt["held_out"]["base_chars_per_token"]
+    assert set(report["samples"]) == {"base", "final"}
+
+
+def test_export_is_a_plain_transformers_model(tiny_run):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    run_dir, _ = tiny_run
+    tok = AutoTokenizer.from_pretrained(str(run_dir / "export"))
+    model = AutoModelForCausalLM.from_pretrained(str(run_dir / "export"))
+    ids = tok("대한민국의 모든 국민은", return_tensors="pt").input_ids
+    base_size = json.loads((run_dir / "tokenizer" / "expansion_report.json").read_text())["base_vocab_size"]
+    assert (ids >= base_size).any(), "Korean prompt uses none of the new tokens"
+    with torch.no_grad():
+        out = model.generate(ids, max_new_tokens=4, do_sample=False)
+    assert out.shape[1] == ids.shape[1] + 4
+
+
+def test_rerun_resumes_and_skips_finished_steps(tiny_run):
+    run_dir, _ = tiny_run
+    proc = subprocess.run([sys.executable, str(REPO / "tools" / "run_pipeline.py"), "--tiny", "--run-dir", str(run_dir),
+                           "--steps-per-stage", "4"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("[")]
+    assert lines and all("done already" in line for line in lines), lines
