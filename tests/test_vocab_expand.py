@@ -4,7 +4,6 @@ tokens), SmolLM2 (byte-level BPE from a gguf file) and a Llama-style BPE with by
 from __future__ import annotations
 
 import collections
-import json
 import subprocess
 from pathlib import Path
 
@@ -21,7 +20,8 @@ from tests._vocab_helpers import llama_style_tokenizer, load_json, non_target_te
 from tests.conftest import PYTHON, REPO
 
 HANGUL = parse_script("hangul")
-MIN_FREQ = 5
+MIN_FREQ = 5  # the corpus is tiny (~52k characters)
+PER_MILLION = 150.0  # the Llama-style base uses the rate form: about 5 of its ~30k tokens
 INTERMEDIATE = 3000
 
 
@@ -47,10 +47,10 @@ def held_out_jsonl(tmp_path_factory, korean_split) -> Path:
     return assets.write_jsonl(korean_split[1], tmp_path_factory.mktemp("corpus") / "ko-held.jsonl")
 
 
-def _run_cli(base: Path, out: Path, korean_jsonl, held_out_jsonl, english_jsonl, workers: int) -> str:
+def _run_cli(base: Path, out: Path, korean_jsonl, held_out_jsonl, english_jsonl, workers: int, freq: list[str]) -> str:
     cmd = [
         PYTHON, "tools/expand_vocab.py", "--base-tokenizer", str(base), "--corpus", str(korean_jsonl),
-        "--output", str(out), "--intermediate-vocab-size", str(INTERMEDIATE), "--min-frequency", str(MIN_FREQ),
+        "--output", str(out), "--intermediate-vocab-size", str(INTERMEDIATE), *freq,
         "--held-out", str(held_out_jsonl), "--english", str(english_jsonl), "--workers", str(workers), "--no-progress",
     ]  # fmt: skip
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
@@ -64,7 +64,9 @@ def expanded(request, tmp_path_factory, korean_jsonl, held_out_jsonl, english_js
     base = request.getfixturevalue(f"{request.param}_tokenizer_dir")
     out = tmp_path_factory.mktemp(f"expanded-{request.param}") / "tok"
     # phi-2 counts with two processes (and is compared with a one-process run below); the others with one
-    stdout = _run_cli(base, out, korean_jsonl, held_out_jsonl, english_jsonl, 2 if request.param == "phi2" else 1)
+    workers = 2 if request.param == "phi2" else 1
+    freq = ["--min-frequency-per-million", str(PER_MILLION)] if request.param == "llama" else ["--min-frequency", str(MIN_FREQ)]
+    stdout = _run_cli(base, out, korean_jsonl, held_out_jsonl, english_jsonl, workers, freq)
     return base, out, stdout
 
 
@@ -145,7 +147,12 @@ def test_korean_far_better_english_identical(expanded):
 def test_report_rounds_and_frequencies_match_a_recount(expanded, korean_split):
     base_dir, out, stdout = expanded
     report = load_json(out / "expansion_report.json")
-    rounds = report["rounds"]
+    rounds, limit = report["rounds"], report["settings"]["resolved_min_frequency"]
+    if report["settings"]["min_frequency_per_million"] is not None:  # applied to round 1's token count
+        assert limit == -(-PER_MILLION * rounds[0]["tokens_counted"] // 1_000_000) > 1
+    else:
+        assert limit == MIN_FREQ
+    assert all(r["threshold"] == limit for r in rounds)
     assert rounds[-1]["dropped"] == [] and rounds[-1]["added"] == []
     assert len(rounds) >= 2 and rounds[0]["dropped"]  # the first round does drop rare tokens
     assert all(f"round {r['round']}:" in stdout for r in rounds)
@@ -156,9 +163,9 @@ def test_report_rounds_and_frequencies_match_a_recount(expanded, korean_split):
     for token in report["new_tokens"]:
         assert token["frequency"] == counts[token["id"]], token
         if token["kind"] == "selected":  # frequent enough itself, or a frequent single character
-            assert token["frequency"] >= MIN_FREQ or chars[token["text"]] >= MIN_FREQ, token
+            assert token["frequency"] >= limit or chars[token["text"]] >= limit, token
     vocab, family = new.get_vocab(), detect_family(new)
-    missing_chars = [c for c, n in chars.items() if HANGUL.contains(c) and n >= MIN_FREQ and family.text_piece(c) not in vocab]
+    missing_chars = [c for c, n in chars.items() if HANGUL.contains(c) and n >= limit and family.text_piece(c) not in vocab]
     assert set(missing_chars) <= set(report["unreachable"])  # ㆍ (U+318D): see test_vocab.py
 
 
