@@ -28,7 +28,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=os.cpu_count(), help="counting processes, threads for training (default: all cores)")
     p.add_argument("--script", default="hangul", help="target script: a name or ranges U+AC00-U+D7AF,...")
     p.add_argument("--held-out", nargs="+", default=[], help="held-out target-language text for chars/token")
-    p.add_argument("--english", nargs="+", default=[], help="non-target text that must tokenize as by the base")
+    p.add_argument("--english", nargs="+", default=[], help="non-target text that must tokenize as by the base (default: CPython's pydoc topics)")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--no-progress", action="store_true")
     return p.parse_args(argv)

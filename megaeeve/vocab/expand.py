@@ -9,6 +9,7 @@ from typing import Any, Iterator, Sequence
 
 from tokenizers import Tokenizer
 
+from megaeeve.assets import english_documents
 from megaeeve.atomic import atomic_dir, write_json
 from megaeeve.corpus import CorpusError, expand_inputs, iter_documents
 from megaeeve.tokenizer_io import TokenizerLoadError, load_tokenizer, tokenizer_fingerprint
@@ -33,7 +34,7 @@ class ExpandConfig:
     count_corpus: list[str] | None = None  # defaults to `corpus`
     script: str = "hangul"
     held_out: list[str] = field(default_factory=list)  # target-language text for characters per token
-    english: list[str] = field(default_factory=list)  # non-target text: must tokenize as by the base
+    english: list[str] = field(default_factory=list)  # non-target text (default: CPython's pydoc topics)
     workers: int = 1  # counting processes
     overwrite: bool = False
     progress: bool = True
@@ -126,7 +127,8 @@ def expand_vocab(cfg: ExpandConfig, log=print) -> dict[str, Any]:
     corpus = expand_inputs(cfg.corpus)
     count_files = expand_inputs(cfg.count_corpus) if cfg.count_corpus else corpus
     held = list(_documents(expand_inputs(cfg.held_out), "held-out corpus")) if cfg.held_out else []
-    english = list(_documents(expand_inputs(cfg.english), "English corpus")) if cfg.english else []
+    # Without --english, the English text bundled with Python: the "same ids as the base" check always runs.
+    english = list(_documents(expand_inputs(cfg.english), "English corpus")) if cfg.english else english_documents()
 
     say(f"training the intermediate {family.name} BPE ({cfg.intermediate_vocab_size} tokens) on {len(corpus)} file(s)")
     intermediate = train_intermediate(
@@ -183,8 +185,13 @@ def expand_vocab(cfg: ExpandConfig, log=print) -> dict[str, Any]:
             for n in target.new
         ],
         "chars_per_token": {
-            "held_out": chars_per_token(base, target.tokenizer, held) if held else None,
-            "english": chars_per_token(base, target.tokenizer, english) if english else None,
+            "held_out": {**chars_per_token(base, target.tokenizer, held), "source": ", ".join(cfg.held_out)}
+            if held
+            else None,
+            "english": {
+                **chars_per_token(base, target.tokenizer, english),
+                "source": ", ".join(cfg.english) if cfg.english else "pydoc_data.topics (bundled with Python)",
+            },
         },
     }
     for name, stats in report["chars_per_token"].items():
@@ -197,7 +204,7 @@ def expand_vocab(cfg: ExpandConfig, log=print) -> dict[str, Any]:
     if rank == 0:
         try:
             with atomic_dir(cfg.output, overwrite=cfg.overwrite) as tmp:
-                probe = (held[:20] + english[:20]) or [n.text for n in target.new if n.text][:50]
+                probe = held[:20] + english[:20] + [n.text for n in target.new if n.text][:50]
                 _write(tmp, hf, result, report, probe)
             say(f"wrote {cfg.output}: {len(target.new)} new tokens, ids {target.base_vocab_size}..{vocab_size - 1}")
         except BaseException as e:  # other ranks must not wait forever for a rank that failed
