@@ -359,11 +359,13 @@ def preprocess(cfg: PreprocessConfig) -> dict[str, Any] | None:
     if comm.rank == 0:
         _prepare_work_dir(work, plan)
     comm.bcast(None)  # the work directory is ready
+    encode = batch_encoder(tok, cfg, workers)
+    setup_seconds = time.perf_counter() - started
 
     error = None
     hashes: dict[str, str] = {}
     try:
-        _encode_my_shards(shards, comm, cfg, batch_encoder(tok, cfg, workers), eod, dtype, work, workers)
+        _encode_my_shards(shards, comm, cfg, encode, eod, dtype, work, workers)
         hashes = {f: _sha256(f) for f in files[comm.rank :: comm.size]}
     except (CorpusError, PreprocessError) as e:
         error = str(e)
@@ -380,7 +382,8 @@ def preprocess(cfg: PreprocessConfig) -> dict[str, Any] | None:
         return None
     for _, h in results:
         hashes.update(h)
-    return _assemble(cfg, files, shards, hashes, work, plan, eod, dtype, vocab_size, comm, workers, started)
+    return _assemble(cfg, files, shards, hashes, work, plan, eod, dtype, vocab_size, comm, workers,
+                     (started, setup_seconds))
 
 
 def _encode_my_shards(shards: list[Shard], comm: _Comm, cfg: PreprocessConfig, encode, eod, dtype, work: Path, workers: int) -> None:
@@ -406,7 +409,7 @@ def _encode_my_shards(shards: list[Shard], comm: _Comm, cfg: PreprocessConfig, e
             bar.close()
 
 
-def _assemble(cfg, files, shards, hashes, work: Path, plan, eod, dtype, vocab_size, comm, workers, started) -> dict[str, Any]:
+def _assemble(cfg, files, shards, hashes, work: Path, plan, eod, dtype, vocab_size, comm, workers, timing) -> dict[str, Any]:
     """Rank 0: merge the parts in order and write the manifest (last: it marks the dataset complete)."""
     per_file = {f: Counts() for f in files}
     for i, shard in enumerate(shards):
@@ -450,7 +453,8 @@ def _assemble(cfg, files, shards, hashes, work: Path, plan, eod, dtype, vocab_si
         ],
         "ranks": comm.size,
         "workers_per_rank": workers,
-        "seconds": round(time.perf_counter() - started, 3),
+        "seconds": round(time.perf_counter() - timing[0], 3),
+        "setup_seconds": round(timing[1], 3),  # loading the tokenizer, planning: before the first document
     }
     write_json(manifest_path, manifest)
     readable_by_all(str(manifest_path))
