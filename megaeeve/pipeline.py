@@ -74,10 +74,18 @@ class Pipeline:
 
     # -- paths ---------------------------------------------------------------------------------------
     @property
-    def base_model(self) -> str:
-        if self.cfg.tiny:
-            return str(self.root / "base")
+    def source_model(self) -> str:
+        """The base model as given: an HF directory or a gguf file (default: SmolLM2-135M's gguf)."""
         return self.cfg.base_model or str(assets.smollm2_gguf())
+
+    @property
+    def needs_base_step(self) -> bool:
+        """Tiny runs make a random model and gguf files become an HF directory once, in run_dir/base."""
+        return self.cfg.tiny or self.source_model.endswith(".gguf")
+
+    @property
+    def base_model(self) -> str:
+        return str(self.root / "base") if self.needs_base_step else self.source_model
 
     @property
     def base_tokenizer(self) -> str:
@@ -90,8 +98,8 @@ class Pipeline:
     def steps(self) -> list[Step]:
         r, c = self.root, self.cfg
         steps = [Step("corpus", self.corpus, self.write_corpus)]
-        if c.tiny:
-            steps.append(Step("base", r / "base", self.write_tiny_base))
+        if self.needs_base_step:
+            steps.append(Step("base", r / "base", self.write_tiny_base if c.tiny else self.convert_gguf_base))
         steps += [
             Step("tokenizer", r / "tokenizer", lambda: self.call("tokenizer", _tool(
                 "tools/expand_vocab.py", "--base-tokenizer", self.base_tokenizer,
@@ -178,6 +186,23 @@ class Pipeline:
         with atomic_dir(self.root / "base") as tmp:
             PhiForCausalLM(config).save_pretrained(str(tmp))
             assets.save_hf_tokenizer(assets.phi2_tokenizer(), tmp)
+
+    def convert_gguf_base(self) -> None:
+        """Dequantize a gguf model (and its tokenizer) into a plain HF directory, untouched otherwise."""
+        from transformers import AutoTokenizer
+
+        from megaeeve.model.extend import load_base_model
+
+        gguf = Path(self.source_model)
+        model = load_base_model(gguf)
+        # gguf weights are dequantized to fp32 on load: nothing quantized remains to serialize.
+        model.hf_quantizer = None
+        if getattr(model.config, "quantization_config", None) is not None:
+            del model.config.quantization_config
+        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        with atomic_dir(self.root / "base") as tmp:
+            model.save_pretrained(str(tmp))
+            tok.save_pretrained(str(tmp))
 
     def write_run_config(self) -> None:
         c, r = self.cfg, self.root
