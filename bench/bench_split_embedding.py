@@ -45,7 +45,7 @@ def split_copy(model, base_vocab: int, vocab: int):
     return split
 
 
-def step(model, ids: torch.Tensor, vocab: int) -> None:
+def step(model, ids: torch.Tensor) -> None:
     logits = model(ids).logits
     F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), ids[:, 1:].flatten()).backward()
     model.zero_grad(set_to_none=True)
@@ -59,22 +59,22 @@ def head_step(model, ids: torch.Tensor, hidden_states: torch.Tensor) -> None:
     model.zero_grad(set_to_none=True)
 
 
-def timed(fn, device: str) -> float:
+def timed(fn, device: str, clock) -> float:
     if device == "cuda":
         torch.cuda.synchronize()
-    start = time.perf_counter()
+    start = clock()
     fn()
     if device == "cuda":
         torch.cuda.synchronize()
-    return time.perf_counter() - start
+    return clock() - start
 
 
-def compare(fns: dict, steps: int, warmup: int, device: str) -> dict[str, list[float]]:
+def compare(fns: dict, steps: int, warmup: int, device: str, clock) -> dict[str, list[float]]:
     """Seconds per call of each function, calls alternating between them."""
     times = {name: [] for name in fns}
     for i in range(warmup + steps):
         for name, fn in fns.items():
-            t = timed(fn, device)
+            t = timed(fn, device, clock)
             if i >= warmup:
                 times[name].append(t)
     return times
@@ -94,7 +94,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                        help="cpu: process CPU time, steadier than wall time on a shared machine (use with --threads 1)")
     args = parser.parse_args(argv)
+    if args.clock == "cpu" and args.device == "cuda":
+        parser.error("--clock cpu measures CPU work only; use wall time on cuda")
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -113,17 +118,19 @@ def main(argv: list[str] | None = None) -> int:
     hidden_states = torch.randn(args.batch, args.seq, args.hidden, device=args.device, dtype=dtype)
 
     rows = []
-    full = compare({"unsplit": lambda: step(unsplit, ids, vocab), "split": lambda: step(split, ids, vocab)},
-                   args.steps, args.warmup, args.device)
+    full = compare({"unsplit": lambda: step(unsplit, ids), "split": lambda: step(split, ids)},
+                   args.steps, args.warmup, args.device, clock)
     rows.append(("model step (fwd+bwd)", full))
     parts = compare({"unsplit": lambda: head_step(unsplit, ids, hidden_states),
-                     "split": lambda: head_step(split, ids, hidden_states)}, args.steps, args.warmup, args.device)
+                     "split": lambda: head_step(split, ids, hidden_states)}, args.steps, args.warmup, args.device,
+                    clock)
     rows.append(("embedding + lm_head only (fwd+bwd)", parts))
 
     device = torch.cuda.get_device_name() if args.device == "cuda" else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
     print(f"device: {device}; torch {torch.__version__}; dtype {args.dtype}")
     print(f"Phi: hidden {args.hidden}, {args.layers} layers, vocab {args.base_vocab} + {args.added} -> {padded}; "
-          f"batch {args.batch} x {args.seq} tokens; median of {args.steps} alternating steps, all params trainable")
+          f"batch {args.batch} x {args.seq} tokens; {args.steps} alternating steps ({args.clock} clock), "
+          "all params trainable")
     print()
     print("| what | unsplit ms (median) | split ms (median) | ratio of medians | ratio of minima |")
     print("|---|---:|---:|---:|---:|")
