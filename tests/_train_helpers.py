@@ -53,9 +53,9 @@ def write_prefix(prefix: Path, tokenizer_dir: Path, docs: list[str], max_tokens:
     return prefix
 
 
-def ds_config(path: Path, micro: int = 2, accum: int = 2) -> Path:
+def ds_config(path: Path, micro: int = 2, accum: int = 2, bf16: bool = False) -> Path:
     cfg = json.loads((REPO / "ds_configs" / "zero3_cpu.json").read_text())
-    cfg.update(train_micro_batch_size_per_gpu=micro, gradient_accumulation_steps=accum)
+    cfg.update(train_micro_batch_size_per_gpu=micro, gradient_accumulation_steps=accum, bf16={"enabled": bf16})
     path.write_text(json.dumps(cfg))
     return path
 
@@ -91,7 +91,7 @@ def launch(args: list[str], world: int = 2, log: Path | None = None) -> list[sub
     return procs
 
 
-def wait(procs: list[subprocess.Popen], timeout: float = 240) -> list[int]:
+def wait(procs: list[subprocess.Popen], timeout: float = 900) -> list[int]:
     return [p.wait(timeout=timeout) for p in procs]
 
 

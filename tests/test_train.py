@@ -46,23 +46,25 @@ def corpus(tmp_path_factory, gpt2_tokenizer_dir, korean_split, english_docs):
     ko = write_prefix(tmp / "ko", phi, korean_split[0][:40])
     en = write_prefix(tmp / "en", phi, english_docs[:40])
     sources = [{"prefix": str(ko), "weight": 0.7, "name": "ko"}, {"prefix": str(en), "weight": 0.3, "name": "en"}]
-    return {"tmp": tmp, "phi": phi, "llama": llama, "sources": sources, "ds": ds_config(tmp / "ds.json")}
+    return {"tmp": tmp, "phi": phi, "llama": llama, "sources": sources, "ds": ds_config(tmp / "ds.json"),
+            "ds_bf16": ds_config(tmp / "ds_bf16.json", bf16=True)}
 
 
 RESUME_STAGE, RESUME_STEPS = 6, 6  # the chain's stage 6 is also the uninterrupted run of the resume test
 TRAINING = {"eval_samples": 4, "checkpoint_every": 2, "progress_bar": False}
 
 
-def _chain(corpus, arch: str, stages: list[int], steps: int = 2) -> dict:
+def _chain(corpus, arch: str, stages: list[int], steps: int = 2, bf16: bool = False) -> dict:
     tmp = corpus["tmp"]
     run_dir = tmp / f"run-{arch}"
     budgets = {s: {"steps": RESUME_STEPS if s == RESUME_STAGE else steps} for s in stages}
     cfg = run_config(tmp / f"{arch}.yaml", run_dir, corpus[arch], corpus["sources"], budgets, run_stages=stages,
                      training=TRAINING)
     for s in stages:
-        code = train_stage(corpus["ds"], cfg, s, tmp / f"{arch}-stage{s}.log")
+        code = train_stage(corpus["ds_bf16" if bf16 else "ds"], cfg, s, tmp / f"{arch}-stage{s}.log")
         assert code == 0, read_log(tmp / f"{arch}-stage{s}.log")
-    return {"run_dir": run_dir, "cfg": cfg, "stages": stages, "model": corpus[arch], "roles": _roles(corpus[arch])}
+    return {"run_dir": run_dir, "cfg": cfg, "stages": stages, "model": corpus[arch], "roles": _roles(corpus[arch]),
+            "bf16": bf16}
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +74,7 @@ def phi_chain(corpus):
 
 @pytest.fixture(scope="module")
 def llama_chain(corpus):
-    return _chain(corpus, "llama", [5])
+    return _chain(corpus, "llama", [5], bf16=True)  # bf16 engine: the hand-off must still be the fp32 masters
 
 
 def _check_stage(chain: dict, stage: int) -> None:
@@ -90,9 +92,13 @@ def _check_stage(chain: dict, stage: int) -> None:
             assert not torch.equal(after[name], before[name]), f"stage {stage}: trainable {name} did not change"
             assert after[name].dtype == torch.float32
             assert torch.equal(after[name], engine_view[name]), f"stage {stage}: {name} hand-off is not the fp32 master"
+            if chain["bf16"]:
+                assert not torch.equal(after[name], after[name].bfloat16().float()), f"{name} lost fp32 precision"
         else:
             assert torch.equal(after[name], before[name]), f"stage {stage}: frozen {name} changed in final/"
-            assert torch.equal(engine_view[name], before[name]), f"stage {stage}: frozen {name} moved in the engine"
+            # A bf16 engine holds (and its checkpoint stores) frozen weights in bf16.
+            held = before[name].bfloat16().float() if chain["bf16"] else before[name]
+            assert torch.equal(engine_view[name], held), f"stage {stage}: frozen {name} moved in the engine"
     ckpt = run_dir / f"stage-{stage}" / "checkpoints"
     tag = (ckpt / "latest").read_text().strip()
     optimized, numel = set(), 0
@@ -171,7 +177,7 @@ def test_dry_run_lists_trainable_parameters(corpus, tmp_path):
     assert not (tmp_path / "dry-run").exists()
 
 
-def _wait_for_step(stage_dir: Path, step: int, procs, timeout: float = 120) -> None:
+def _wait_for_step(stage_dir: Path, step: int, procs, timeout: float = 600) -> None:
     path = stage_dir / "metrics.jsonl"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -184,7 +190,7 @@ def _wait_for_step(stage_dir: Path, step: int, procs, timeout: float = 120) -> N
     raise TimeoutError(f"step {step} never logged in {path}")
 
 
-def _wait_for_resume(log: Path, procs, timeout: float = 120) -> int:
+def _wait_for_resume(log: Path, procs, timeout: float = 600) -> int:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert all(p.poll() is None for p in procs), "the resumed run ended early"

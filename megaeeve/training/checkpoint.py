@@ -28,6 +28,7 @@ from megaeeve.atomic import write_json
 from megaeeve.model import read_model_meta, save_model_dir
 from megaeeve.model.checkpoint import MODEL_FILE
 from megaeeve.tokenizer_io import load_tokenizer, tokenizer_fingerprint
+from megaeeve.training.collectives import broadcast_value
 
 DONE = "DONE"
 
@@ -120,21 +121,29 @@ def export_final(model: torch.nn.Module, src_dir: Path, out_dir: Path) -> None:
     """Consolidate the stage's weights into `out_dir` (a model directory) on rank 0; all ranks call.
 
     Trainable parameters: their fp32 masters. Frozen parameters and buffers: the input tensors,
-    after checking that the engine's copy still equals them bitwise (invariant 2).
+    after checking that the engine's copy still equals them bitwise (invariant 2). Only rank 0
+    reads the input file and holds the consolidated state dict.
     """
     rank = dist.get_rank()
     state: dict[str, torch.Tensor] = {}
+    moved: list[str] = []
     with safe_open(str(src_dir / MODEL_FILE), framework="pt") as f:
-        for name in f.keys():
-            state[name] = f.get_tensor(name)
         for name, p in model.named_parameters():
             if p.requires_grad:
                 full = safe_get_full_fp32_param(p)  # collective: every rank, same order
-                state[name] = full.detach().cpu().float()
+                if rank == 0:
+                    state[name] = full.detach().cpu().float()
                 continue
             with deepspeed.zero.GatheredParameters([p], modifier_rank=None):
-                if rank == 0 and not torch.equal(p.data.cpu(), state[name].to(p.dtype)):
-                    raise StageError(f"frozen parameter {name} changed during the stage")
+                if rank == 0:
+                    state[name] = f.get_tensor(name)
+                    if not torch.equal(p.data.cpu(), state[name].to(p.dtype)):
+                        moved.append(name)
+        if rank == 0:
+            state.update({k: f.get_tensor(k) for k in f.keys() if k not in state})  # buffers
+    count = int(broadcast_value(len(moved)))
+    if count:
+        raise StageError(f"{count} frozen parameter(s) changed during the stage: {moved[:5]}")
     if rank == 0:
         save_model_dir(state, src_dir, out_dir, overwrite=True)
     dist.barrier()

@@ -12,6 +12,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from megaeeve.data.sampler import micro_batch_indices
+from megaeeve.training.collectives import all_reduce_values
 from megaeeve.training.config import BatchShape
 from megaeeve.training.data import StageData
 from megaeeve.training.metrics import Metrics
@@ -38,16 +39,11 @@ class LoopSettings:
 
 def lm_loss(engine: Any, tokens: torch.Tensor) -> tuple[torch.Tensor, int]:
     """Mean next-token cross entropy of `tokens` [batch, seq+1] and the number of predicted tokens."""
+    tokens = tokens.to(engine.device)
     inputs, labels = tokens[:, :-1], tokens[:, 1:]
     logits = engine(input_ids=inputs).logits
     loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten())
     return loss, labels.numel()
-
-
-def _all_sum(values: list[float]) -> list[float]:
-    t = torch.tensor(values, dtype=torch.float64)
-    dist.all_reduce(t)
-    return t.tolist()
 
 
 def evaluate(engine: Any, data: StageData, micro: int) -> dict[str, float]:
@@ -63,13 +59,13 @@ def evaluate(engine: Any, data: StageData, micro: int) -> dict[str, float]:
             total = count = 0.0
             for start in range(0, per_rank, micro):
                 idx = [rank + world * j for j in range(start, min(start + micro, per_rank))]
-                weight = torch.tensor([1.0 if i < n else 0.0 for i in idx])
-                tokens = torch.from_numpy(np.stack([valid[i if i < n else 0] for i in idx]))
+                weight = torch.tensor([1.0 if i < n else 0.0 for i in idx], device=engine.device)
+                tokens = torch.from_numpy(np.stack([valid[i if i < n else 0] for i in idx])).to(engine.device)
                 logits = engine(input_ids=tokens[:, :-1]).logits.float()
                 losses = F.cross_entropy(logits.transpose(1, 2), tokens[:, 1:], reduction="none").mean(dim=1)
                 total += float((losses * weight).sum())
                 count += float(weight.sum())
-            total, count = _all_sum([total, count])
+            total, count = all_reduce_values([total, count])
             out[f"eval_loss_{name}"] = total / count
     engine.train()
     return out
@@ -101,7 +97,7 @@ def train(engine: Any, data: StageData, state: LoopState, s: LoopSettings, metri
             new_sum += float((tokens[:, :-1] >= s.base_vocab_size).sum())
             checksum = (checksum * 1_000_003 + int((tokens * torch.arange(1, tokens.shape[1] + 1)).sum())) % (2**31 - 1)
         state.step += 1
-        reduced = _all_sum([loss_sum, tokens_sum, new_sum, float(checksum), *share_by_dataset])
+        reduced = all_reduce_values([loss_sum, tokens_sum, new_sum, float(checksum), *share_by_dataset])
         elapsed = time.perf_counter() - t0
         if state.step % s.log_every == 0 or state.step == s.total_steps:
             tokens_per_s = reduced[1] / elapsed

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import signal
 
-import torch
 import torch.distributed as dist
+
+from megaeeve.training.collectives import all_reduce_values
 
 REQUEUE_EXIT_CODE = 99
 CONFIG_ERROR_EXIT_CODE = 2
@@ -40,7 +41,4 @@ class StopRequest:
 
     def agreed(self) -> bool:
         """True on every rank if any rank got a stop signal (collective: call on all ranks)."""
-        flag = torch.tensor([1 if self.signum is not None else 0], dtype=torch.int32)
-        if dist.is_initialized():
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item())
+        return bool(all_reduce_values([1.0 if self.signum is not None else 0.0], dist.ReduceOp.MAX)[0])
