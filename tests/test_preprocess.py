@@ -239,3 +239,19 @@ def test_tiktoken_path_gives_identical_ids(tmp_path, gpt2_tokenizer_dir, phi2_to
         assert Path(f"{tt}{suffix}").read_bytes() == Path(f"{hf}{suffix}").read_bytes()
     with pytest.raises(PreprocessError, match="not a plain special token.*without --tiktoken"):
         run(tmp_path, [korean_jsonl], phi2_tokenizer_dir, name="phi2", tiktoken=True)
+
+
+def test_vocabulary_over_65536_is_written_as_int32(tmp_path, english_docs):
+    from megaeeve import assets
+
+    tok = assets.gpt2_tokenizer()
+    tok.add_tokens([f"<extra_{i}>" for i in range(16_000)])  # ids up to 66,256
+    tok.save(str(tmp_path / "big.json"))
+    docs = english_docs[:3] + ["before <extra_15999> after", "<extra_0>"]
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs), encoding="utf-8")
+    manifest, prefix = run(tmp_path, [corpus], tmp_path / "big.json")
+    assert manifest["dtype"] == "int32" and manifest["tokenizer"]["vocab_size"] == 66_257
+    written = read_docs(prefix)
+    assert written == [e.ids for e in tok.encode_batch(docs, add_special_tokens=False)]
+    assert 50_257 + 15_999 in written[3] and IndexedDataset(prefix).dtype == np.int32
