@@ -28,12 +28,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from megaeeve.model.extend import ExtendError, describe, extend_model
+    from megaeeve.model.init import InitError
     from megaeeve.tokenizer_io import TokenizerLoadError
 
     try:
         meta = extend_model(args.base_model, args.base_tokenizer, args.tokenizer, args.output,
                             pad_vocab_to_multiple_of=args.pad_vocab_to_multiple_of, overwrite=args.overwrite)
-    except (ExtendError, TokenizerLoadError, FileExistsError) as e:
+    except (ExtendError, InitError, TokenizerLoadError, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(describe(meta))
