@@ -5,7 +5,8 @@ load_settings() {
     [ -n "${MEGAEEVE_SETTINGS:-}" ] || return 0
     [ -f "$MEGAEEVE_SETTINGS" ] || { echo "error: MEGAEEVE_SETTINGS=$MEGAEEVE_SETTINGS does not exist" >&2; return 2; }
     local from_env
-    from_env=$(export -p | grep -E '^declare -x (MEGAEEVE|SBATCH)_' || true)
+    # `declare` inside a function would make the restored variables local: re-export them instead.
+    from_env=$(export -p | sed -n -E 's/^declare -x ((MEGAEEVE|SBATCH)_)/export \1/p')
     set -a
     # shellcheck source=/dev/null
     source "$MEGAEEVE_SETTINGS"

@@ -248,9 +248,13 @@ def test_usr1_requeues_and_resumes_to_the_uninterrupted_weights(stage1_run, clus
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_stage_without_predecessor_is_refused(cluster, workspace):
+def test_stage_without_predecessor_is_refused_and_stops_the_chain(cluster, workspace):
     cfg = _run(workspace, "run-d", {1: {"steps": 2}, 2: {"steps": 2}, 3: {"steps": 2}})
-    env = _env(cluster, workspace, cfg)
+    # The run config comes from a settings file; the environment's ds_config wins over the file's.
+    settings = workspace["tmp"] / "settings.sh"
+    settings.write_text(f"MEGAEEVE_RUN_CONFIG={cfg}\nMEGAEEVE_DS_CONFIG=/nonexistent/ds.json\n")
+    env = {**_env(cluster, workspace, cfg), "MEGAEEVE_SETTINGS": str(settings)}
+    del env["MEGAEEVE_RUN_CONFIG"]
     job = _sbatch(env, workspace["tmp"], *CPU_FLAGS, str(STAGE_SH), "3")
     record = _wait_job(env, job, timeout=60)
     log = _log(workspace["tmp"], job)
@@ -259,6 +263,14 @@ def test_stage_without_predecessor_is_refused(cluster, workspace):
     assert f"stage 3 starts from stage 2's final weights, but {run_dir}/stage-2 has no DONE" in log
     assert not (run_dir / "stage-3").exists()
     assert "DeepSpeed" not in log  # refused before any training process started
+
+    done = subprocess.run([str(REPO / "slurm" / "pipeline.sh"), "2", "3", *CPU_FLAGS], env=env, cwd=workspace["tmp"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    jobs = dict(re.findall(r"^stage (\d+) job (\d+)$", done.stdout, re.M))
+    assert _wait_job(env, jobs["2"], timeout=60)["JobState"] == "FAILED"
+    assert _wait_job(env, jobs["3"], timeout=60)["JobState"] == "CANCELLED"  # afterok can never be satisfied
+    assert not (run_dir / "stage-2").exists() and not (run_dir / "stage-3").exists()
 
 
 @pytest.fixture(scope="module")
