@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared by slurm/stage.sh and slurm/pipeline.sh (sourced, not run): settings, environment, run-config queries.
 
 # Source $MEGAEEVE_SETTINGS if set; variables already in the environment win over the file.

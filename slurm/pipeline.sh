@@ -27,7 +27,8 @@ source "$MEGAEEVE_HOME/slurm/common.sh"
 load_settings || exit 2
 [ -n "${MEGAEEVE_RUN_CONFIG:-}" ] || die "set MEGAEEVE_RUN_CONFIG to the run's RUN.yaml (environment or MEGAEEVE_SETTINGS file)"
 [ -f "$MEGAEEVE_RUN_CONFIG" ] || die "run config $MEGAEEVE_RUN_CONFIG does not exist"
-export MEGAEEVE_RUN_CONFIG=$(cd "$(dirname "$MEGAEEVE_RUN_CONFIG")" && pwd)/$(basename "$MEGAEEVE_RUN_CONFIG")
+MEGAEEVE_RUN_CONFIG=$(cd "$(dirname "$MEGAEEVE_RUN_CONFIG")" && pwd)/$(basename "$MEGAEEVE_RUN_CONFIG")
+export MEGAEEVE_RUN_CONFIG
 activate_python
 
 IFS=$'\t' read -r STAGES ERROR < <(query_run_config stages "$FROM" "$TO") || die "could not read $MEGAEEVE_RUN_CONFIG with $PYTHON"

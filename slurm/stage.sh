@@ -18,6 +18,7 @@
 #   MEGAEEVE_TRAIN_ARGS   extra train.py options for every stage
 #   MEGAEEVE_MASTER_ADDR  rendezvous host (default: the allocation's first node)
 #   MEGAEEVE_MASTER_PORT  rendezvous port (default: 20000 + job id % 20000)
+#   MEGAEEVE_SRUN_WAIT    seconds srun lets the other ranks run on once one has exited (default: 120)
 #   MEGAEEVE_HOME         this checkout (default: found from the submitted script's path)
 #
 # Preemption and time limits: SLURM sends SIGUSR1 to this shell (--signal=B:USR1@SECONDS); it is
@@ -50,6 +51,7 @@ requeue() {
 # to the tasks; each task execs train.py, so the signal reaches Python itself.
 stop_requested=0
 srun_pid=
+# shellcheck disable=SC2317  # invoked by the trap
 forward_stop() {
     stop_requested=1
     echo "stage.sh: got SIGUSR1, asking the trainer to checkpoint and stop"

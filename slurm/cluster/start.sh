@@ -33,8 +33,11 @@ done
 for bin in munged slurmctld slurmd scontrol sinfo; do
     command -v "$bin" >/dev/null || { echo "start.sh: $bin not found; install: apt-get install slurm-wlm munge" >&2; exit 1; }
 done
-[ "$NODES" -ge 2 ] && { command -v ip >/dev/null && command -v unshare >/dev/null && command -v nsenter >/dev/null \
-    || { echo "start.sh: --nodes $NODES needs ip (iproute2), unshare and nsenter (util-linux)" >&2; exit 1; }; }
+if [ "$NODES" -ge 2 ]; then
+    for bin in ip unshare nsenter; do
+        command -v "$bin" >/dev/null || { echo "start.sh: --nodes $NODES needs $bin (iproute2, util-linux)" >&2; exit 1; }
+    done
+fi
 if [ -f "$DIR/cluster.env" ]; then
     echo "start.sh: $DIR already holds a cluster; stop it first: $(dirname "$0")/stop.sh --dir $DIR" >&2; exit 1
 fi
