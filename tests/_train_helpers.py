@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -92,12 +94,29 @@ def launch(args: list[str], world: int = 2, log: Path | None = None) -> list[sub
 
 
 def wait(procs: list[subprocess.Popen], timeout: float = 900) -> list[int]:
-    return [p.wait(timeout=timeout) for p in procs]
+    """Exit codes of all ranks; ranks still running 30 s after another one failed (stuck in a collective) are killed."""
+    deadline, failed_at = time.monotonic() + timeout, None
+    while any(p.poll() is None for p in procs):
+        if failed_at is None and any(p.poll() not in (None, 0) for p in procs):
+            failed_at = time.monotonic()
+        if (failed_at is not None and time.monotonic() > failed_at + 30) or time.monotonic() > deadline:
+            for p in procs:
+                if p.poll() is None:
+                    os.killpg(p.pid, signal.SIGKILL)
+        time.sleep(0.05)
+    return [p.wait() for p in procs]
 
 
 def train_stage(ds: Path, cfg: Path, stage: int, log: Path, *extra: str, world: int = 2) -> int:
-    """Run one stage to completion; returns the ranks' common exit code (fails if they differ)."""
-    codes = wait(launch(["--ds_config", str(ds), "--config", str(cfg), "--stage", str(stage), *extra], world, log))
+    """Run one stage to completion; returns the ranks' common exit code (fails if they differ).
+
+    Retried when rank 0 lost its rendezvous port to another process on a shared machine (EADDRINUSE).
+    """
+    args = ["--ds_config", str(ds), "--config", str(cfg), "--stage", str(stage), *extra]
+    for _ in range(3):
+        codes = wait(launch(args, world, log))
+        if codes == [0] * world or "EADDRINUSE" not in read_log(log):
+            break
     assert len(set(codes)) == 1, f"ranks exited with {codes}; logs: {log}.rank*\n{read_log(log)}"
     return codes[0]
 

@@ -105,7 +105,8 @@ def _check_stage(chain: dict, stage: int) -> None:
     for rank in range(2):
         states = torch.load(ckpt / tag / f"zero_pp_rank_{rank}_mp_rank_00_model_states.pt", weights_only=False)
         optimized |= {n for shapes in states["param_shapes"] for n in shapes}
-        optim = torch.load(ckpt / tag / f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt", weights_only=False)
+        optim_file, = (ckpt / tag).glob(f"*zero_pp_rank_{rank}_mp_rank_00_optim_states.pt")  # bf16_ prefix in bf16
+        optim = torch.load(optim_file, weights_only=False)
         for group_state in optim["optimizer_state_dict"]["optimizer_state_dict"]["state"].values():
             numel += group_state["exp_avg"].numel()
     assert optimized == trainable
