@@ -81,15 +81,14 @@ def measure(meta: ModelMeta, layers: int, stages: list[int]) -> dict[int, int]:
 
     os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT="29517")
     deepspeed.init_distributed()
-    import torch._dynamo  # noqa: F401  (must precede zero.Init, see megaeeve/train.py)
-    import transformers.modeling_utils  # noqa: F401
-
     ds = {"train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1, "zero_optimization": {"stage": 3},
           "optimizer": {"type": "AdamW", "params": {"lr": 1e-4, "torch_adam": True}}, "steps_per_print": 10**9}
     out = {}
     for s in stages:
-        with deepspeed.zero.Init(config_dict_or_path=ds):
-            model = build_split_model(phi2_config(meta.padded_vocab_size, layers), meta, torch.float32)
+        model = build_split_model(phi2_config(meta.padded_vocab_size, layers), meta, torch.float32)
+        with torch.no_grad():  # finite random weights (build_split_model leaves them uninitialised)
+            for p in model.parameters():
+                p.normal_(0.0, 0.02)
         roles = parameter_roles(model)
         freeze_for_stage(model, roles, DEFAULT_STAGES[s])
         engine = initialize_engine(model, roles, DEFAULT_STAGES[s], ds, 10, "bench")
