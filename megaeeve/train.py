@@ -20,6 +20,7 @@ import os
 import random
 import shutil
 import sys
+import warnings
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make the repository importable
@@ -236,6 +237,8 @@ def run_stage(cfg: RunConfig, ds_config: dict, ds_path: Path, number: int, overw
 
 
 def main(argv: list[str] | None = None) -> int:
+    # DeepSpeed's ZeRO-3 collectives call torch APIs that warn on every step and every rank.
+    warnings.filterwarnings("ignore", message=r"`torch\.distributed\.\w+` is deprecated", category=FutureWarning)
     args = parse_args(argv)
     launch_env(args.local_rank)
     try:
