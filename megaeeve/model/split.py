@@ -17,18 +17,25 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def _split_rows(module: nn.Module, num_original: int, num_added: int, num_padding: int, hidden_size: int,
+                dtype: torch.dtype | None) -> None:
+    """The layout both split modules share: base rows `original`, new rows `added`; padding rows are
+    not stored, so nothing can train them."""
+    module.num_original = num_original
+    module.num_added = num_added
+    module.num_padding = num_padding
+    module.hidden_size = hidden_size
+    module.original = nn.Parameter(torch.empty(num_original, hidden_size, dtype=dtype))
+    module.added = nn.Parameter(torch.empty(num_added, hidden_size, dtype=dtype))
+
+
 class SplitEmbedding(nn.Module):
     """Embedding over ids [0, base) from `original` and [base, base + added) from `added`."""
 
     def __init__(self, num_original: int, num_added: int, num_padding: int, hidden_size: int,
                  dtype: torch.dtype | None = None) -> None:
         super().__init__()
-        self.num_original = num_original
-        self.num_added = num_added
-        self.num_padding = num_padding
-        self.hidden_size = hidden_size
-        self.original = nn.Parameter(torch.empty(num_original, hidden_size, dtype=dtype))
-        self.added = nn.Parameter(torch.empty(num_added, hidden_size, dtype=dtype))
+        _split_rows(self, num_original, num_added, num_padding, hidden_size, dtype)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         # Both lookups run on clamped ids and torch.where keeps the right one: no host sync, no merged
@@ -98,12 +105,7 @@ class SplitLMHead(nn.Module):
     def __init__(self, num_original: int, num_added: int, num_padding: int, hidden_size: int, bias: bool,
                  dtype: torch.dtype | None = None) -> None:
         super().__init__()
-        self.num_original = num_original
-        self.num_added = num_added
-        self.num_padding = num_padding
-        self.hidden_size = hidden_size
-        self.original = nn.Parameter(torch.empty(num_original, hidden_size, dtype=dtype))
-        self.added = nn.Parameter(torch.empty(num_added, hidden_size, dtype=dtype))
+        _split_rows(self, num_original, num_added, num_padding, hidden_size, dtype)
         if bias:
             self.bias_original = nn.Parameter(torch.empty(num_original, dtype=dtype))
             self.bias_added = nn.Parameter(torch.empty(num_added, dtype=dtype))
