@@ -175,13 +175,14 @@ def machine() -> str:
 
 
 def write_results(text: str, path: Path) -> None:
-    """Replace this bench's section of RESULTS.md (other benches own the other sections)."""
+    """Replace the section of RESULTS.md that `text` heads (its first line); other benches own the others."""
     from megaeeve.atomic import atomic_file
 
+    section = text.splitlines()[0].strip()
     old = path.read_text(encoding="utf-8") if path.exists() else "# Benchmark results\n"
     lines = old.splitlines(keepends=True)
     try:
-        start = next(i for i, line in enumerate(lines) if line.strip() == SECTION)
+        start = next(i for i, line in enumerate(lines) if line.strip() == section)
         end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
     except StopIteration:
         if lines and lines[-1].strip():

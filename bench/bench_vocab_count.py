@@ -116,7 +116,6 @@ def main() -> int:
     table = render(methods, seconds, cpu, rss, rss8, tokens, n_docs, n_bytes, args)
     print(table)
     if args.results:
-        bp.SECTION = SECTION  # bench_preprocess.write_results replaces the section named by its SECTION
         bp.write_results(table, Path(args.results))
     return 0
 
