@@ -40,8 +40,8 @@ class PipelineConfig:
     intermediate_vocab_size: int = 6000
     min_frequency: int = 8
     seq_length: int = 128
-    steps_per_stage: int = 10
-    eval_every: int = 5
+    steps_per_stage: int = 8
+    eval_every: int = 4
     nproc: int = 2
     ds_config: Path = REPO / "ds_configs" / "zero3_cpu.json"
     sample_max_new_tokens: int = 24
