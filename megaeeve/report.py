@@ -56,12 +56,18 @@ def frozen_check(src: Path, dst: Path, roles: dict[str, str], trainable_roles: l
     return out
 
 
-def _plot_tokenizer(expansion: dict[str, Any], out: Path) -> None:
+def _pyplot():
+    """matplotlib's pyplot on the file-only Agg backend: reports are rendered on machines with no screen."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _plot_tokenizer(expansion: dict[str, Any], out: Path) -> None:
+    plt = _pyplot()
     rounds = expansion["rounds"]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     xs = [r["round"] for r in rounds]
@@ -92,11 +98,7 @@ def _plot_tokenizer(expansion: dict[str, Any], out: Path) -> None:
 
 
 def _plot_losses(stages: list[tuple[int, list[dict[str, Any]]]], out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(11, 4.5))
     offset = 0
     eval_series: dict[str, tuple[list[float], list[float]]] = {}
