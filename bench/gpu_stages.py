@@ -4,7 +4,9 @@ Each stage runs in a fresh process (a stage is an engine of its own, as in train
 phi-2-shaped model (hidden 2560, --layers layers, vocab 50,295 + --new-tokens, lm_head bias) is built
 with random weights, frozen by the stage table, wrapped by the same initialize_engine as
 megaeeve/train.py, warmed up, then timed over --steps optimizer steps on random token ids.
-MFU = model FLOPs (6 N + 12 L h s per token, whatever is frozen) x tokens/s / peak bf16 FLOP/s.
+MFU = the stage's model FLOPs per token (megaeeve.training.throughput: forward, activation gradients
+only where something below the head trains, weight gradients of trainable parameters) x tokens/s /
+the device's dense bf16 peak. The optimizer is ds_configs/zero3.json's (fused torch AdamW).
 
     python bench/gpu_stages.py [--stages 1 2 3 4 5 6 7] [--layers 32] [--micro 4] [--seq-length 2048]
 """
@@ -22,7 +24,6 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "bench")]
 
-PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense, SXM
 
 
 def run_one(args: argparse.Namespace) -> dict:
@@ -33,7 +34,8 @@ def run_one(args: argparse.Namespace) -> dict:
     from megaeeve.model import parameter_roles
     from megaeeve.model.checkpoint import build_split_model
     from megaeeve.stages import DEFAULT_STAGES
-    from megaeeve.training.engine import flops_per_token, freeze_for_stage, full_numel, initialize_engine
+    from megaeeve.training.engine import freeze_for_stage, initialize_engine
+    from megaeeve.training.throughput import flops_per_token, full_numel, peak_tflops
 
     os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT="29531")
     deepspeed.init_distributed()
@@ -53,16 +55,14 @@ def run_one(args: argparse.Namespace) -> dict:
     stage = DEFAULT_STAGES[args.stage]
     roles = parameter_roles(model)
     trainable = freeze_for_stage(model, roles, stage)
-    ds = {"train_micro_batch_size_per_gpu": args.micro, "gradient_accumulation_steps": 1, "gradient_clipping": 1.0,
-          "bf16": {"enabled": True}, "steps_per_print": 10**9,
-          "zero_optimization": {"stage": 3, "overlap_comm": True, "contiguous_gradients": True},
-          "optimizer": {"type": "AdamW", "params": {"lr": 1e-4, "torch_adam": True}}}
-    fpt = flops_per_token(model, roles, args.seq_length)
+    ds = json.loads((REPO / "ds_configs" / "zero3.json").read_text())
+    ds.update(train_micro_batch_size_per_gpu=args.micro, gradient_accumulation_steps=1)
+    fpt = flops_per_token(model, roles, args.seq_length, trainable)
     engine = initialize_engine(model, roles, stage, ds, args.steps + args.warmup, "gpu_stages")
     ids = torch.randint(0, meta.vocab_size, (args.micro, args.seq_length + 1), device="cuda")
 
     def step() -> None:
-        logits = engine(input_ids=ids[:, :-1]).logits
+        logits = engine(input_ids=ids[:, :-1], use_cache=False).logits
         loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), ids[:, 1:].flatten())
         engine.backward(loss)
         engine.step()
@@ -77,7 +77,7 @@ def run_one(args: argparse.Namespace) -> dict:
     elapsed = time.perf_counter() - t0
     tokens_per_s = args.steps * args.micro * args.seq_length / elapsed
     name = torch.cuda.get_device_name(0)
-    peak = args.peak_tflops or next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
+    peak = peak_tflops(torch.device("cuda", 0), args.peak_tflops)
     return {"stage": args.stage, "device": name, "trainable": sum(full_numel(p) for n, p in model.named_parameters() if n in set(trainable)),
             "tokens_per_s": tokens_per_s, "tflops": fpt * tokens_per_s / 1e12,
             "mfu": fpt * tokens_per_s / (peak * 1e12) if peak else None,

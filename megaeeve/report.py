@@ -167,7 +167,7 @@ def build_report(run_dir: Path, base_model: str, base_tokenizer: str, max_new_to
     expansion = json.loads((run_dir / "tokenizer" / "expansion_report.json").read_text(encoding="utf-8"))
     cfg = load_run_config(run_dir / "run.yaml")
     done = stage_dirs(run_dir)
-    plans = {p["stage"]: p for p in stage_plans(cfg)}
+    plans = {p["stage"]: p for p in stage_plans(cfg.model, [cfg.stages[n] for n in cfg.run_stages])}
     roles = parameter_roles(meta_model(cfg.model))
     checks = {}
     for number, d in done:

@@ -14,6 +14,7 @@ resumes from its latest checkpoint when restarted. Exit codes: see megaeeve/trai
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import math
 import os
@@ -30,10 +31,12 @@ import numpy as np
 import torch
 
 from megaeeve.data.gpt_dataset import DataError
+from megaeeve.data.indexed import IndexedDatasetError
 from megaeeve.model import ModelDirError
-from megaeeve.stages import Stage
+from megaeeve.stages import DEFAULT_STAGES, Stage
 from megaeeve.training.checkpoint import DONE, StageError
 from megaeeve.training.config import BatchShape, ConfigError, RunConfig, batch_shape, load_run_config
+from megaeeve.training.engine import check_ds_config
 from megaeeve.training.signals import CONFIG_ERROR_EXIT_CODE, REQUEUE_EXIT_CODE, StopRequest
 
 
@@ -41,15 +44,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ds_config", "--ds-config", required=True, type=Path, help="DeepSpeed JSON (ds_configs/)")
-    p.add_argument("--config", required=True, type=Path, help="run config (RUN.yaml)")
+    p.add_argument("--config", type=Path, help="run config (RUN.yaml)")
     p.add_argument("--stage", type=int, help="stage number to train (--dry-run: omit for all stages)")
     p.add_argument("--dry-run", action="store_true",
-                   help="print each stage's trainable parameters and optimizer-state bytes; train nothing")
+                   help="check the run config, its data and the ds_config; print each stage's trainable parameters "
+                        "and optimizer-state bytes per rank; train nothing")
+    p.add_argument("--model", type=Path,
+                   help="--dry-run: plan this model directory (a stage-0 dir, or configs/models/*) instead of the "
+                        "run's; without --config the default stage table is planned")
+    p.add_argument("--world-size", type=int, nargs="+",
+                   help="--dry-run: rank counts to plan for (default: WORLD_SIZE, else 1)")
     p.add_argument("--overwrite", action="store_true", help="retrain a stage that already has DONE")
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.stage is None and not args.dry_run:
         p.error("--stage is required (except with --dry-run)")
+    if args.config is None and not (args.dry_run and args.model):
+        p.error("--config is required (except with --dry-run --model DIR)")
+    if (args.model or args.world_size) and not args.dry_run:
+        p.error("--model and --world-size only plan: use them with --dry-run")
+    if args.world_size and min(args.world_size) < 1:
+        p.error(f"--world-size must be >= 1, got {args.world_size}")
     return args
 
 
@@ -102,23 +117,22 @@ def meta_model(model_dir: Path, ds_config: dict | None = None) -> torch.nn.Modul
         return build_split_model(AutoConfig.from_pretrained(str(model_dir)), meta, model_dtype(ds_config or {}))
 
 
-def stage_plans(cfg: RunConfig, ds_config: dict | None = None, stages: list[int] | None = None) -> list[dict]:
+def stage_plans(model_dir: Path, stages: list[Stage], ds_config: dict | None = None) -> list[dict]:
     """Per stage: trainable tensors by role with counts, and optimizer-state bytes (for --dry-run and reports)."""
     from megaeeve.model import parameter_roles
     from megaeeve.stages import trainable_names
     from megaeeve.training.engine import optimizer_state_bytes
 
-    model = meta_model(cfg.model, ds_config)
+    model = meta_model(model_dir, ds_config)
     roles = parameter_roles(model)
     numel = {n: p.numel() for n, p in model.named_parameters()}
     total = sum(numel.values())
     plans = []
-    for number in stages if stages is not None else list(cfg.run_stages):
-        stage = cfg.stages[number]
+    for stage in stages:
         names = trainable_names(roles, stage)
         n = sum(numel[x] for x in names)
         plans.append({
-            "stage": number, "description": stage.description, "total": total, "trainable": n,
+            "stage": stage.number, "description": stage.description, "total": total, "trainable": n,
             "optimizer_bytes": optimizer_state_bytes(n),
             "roles": {role: [(x, tuple(model.get_parameter(x).shape)) for x in names if roles[x] == role]
                       for role in stage.trainable},
@@ -127,14 +141,35 @@ def stage_plans(cfg: RunConfig, ds_config: dict | None = None, stages: list[int]
     return plans
 
 
-def dry_run(cfg: RunConfig, ds_config: dict, stages: list[int]) -> None:
-    """Per stage: trainable parameters (by role, with counts) and optimizer-state bytes. Builds the
-    model on the meta device: no weights are read and nothing is distributed."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    plans = stage_plans(cfg, ds_config, stages)
-    print(f"model {cfg.model}: {plans[0]['total']:,} parameters; world size {world}")
-    for plan in plans:
-        stage = cfg.stages[plan["stage"]]
+def check_run(cfg: RunConfig, ds_config: dict, ds_path: Path, stages: list[int], worlds: list[int]) -> None:
+    """Everything a stage checks before it loads a model: the stage table, the ds_config against each
+    world size, the model directory, and every data prefix (header against both file sizes, token
+    dtype against the vocabulary)."""
+    from megaeeve.data.gpt_dataset import document_split
+    from megaeeve.model import read_model_meta
+    from megaeeve.training.data import open_prefix
+
+    for number in stages:
+        cfg.previous_stage(number)  # a stage outside run_stages is a ConfigError naming it
+    check_ds_config(ds_config, str(ds_path))
+    for world in worlds:
+        batch_shape(ds_config, world, str(ds_path))
+    meta = read_model_meta(cfg.model)
+    for source in cfg.data.sources:
+        docs = open_prefix(source.prefix)
+        dtype = np.dtype(docs.dtype)
+        if dtype.kind not in "iu" or meta.padded_vocab_size > np.iinfo(dtype).max + 1:
+            raise DataError(f"{source.prefix}.idx: token dtype {dtype.name} cannot hold the model's "
+                            f"{meta.padded_vocab_size:,} ids: preprocess it with the expanded tokenizer")
+        document_split(len(docs), cfg.data.valid_fraction, str(source.prefix))
+
+
+def dry_run(model_dir: Path, stages: list[Stage], ds_config: dict, worlds: list[int]) -> None:
+    """Per stage: trainable parameters (by role, with counts) and optimizer-state bytes per rank for each
+    world size. Builds the model on the meta device: no weights are read and nothing is distributed."""
+    plans = stage_plans(model_dir, stages, ds_config)
+    print(f"model {model_dir}: {plans[0]['total']:,} parameters; planned for {', '.join(map(str, worlds))} rank(s)")
+    for stage, plan in zip(stages, plans):
         n, total, opt = plan["trainable"], plan["total"], plan["optimizer_bytes"]
         print(f"\nstage {stage.number}: {stage.description}  (lr {stage.lr:g}, budget "
               f"{f'{stage.tokens:,} tokens' if stage.tokens else f'{stage.steps} steps'})")
@@ -143,20 +178,24 @@ def dry_run(cfg: RunConfig, ds_config: dict, stages: list[int]) -> None:
             more = f", ... ({len(members)} tensors)" if len(members) > 4 else ""
             print(f"  {role:16s} {plan['role_numel'][role]:>15,}  {listing}{more}")
         print(f"  trainable {n:,} of {total:,} ({100 * n / total:.2f}%); frozen {total - n:,}")
-        print(f"  optimizer state (Adam moments + fp32 master): {opt / 2**20:,.1f} MiB in all, "
-              f"{opt / world / 2**20:,.1f} MiB per rank")
+        per_rank = "; ".join(f"{world} ranks: {_size(opt / world)} per rank" for world in worlds)
+        print(f"  optimizer state (Adam moments + fp32 master): {_size(opt)} in all; {per_rank}")
+
+
+def _size(n: float) -> str:
+    return f"{n / 2**30:,.2f} GiB" if n >= 2**30 else f"{n / 2**20:,.1f} MiB"
 
 
 def run_stage(cfg: RunConfig, ds_config: dict, ds_path: Path, number: int, overwrite: bool) -> int:
-    import deepspeed
     import torch.distributed as dist
 
     from megaeeve.model import load_model_dir, parameter_roles, read_model_meta
     from megaeeve.training import checkpoint as ckpt
     from megaeeve.training.data import stage_data
-    from megaeeve.training.engine import flops_per_token, freeze_for_stage, initialize_engine, model_dtype
+    from megaeeve.training.engine import freeze_for_stage, initialize_engine, model_dtype
     from megaeeve.training.loop import LoopSettings, LoopState, evaluate, train
     from megaeeve.training.metrics import Metrics
+    from megaeeve.training.throughput import flops_per_token, peak_tflops
 
     stage = cfg.stages.get(number)
     if stage is None:
@@ -169,8 +208,11 @@ def run_stage(cfg: RunConfig, ds_config: dict, ds_path: Path, number: int, overw
     completed = (stage_dir / DONE).is_file()
     if completed and not overwrite:
         raise StageError(f"stage {number} is complete ({stage_dir / DONE}); pass --overwrite to train it again")
+    if cfg.training.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS starts: before any CUDA work
+        torch.use_deterministic_algorithms(True)
     stop = StopRequest().install()
-    deepspeed.init_distributed()
+    init_distributed(cfg.training.dist_timeout_s)
     rank, world = dist.get_rank(), dist.get_world_size()
     if completed:  # --overwrite: start the stage from scratch
         dist.barrier()
@@ -178,6 +220,7 @@ def run_stage(cfg: RunConfig, ds_config: dict, ds_path: Path, number: int, overw
             shutil.rmtree(stage_dir)
         dist.barrier()
     batch = batch_shape(ds_config, world, str(ds_path))
+    check_ds_config(ds_config, str(ds_path))
     ds_config = {**ds_config, "gradient_accumulation_steps": batch.grad_accum, "train_batch_size": batch.global_batch}
     steps = total_steps(stage, batch, cfg.seq_length)
     seed_everything(cfg.seed + number)
@@ -189,9 +232,9 @@ def run_stage(cfg: RunConfig, ds_config: dict, ds_path: Path, number: int, overw
     import torch._dynamo  # noqa: F401
     import transformers.modeling_utils  # noqa: F401
 
-    model = load_model_dir(src_dir, ds_config, dtype)
+    model = load_model_dir(src_dir, ds_config, dtype, cfg.training.attn_implementation)
     roles = parameter_roles(model)
-    freeze_for_stage(model, roles, stage)
+    trainable = freeze_for_stage(model, roles, stage)
     if cfg.training.activation_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     engine = initialize_engine(model, roles, stage, ds_config, steps, str(ds_path))
@@ -213,7 +256,8 @@ def run_stage(cfg: RunConfig, ds_config: dict, ds_path: Path, number: int, overw
 
     settings = LoopSettings(
         total_steps=steps, batch=batch, seq_length=cfg.seq_length, base_vocab_size=meta.base_vocab_size,
-        flops_per_token=flops_per_token(model, roles, cfg.seq_length), log_every=cfg.training.log_every,
+        flops_per_token=flops_per_token(model, roles, cfg.seq_length, trainable),
+        peak_tflops=peak_tflops(torch.device(engine.device), cfg.training.peak_tflops), log_every=cfg.training.log_every,
         eval_every=cfg.training.eval_every, checkpoint_every=cfg.training.checkpoint_every,
     )
     try:
@@ -236,19 +280,43 @@ def run_stage(cfg: RunConfig, ds_config: dict, ds_path: Path, number: int, overw
     return 0
 
 
+def init_distributed(timeout_s: float) -> None:
+    """deepspeed.init_distributed with the run's timeout; a rank that cannot reach its peers says where it looked."""
+    import deepspeed
+
+    try:
+        deepspeed.init_distributed(timeout=datetime.timedelta(seconds=timeout_s))
+    except (RuntimeError, ValueError) as e:  # torch's DistStoreError / DistNetworkError are RuntimeErrors
+        env = os.environ
+        raise StageError(f"rank {env.get('RANK')} of {env.get('WORLD_SIZE')} could not reach its peers at "
+                         f"MASTER_ADDR={env.get('MASTER_ADDR')} MASTER_PORT={env.get('MASTER_PORT')} within "
+                         f"{timeout_s:g} s (training.dist_timeout_s): {str(e).splitlines()[0]}") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     # DeepSpeed's ZeRO-3 collectives call torch APIs that warn on every step and every rank.
     warnings.filterwarnings("ignore", message=r"`torch\.distributed\.\w+` is deprecated", category=FutureWarning)
     args = parse_args(argv)
     launch_env(args.local_rank)
     try:
-        cfg = load_run_config(args.config)
         ds_config = read_ds_config(args.ds_config)
         if args.dry_run:
-            dry_run(cfg, ds_config, [args.stage] if args.stage is not None else list(cfg.run_stages))
+            worlds = args.world_size or [int(os.environ["WORLD_SIZE"])]
+            if args.config is None:
+                check_ds_config(ds_config, str(args.ds_config))
+                numbers = [args.stage] if args.stage is not None else list(DEFAULT_STAGES)
+                if args.stage is not None and args.stage not in DEFAULT_STAGES:
+                    raise ConfigError(f"no stage {args.stage} in the default stage table {list(DEFAULT_STAGES)}")
+                dry_run(args.model, [DEFAULT_STAGES[n] for n in numbers], ds_config, worlds)
+                return 0
+            cfg = load_run_config(args.config)
+            numbers = [args.stage] if args.stage is not None else list(cfg.run_stages)
+            check_run(cfg, ds_config, args.ds_config, numbers, worlds)
+            dry_run(args.model or cfg.model, [cfg.stages[n] for n in numbers], ds_config, worlds)
+            print("\nchecks passed: stage table, ds_config, model directory, data prefixes")
             return 0
-        return run_stage(cfg, ds_config, args.ds_config, args.stage, args.overwrite)
-    except (ConfigError, StageError, DataError, ModelDirError) as e:
+        return run_stage(load_run_config(args.config), ds_config, args.ds_config, args.stage, args.overwrite)
+    except (ConfigError, StageError, DataError, ModelDirError, IndexedDatasetError) as e:
         print(f"error: {e}", file=sys.stderr)
         return CONFIG_ERROR_EXIT_CODE
 

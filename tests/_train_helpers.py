@@ -12,8 +12,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 import yaml
+from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 from safetensors.torch import load_file
+
+from megaeeve.stages import DEFAULT_STAGES
 
 from megaeeve.tokenizer_io import load_tokenizer
 
@@ -32,7 +36,8 @@ def make_stage0(tmp: Path, arch: str, base_tokenizer_dir: Path) -> Path:
     from megaeeve import assets
     from megaeeve.model import extend_model
 
-    base = tiny_phi() if arch == "phi" else tiny_llama()
+    rows = load_tokenizer(base_tokenizer_dir).get_vocab_size(with_added_tokens=True)
+    base = tiny_phi() if arch == "phi" else tiny_llama(vocab_size=-(-rows // 64) * 64)
     base_dir = save_model(base, tmp / f"{arch}-base")
     tok = load_tokenizer(base_tokenizer_dir)
     tok.add_tokens(NEW_TOKENS)
@@ -79,11 +84,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(args: list[str], world: int = 2, log: Path | None = None) -> list[subprocess.Popen]:
-    """Start `world` ranks of train.py with plain env vars (as SLURM srun would), each in its own session."""
+def launch(args: list[str], world: int = 2, log: Path | None = None,
+           ranks: list[int] | None = None) -> list[subprocess.Popen]:
+    """Start `world` ranks of train.py (or only `ranks` of them) with plain env vars (as SLURM srun would),
+    each in its own session."""
     port = str(free_port())
     procs = []
-    for rank in range(world):
+    for rank in range(world) if ranks is None else ranks:
         env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world),
                "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1",
                "PYTHONPATH": os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH"), str(REPO)]))}
@@ -122,7 +129,7 @@ def train_stage(ds: Path, cfg: Path, stage: int, log: Path, *extra: str, world: 
 
 
 def read_log(log: Path) -> str:
-    return "\n".join(Path(f"{log}.rank{r}").read_text()[-4000:] for r in range(2) if Path(f"{log}.rank{r}").exists())
+    return "\n".join(p.read_text()[-4000:] for p in sorted(log.parent.glob(f"{log.name}.rank*")))
 
 
 def weights(model_dir: Path) -> dict:
@@ -131,3 +138,57 @@ def weights(model_dir: Path) -> dict:
 
 def metrics(stage_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (stage_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def roles_of(model_dir: Path) -> dict[str, str]:
+    """Parameter roles of a model directory's split model, built on the meta device."""
+    from transformers import AutoConfig
+
+    from megaeeve.model import parameter_roles, read_model_meta
+    from megaeeve.model.checkpoint import build_split_model
+
+    with torch.device("meta"):
+        model = build_split_model(AutoConfig.from_pretrained(str(model_dir)), read_model_meta(model_dir), torch.float32)
+    return parameter_roles(model)
+
+
+def engine_view(run_dir: Path, stage: int) -> dict[str, torch.Tensor]:
+    """The stage's weights as DeepSpeed's own zero_to_fp32 consolidates its last checkpoint."""
+    return get_fp32_state_dict_from_zero_checkpoint(str(run_dir / f"stage-{stage}" / "checkpoints"))
+
+
+def check_stage(chain: dict, stage: int) -> None:
+    """Against DeepSpeed's view of the stage's checkpoint: trainable tensors changed and handed off as their
+    fp32 masters, frozen ones bitwise unmoved (in the engine's dtype), Adam state only for the trainable ones."""
+    run_dir, roles, world = chain["run_dir"], chain["roles"], chain["world"]
+    i = chain["stages"].index(stage)
+    src = chain["model"] if i == 0 else run_dir / f"stage-{chain['stages'][i - 1]}" / "final"
+    before, after = weights(src), weights(run_dir / f"stage-{stage}" / "final")
+    view = engine_view(run_dir, stage)
+    trainable = {n for n, r in roles.items() if r in DEFAULT_STAGES[stage].trainable}
+    assert trainable and set(after) == set(before) and set(roles) <= set(view)
+    for name in roles:
+        if name in trainable:
+            assert not torch.equal(view[name], before[name]), f"stage {stage}: trainable {name} did not change"
+            assert after[name].dtype == torch.float32
+            assert torch.equal(after[name], view[name]), f"stage {stage}: {name} hand-off is not the fp32 master"
+            if chain["bf16"]:
+                assert not torch.equal(after[name], after[name].bfloat16().float()), f"{name} lost fp32 precision"
+        else:
+            # A bf16 engine holds (and its checkpoint stores) frozen weights in bf16.
+            held = before[name].bfloat16().float() if chain["bf16"] else before[name]
+            assert torch.equal(view[name], held), f"stage {stage}: frozen {name} moved in the engine"
+            assert torch.equal(after[name], before[name]), f"stage {stage}: frozen {name} not carried over exactly"
+    ckpt = run_dir / f"stage-{stage}" / "checkpoints"
+    tag = (ckpt / "latest").read_text().strip()
+    optimized, numel = set(), 0
+    for rank in range(world):
+        states = torch.load(ckpt / tag / f"zero_pp_rank_{rank}_mp_rank_00_model_states.pt", weights_only=False)
+        optimized |= {n for shapes in states["param_shapes"] for n in shapes}
+        optim_file, = (ckpt / tag).glob(f"*zero_pp_rank_{rank}_mp_rank_00_optim_states.pt")  # bf16_ prefix in bf16
+        optim = torch.load(optim_file, weights_only=False)
+        for group_state in optim["optimizer_state_dict"]["optimizer_state_dict"]["state"].values():
+            numel += group_state["exp_avg"].numel()
+    assert optimized == trainable
+    expected = sum(before[n].numel() for n in trainable)
+    assert expected <= numel < expected + world * 64 * len(trainable), "Adam moments cover more than the trainable set"

@@ -17,111 +17,75 @@ from pathlib import Path
 
 import pytest
 import torch
-from _train_helpers import (REPO, TRAIN, ds_config, launch, make_stage0, metrics, read_log, run_config, train_stage,
-                            wait, weights, write_prefix)
-from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+from _train_helpers import (REPO, TRAIN, check_stage, ds_config, launch, make_stage0, metrics, read_log, roles_of,
+                            run_config, train_stage, wait, weights, write_prefix)
 
-from megaeeve.model import parameter_roles, read_model_meta
-from megaeeve.model.checkpoint import build_split_model
-from megaeeve.stages import DEFAULT_STAGES
+from megaeeve.model import read_model_meta
 from megaeeve.training.signals import REQUEUE_EXIT_CODE
 
 pytestmark = pytest.mark.slow
 
 
-def _roles(model_dir: Path) -> dict[str, str]:
-    from transformers import AutoConfig
-
-    with torch.device("meta"):
-        model = build_split_model(AutoConfig.from_pretrained(str(model_dir)), read_model_meta(model_dir), torch.float32)
-    return parameter_roles(model)
-
-
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory, gpt2_tokenizer_dir, korean_split, english_docs):
-    """Stage-0 models (Phi, Llama) and Korean + English datasets tokenized with the expanded tokenizer."""
+def corpus(tmp_path_factory, phi2_tokenizer_dir, korean_split, english_docs):
+    """Stage-0 models over phi-2's tokenizer (50,295 base ids: uneven ZeRO partitions on 2 and 3 ranks) and
+    Korean + English datasets tokenized with the expanded tokenizer (the same for both models)."""
     tmp = tmp_path_factory.mktemp("train")
-    phi = make_stage0(tmp, "phi", gpt2_tokenizer_dir)
-    llama = make_stage0(tmp, "llama", gpt2_tokenizer_dir)
+    phi = make_stage0(tmp, "phi", phi2_tokenizer_dir)
+    llama = make_stage0(tmp, "llama", phi2_tokenizer_dir)
     ko = write_prefix(tmp / "ko", phi, korean_split[0][:40])
     en = write_prefix(tmp / "en", phi, english_docs[:40])
     sources = [{"prefix": str(ko), "weight": 0.7, "name": "ko"}, {"prefix": str(en), "weight": 0.3, "name": "en"}]
     return {"tmp": tmp, "phi": phi, "llama": llama, "sources": sources, "ds": ds_config(tmp / "ds.json"),
-            "ds_bf16": ds_config(tmp / "ds_bf16.json", bf16=True)}
+            "ds_bf16": ds_config(tmp / "ds_bf16.json", bf16=True), "chains": {}}
 
 
-RESUME_STAGE, RESUME_STEPS = 6, 6  # the chain's stage 6 is also the uninterrupted run of the resume test
-TRAINING = {"eval_samples": 4, "checkpoint_every": 2, "progress_bar": False}
+RESUME_STAGE, RESUME_STEPS = 6, 6  # the reference chain's stage 6 is also the uninterrupted run of the resume test
+REFERENCE = ("phi", "fp32", 2)  # the chain the metrics, export, refusal and resume tests read
+TRAINING = {"eval_samples": 4, "checkpoint_every": 2, "progress_bar": False, "peak_tflops": 0.5}
+# Every other cell: one step a stage, the checkpoint at the end only.
+QUICK = {"eval_samples": 2, "checkpoint_every": 0, "progress_bar": False, "tensorboard": False}
+CELLS = [(arch, precision, world) for arch in ("phi", "llama") for precision in ("fp32", "bf16") for world in (2, 3)]
+CHECKPOINTED = ("llama", "bf16", 3)  # activation checkpointing (non-reentrant) with frozen parameters under ZeRO-3
 
 
-def _chain(corpus, arch: str, stages: list[int], steps: int = 2, bf16: bool = False) -> dict:
-    tmp = corpus["tmp"]
-    run_dir = tmp / f"run-{arch}"
-    budgets = {s: {"steps": RESUME_STEPS if s == RESUME_STAGE else steps} for s in stages}
-    cfg = run_config(tmp / f"{arch}.yaml", run_dir, corpus[arch], corpus["sources"], budgets, run_stages=stages,
-                     training=TRAINING)
+def _chain(corpus, cell: tuple[str, str, int]) -> dict:
+    """All seven stages of one cell, run once per module and shared by every test that reads it."""
+    if cell in corpus["chains"]:
+        return corpus["chains"][cell]
+    arch, precision, world = cell
+    tmp, name, stages = corpus["tmp"], "-".join(map(str, cell)), list(range(1, 8))
+    run_dir = tmp / f"run-{name}"
+    if cell == REFERENCE:
+        budgets, training = {s: {"steps": RESUME_STEPS if s == RESUME_STAGE else 2} for s in stages}, TRAINING
+    else:
+        budgets = {s: {"steps": 1} for s in stages}
+        training = {**QUICK, "activation_checkpointing": cell == CHECKPOINTED}
+    cfg = run_config(tmp / f"{name}.yaml", run_dir, corpus[arch], corpus["sources"], budgets, run_stages=stages,
+                     training=training)
+    bf16 = precision == "bf16"
     for s in stages:
-        code = train_stage(corpus["ds_bf16" if bf16 else "ds"], cfg, s, tmp / f"{arch}-stage{s}.log")
-        assert code == 0, read_log(tmp / f"{arch}-stage{s}.log")
-    return {"run_dir": run_dir, "cfg": cfg, "stages": stages, "model": corpus[arch], "roles": _roles(corpus[arch]),
-            "bf16": bf16}
+        log = tmp / f"{name}-stage{s}.log"
+        code = train_stage(corpus["ds_bf16" if bf16 else "ds"], cfg, s, log, world=world)
+        assert code == 0, read_log(log)
+    corpus["chains"][cell] = {"run_dir": run_dir, "cfg": cfg, "stages": stages, "model": corpus[arch],
+                              "roles": roles_of(corpus[arch]), "bf16": bf16, "world": world}
+    return corpus["chains"][cell]
+
+
+@pytest.fixture(scope="module", params=CELLS, ids=["-".join(map(str, c)) for c in CELLS])
+def chain(request, corpus):
+    return _chain(corpus, request.param)
 
 
 @pytest.fixture(scope="module")
 def phi_chain(corpus):
-    return _chain(corpus, "phi", list(range(1, 8)))
-
-
-@pytest.fixture(scope="module")
-def llama_chain(corpus):
-    return _chain(corpus, "llama", [5], bf16=True)  # bf16 engine: the hand-off must still be the fp32 masters
-
-
-def _check_stage(chain: dict, stage: int) -> None:
-    """Frozen tensors bitwise unchanged, trainable ones changed, optimizer state only for trainable ones."""
-    run_dir, roles = chain["run_dir"], chain["roles"]
-    i = chain["stages"].index(stage)
-    src = chain["model"] if i == 0 else run_dir / f"stage-{chain['stages'][i - 1]}" / "final"
-    before, after = weights(src), weights(run_dir / f"stage-{stage}" / "final")
-    trainable = {n for n, r in roles.items() if r in DEFAULT_STAGES[stage].trainable}
-    assert trainable and set(after) == set(before)
-    # The engine's own view, consolidated independently by DeepSpeed from the stage's last ZeRO checkpoint.
-    engine_view = get_fp32_state_dict_from_zero_checkpoint(str(run_dir / f"stage-{stage}" / "checkpoints"))
-    for name in roles:
-        if name in trainable:
-            assert not torch.equal(after[name], before[name]), f"stage {stage}: trainable {name} did not change"
-            assert after[name].dtype == torch.float32
-            assert torch.equal(after[name], engine_view[name]), f"stage {stage}: {name} hand-off is not the fp32 master"
-            if chain["bf16"]:
-                assert not torch.equal(after[name], after[name].bfloat16().float()), f"{name} lost fp32 precision"
-        else:
-            assert torch.equal(after[name], before[name]), f"stage {stage}: frozen {name} changed in final/"
-            # A bf16 engine holds (and its checkpoint stores) frozen weights in bf16.
-            held = before[name].bfloat16().float() if chain["bf16"] else before[name]
-            assert torch.equal(engine_view[name], held), f"stage {stage}: frozen {name} moved in the engine"
-    ckpt = run_dir / f"stage-{stage}" / "checkpoints"
-    tag = (ckpt / "latest").read_text().strip()
-    optimized, numel = set(), 0
-    for rank in range(2):
-        states = torch.load(ckpt / tag / f"zero_pp_rank_{rank}_mp_rank_00_model_states.pt", weights_only=False)
-        optimized |= {n for shapes in states["param_shapes"] for n in shapes}
-        optim_file, = (ckpt / tag).glob(f"*zero_pp_rank_{rank}_mp_rank_00_optim_states.pt")  # bf16_ prefix in bf16
-        optim = torch.load(optim_file, weights_only=False)
-        for group_state in optim["optimizer_state_dict"]["optimizer_state_dict"]["state"].values():
-            numel += group_state["exp_avg"].numel()
-    assert optimized == trainable
-    expected = sum(before[n].numel() for n in trainable)
-    assert expected <= numel < expected + 2 * 64 * len(trainable), "Adam moments cover more than the trainable set"
+    return _chain(corpus, REFERENCE)
 
 
 @pytest.mark.parametrize("stage", range(1, 8))
-def test_phi_stage_trains_exactly_its_roles(phi_chain, stage):
-    _check_stage(phi_chain, stage)
-
-
-@pytest.mark.parametrize("stage", [5])
-def test_llama_stage_trains_exactly_its_roles(llama_chain, stage):
-    _check_stage(llama_chain, stage)
+def test_stage_trains_exactly_its_roles(chain, stage):
+    check_stage(chain, stage)
 
 
 def test_metrics_and_markers(phi_chain):
@@ -131,8 +95,9 @@ def test_metrics_and_markers(phi_chain):
     assert [r["step"] for r in train] == [1, 2]
     assert [r["step"] for r in metrics(phi_chain["run_dir"] / "stage-6") if r["kind"] == "train"] == list(range(1, 7))
     for r in train:
-        for key in ("loss", "lr", "grad_norm", "tokens_per_s", "tflops_per_device", "new_token_share"):
+        for key in ("loss", "lr", "grad_norm", "tokens_per_s", "tflops_per_device", "new_token_share", "peak_memory_gib"):
             assert r[key] > 0, key
+        assert r["mfu"] == pytest.approx(r["tflops_per_device"] / 0.5)  # training.peak_tflops: 0.5
         assert r["samples_ko"] + r["samples_en"] == 8
     evals = [r for r in records if r["kind"] == "eval"]
     assert evals and {"eval_loss_ko", "eval_loss_en"} <= set(evals[-1])
@@ -240,3 +205,75 @@ def test_kill_and_signal_then_resume_match_uninterrupted(phi_chain, corpus, tmp_
     assert a.keys() == b.keys()
     for name in a:
         assert torch.equal(a[name], b[name]), name
+
+
+def _main(monkeypatch, capsys, *argv: str) -> tuple[int, str, str]:
+    """train.py's main in this process (dry runs build nothing distributed); env changes are undone after."""
+    from megaeeve.train import main
+
+    for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(key, raising=False)
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.mark.parametrize("model, total, stage1", [
+    ("phi-2", 2_819_340_864, 8_649 * 2_560),  # 50,295 base + 8,649 new ids = 58,944, hidden 2560, 32 layers
+    ("solar-10.7b", 10_804_924_416, 8_960 * 4_096),  # 32,000 + 8,960 = 40,960, hidden 4096, 48 layers
+])
+def test_dry_run_plans_the_real_models(monkeypatch, capsys, model, total, stage1):
+    code, out, err = _main(monkeypatch, capsys, "--dry-run", "--ds_config", str(REPO / "ds_configs" / "zero3.json"),
+                           "--model", str(REPO / "configs" / "models" / model), "--world-size", "8", "64")
+    assert code == 0, err
+    assert f"{total:,} parameters; planned for 8, 64 rank(s)" in out
+    assert out.count("\nstage ") == 7
+    stage_1 = out.split("\nstage 1:")[1].split("\nstage 2:")[0]
+    assert f"trainable {stage1:,} of {total:,}" in stage_1
+    per_rank_8 = stage1 * 12 / 8 / 2**20  # fp32 master + two Adam moments, split over 8 ranks
+    assert f"8 ranks: {per_rank_8:,.1f} MiB per rank" in stage_1
+    stage_6 = out.split("\nstage 6:")[1].split("\nstage 7:")[0]
+    assert f"8 ranks: {total * 12 / 8 / 2**30:,.2f} GiB per rank" in stage_6
+
+
+def test_dry_run_checks_data_ds_config_and_stage(monkeypatch, capsys, corpus, tmp_path):
+    cfg = run_config(tmp_path / "dry.yaml", tmp_path / "dry-run", corpus["phi"], corpus["sources"], {})
+    dry = ("--dry-run", "--ds_config", str(corpus["ds"]), "--config", str(cfg))
+    code, out, err = _main(monkeypatch, capsys, *dry, "--world-size", "2", "3")
+    assert code == 0 and "checks passed" in out, err
+
+    code, _, err = _main(monkeypatch, capsys, *dry, "--stage", "9")
+    assert code == 2 and "stage 9" in err and "Traceback" not in err
+
+    auto = tmp_path / "auto.json"
+    auto.write_text(json.dumps({**json.loads(corpus["ds"].read_text()), "gradient_accumulation_steps": "auto"}))
+    code, _, err = _main(monkeypatch, capsys, "--dry-run", "--ds_config", str(auto), "--config", str(cfg))
+    assert code == 2 and "gradient_accumulation_steps" in err and "auto" in err
+
+    bad = tmp_path / "short"  # a copy of the Korean dataset whose .bin was cut short
+    ko = Path(corpus["sources"][0]["prefix"])
+    bad.with_suffix(".idx").write_bytes(ko.with_suffix(".idx").read_bytes())
+    bad.with_suffix(".bin").write_bytes(ko.with_suffix(".bin").read_bytes()[:-10])
+    cut = run_config(tmp_path / "cut.yaml", tmp_path / "cut-run", corpus["phi"],
+                     [{"prefix": str(bad), "weight": 1.0, "name": "ko"}], {}, run_stages=[1])
+    code, _, err = _main(monkeypatch, capsys, "--dry-run", "--ds_config", str(corpus["ds"]), "--config", str(cut))
+    assert code == 2 and str(bad) in err and "Traceback" not in err
+
+    # The real run: one clean line and exit 2 as well, not a traceback from every rank.
+    assert train_stage(corpus["ds"], cut, 1, tmp_path / "cut.log", world=1) == 2
+    log = read_log(tmp_path / "cut.log")
+    assert f"error: {bad}.bin" in log and "Traceback" not in log
+
+
+def test_rank_without_peers_stops_naming_the_rendezvous(corpus, tmp_path):
+    """Rank 0 of 2 started alone (the srun path, its peer died before the rendezvous) gives up after
+    training.dist_timeout_s with a message naming MASTER_ADDR and MASTER_PORT, not after torch's 30 minutes."""
+    cfg = run_config(tmp_path / "alone.yaml", tmp_path / "alone", corpus["phi"], corpus["sources"],
+                     {1: {"steps": 1}}, run_stages=[1], training={"dist_timeout_s": 5, "progress_bar": False})
+    start = time.monotonic()
+    procs = launch(["--ds_config", str(corpus["ds"]), "--config", str(cfg), "--stage", "1"], world=2,
+                   log=tmp_path / "alone.log", ranks=[0])
+    assert wait(procs, timeout=120) == [2]
+    assert time.monotonic() - start < 90
+    log = read_log(tmp_path / "alone.log")
+    assert "MASTER_ADDR=127.0.0.1 MASTER_PORT=" in log and "dist_timeout_s" in log and "Traceback" not in log

@@ -13,8 +13,8 @@ Interfaces the trainer relies on:
   vocab_size = padded size, untied), ``megaeeve_model.json`` (ModelMeta), the expanded tokenizer's
   files and ``base_tokenizer/tokenizer.json``.
 - ``load_model_dir(dir, ds_config=None, dtype=torch.float32) -> nn.Module``: builds the split model
-  (eval mode); with ZeRO stage 3 in ds_config, under deepspeed.zero.Init, filling each module inside
-  GatheredParameters(modifier_rank=0) from rank 0's lazy safetensors reads.
+  (eval mode); with ZeRO stage 3 in ds_config, under deepspeed.zero.Init, each rank filling only its
+  own partitions from slices of the safetensors file (partition.py).
 - ``save_model_dir(state_dict, src_dir, out_dir, overwrite=False)``: atomic model directory from a
   consolidated state dict whose names and shapes match src_dir's; config, meta and tokenizers are
   copied from src_dir. Tensors are stored in the dtype given.

@@ -6,8 +6,8 @@
     tokenizer files        the expanded tokenizer as copied from its directory (AutoTokenizer loads them)
     base_tokenizer/        tokenizer.json of the base tokenizer (its identity)
 
-Loading under ZeRO-3 builds the model inside deepspeed.zero.Init, so each rank only ever holds its
-partition plus one module gathered at a time, and reads weights lazily on rank 0.
+Loading under ZeRO-3 builds the model inside deepspeed.zero.Init, and each rank reads only the slice
+of each tensor that its partition holds (megaeeve.model.partition).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from megaeeve.atomic import atomic_dir, write_json
+from megaeeve.model.partition import read_partition
 from megaeeve.model.split import SplitEmbedding, SplitLMHead
 
 MODEL_FILE = "model.safetensors"
@@ -96,7 +97,8 @@ def read_model_meta(model_dir: str | Path) -> ModelMeta:
     return ModelMeta(**data)
 
 
-def build_split_model(config, meta: ModelMeta, dtype: torch.dtype, ds_config: dict | None = None) -> nn.Module:
+def build_split_model(config, meta: ModelMeta, dtype: torch.dtype, ds_config: dict | None = None,
+                      attn_implementation: str | None = None) -> nn.Module:
     """The HF model of `config` with the split embedding and head installed, weights uninitialised.
 
     With ZeRO stage 3 in `ds_config` it is built inside deepspeed.zero.Init (partitioned parameters).
@@ -114,7 +116,7 @@ def build_split_model(config, meta: ModelMeta, dtype: torch.dtype, ds_config: di
 
             stack.enter_context(prevent_arange_dtype_change())  # keeps RoPE buffers in fp32
             stack.enter_context(deepspeed.zero.Init(config_dict_or_path=ds_config))
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=attn_implementation)
         sizes = (meta.base_vocab_size, meta.num_added, meta.num_padding, meta.hidden_size)
         model.set_submodule(meta.input_embedding, SplitEmbedding(*sizes, dtype=dtype))
         model.set_submodule(meta.output_embedding, SplitLMHead(*sizes, bias=meta.lm_head_bias, dtype=dtype))
@@ -125,20 +127,19 @@ def _zero3(ds_config: dict | None) -> bool:
     return bool(ds_config) and ds_config.get("zero_optimization", {}).get("stage", 0) == 3
 
 
-def load_model_dir(model_dir: str | Path, ds_config: dict | None = None,
-                   dtype: torch.dtype = torch.float32) -> nn.Module:
+def load_model_dir(model_dir: str | Path, ds_config: dict | None = None, dtype: torch.dtype = torch.float32,
+                   attn_implementation: str | None = None) -> nn.Module:
     """Build the split model of a model directory and load its weights (returned in eval mode).
 
-    With ZeRO stage 3 in `ds_config` the model is built under deepspeed.zero.Init and each module's
-    parameters are filled inside GatheredParameters(modifier_rank=0) from rank 0's lazy safetensors
-    reads: no rank ever holds more than its partition plus the largest single module.
+    With ZeRO stage 3 in `ds_config` the model is built under deepspeed.zero.Init and each rank
+    fills only its own partitions from slices of the file: no rank ever holds a full tensor.
     """
     from transformers import AutoConfig
 
     model_dir = Path(model_dir)
     meta = read_model_meta(model_dir)
     config = AutoConfig.from_pretrained(str(model_dir))
-    model = build_split_model(config, meta, dtype, ds_config)
+    model = build_split_model(config, meta, dtype, ds_config, attn_implementation)
     _load_weights(model, model_dir / MODEL_FILE, _zero3(ds_config))
     return model.eval()
 
@@ -148,36 +149,25 @@ def _expected_names(model: nn.Module) -> set[str]:
 
 
 def _load_weights(model: nn.Module, path: Path, zero3: bool) -> None:
-    import torch.distributed as dist
-
-    rank = dist.get_rank() if zero3 and dist.is_initialized() else 0
+    """Fill every parameter and buffer from `path`. Under ZeRO-3 each rank writes only its own
+    partition, read as a slice of the file (megaeeve.model.partition): nothing is gathered."""
     with safe_open(str(path), framework="pt") as f, torch.no_grad():
         in_file, expected = set(f.keys()), _expected_names(model)
         if in_file != expected:
             raise ModelDirError(f"{path}: tensors do not match the model: missing {sorted(expected - in_file)[:5]}, "
                                 f"unexpected {sorted(in_file - expected)[:5]}")
-        for prefix, module in model.named_modules():
-            params = list(module.named_parameters(recurse=False))
-            gather = contextlib.nullcontext()
-            if zero3 and params:
-                import deepspeed
-
-                gather = deepspeed.zero.GatheredParameters([p for _, p in params], modifier_rank=0)
-            with gather:
-                if rank == 0:
-                    for name, param in params:
-                        _copy(param, f, f"{prefix}.{name}" if prefix else name, path)
-            for name, buf in module.named_buffers(recurse=False):  # buffers are not partitioned: all ranks
-                key = f"{prefix}.{name}" if prefix else name
-                if key in in_file:
-                    _copy(buf, f, key, path)
-
-
-def _copy(target: torch.Tensor, f, key: str, path: Path) -> None:
-    tensor = f.get_tensor(key)
-    if tensor.shape != target.shape:
-        raise ModelDirError(f"{path}: {key} has shape {tuple(tensor.shape)}, the model expects {tuple(target.shape)}")
-    target.data.copy_(tensor)
+        for key, param in model.named_parameters():
+            shape = tuple(f.get_slice(key).get_shape())
+            want = tuple(getattr(param, "ds_shape", param.shape))
+            if shape != want:
+                raise ModelDirError(f"{path}: {key} has shape {shape}, the model expects {want}")
+            if zero3 and hasattr(param, "ds_id"):
+                param.ds_tensor.data.copy_(read_partition(f, key, param))
+            else:
+                param.data.copy_(f.get_tensor(key))
+        for key, buf in model.named_buffers():  # buffers are not partitioned: all ranks
+            if key in in_file:
+                buf.data.copy_(f.get_tensor(key))
 
 
 def save_model_dir(state_dict: dict[str, torch.Tensor], src_dir: str | Path, out_dir: str | Path,

@@ -17,18 +17,18 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import deepspeed
 import numpy as np
 import torch
 import torch.distributed as dist
-from deepspeed.utils import safe_get_full_fp32_param
+from deepspeed.utils import safe_get_full_fp32_param, safe_set_local_fp32_param
 from safetensors import safe_open
 
 from megaeeve.atomic import write_json
 from megaeeve.model import read_model_meta, save_model_dir
 from megaeeve.model.checkpoint import MODEL_FILE
+from megaeeve.model.partition import local_values, read_partition
 from megaeeve.tokenizer_io import load_tokenizer, tokenizer_fingerprint
-from megaeeve.training.collectives import broadcast_value
+from megaeeve.training.collectives import all_reduce_values
 
 DONE = "DONE"
 
@@ -108,21 +108,19 @@ def check_predecessor(stage_dir: Path, final_dir: Path, stage0_dir: Path) -> Non
 
 def load_fp32_masters(model: torch.nn.Module, src_dir: Path) -> None:
     """Set trainable parameters' fp32 masters to the exact tensors of `src_dir` (the hand-off is fp32,
-    the bf16 working copy loaded by load_model_dir is not)."""
-    from deepspeed.utils import safe_set_full_fp32_param
-
+    the bf16 working copy loaded by load_model_dir is not). Each rank sets its own partition."""
     with safe_open(str(src_dir / MODEL_FILE), framework="pt") as f:
         for name, p in model.named_parameters():
             if p.requires_grad:
-                safe_set_full_fp32_param(p, f.get_tensor(name).float())
+                safe_set_local_fp32_param(p, read_partition(f, name, p).float())
 
 
 def export_final(model: torch.nn.Module, src_dir: Path, out_dir: Path) -> None:
     """Consolidate the stage's weights into `out_dir` (a model directory) on rank 0; all ranks call.
 
     Trainable parameters: their fp32 masters. Frozen parameters and buffers: the input tensors,
-    after checking that the engine's copy still equals them bitwise (invariant 2). Only rank 0
-    reads the input file and holds the consolidated state dict.
+    after each rank checked that its partition of the engine's copy still equals its slice of
+    the input bitwise (invariant 2). Only rank 0 holds the consolidated state dict.
     """
     rank = dist.get_rank()
     state: dict[str, torch.Tensor] = {}
@@ -134,16 +132,16 @@ def export_final(model: torch.nn.Module, src_dir: Path, out_dir: Path) -> None:
                 if rank == 0:
                     state[name] = full.detach().cpu().float()
                 continue
-            with deepspeed.zero.GatheredParameters([p], modifier_rank=None):
-                if rank == 0:
-                    state[name] = f.get_tensor(name)
-                    if not torch.equal(p.data.cpu(), state[name].to(p.dtype)):
-                        moved.append(name)
+            held = local_values(p).cpu()
+            if not torch.equal(held, read_partition(f, name, p)[: held.numel()].to(held.dtype)):
+                moved.append(name)
+            if rank == 0:
+                state[name] = f.get_tensor(name)
         if rank == 0:
             state.update({k: f.get_tensor(k) for k in f.keys() if k not in state})  # buffers
-    count = int(broadcast_value(len(moved)))
-    if count:
-        raise StageError(f"{count} frozen parameter(s) changed during the stage: {moved[:5]}")
+    moved_anywhere = all_reduce_values([float(len(moved))])[0]
+    if moved_anywhere:
+        raise StageError(f"frozen parameter(s) changed during the stage (rank {rank}: {moved[:5]})")
     if rank == 0:
         save_model_dir(state, src_dir, out_dir, overwrite=True)
     dist.barrier()

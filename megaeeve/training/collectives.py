@@ -19,8 +19,3 @@ def all_reduce_values(values: list[float], op: dist.ReduceOp = dist.ReduceOp.SUM
         dist.all_reduce(t, op=op)
     return t.tolist()
 
-
-def broadcast_value(value: float, src: int = 0) -> float:
-    t = torch.tensor([value], dtype=torch.float64, device=comm_device())
-    dist.broadcast(t, src=src)
-    return t.item()

@@ -50,6 +50,10 @@ class TrainingConfig:
     activation_checkpointing: bool = False
     tensorboard: bool = True
     progress_bar: bool = True
+    attn_implementation: str = "sdpa"  # transformers' attention kernel: eager, sdpa, flash_attention_2
+    deterministic: bool = False  # deterministic kernels (and cuBLAS workspace): bitwise-exact resume on a GPU
+    dist_timeout_s: float = 300.0  # rendezvous and collective timeout: a rank whose peers are gone stops
+    peak_tflops: float | None = None  # the device's dense 16-bit peak for MFU (default: known GPUs by name)
 
 
 @dataclass(frozen=True)
@@ -128,6 +132,18 @@ def _data(raw: Mapping[str, Any], base: Path, where: str) -> DataConfig:
     return cfg
 
 
+ATTENTION = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
+
+
+def _training(raw: Mapping[str, Any], where: str) -> TrainingConfig:
+    cfg = _build(TrainingConfig, dict(raw), where)
+    if cfg.attn_implementation not in ATTENTION:
+        raise ConfigError(f"{where}.attn_implementation: {cfg.attn_implementation!r} is not one of {list(ATTENTION)}")
+    if not cfg.dist_timeout_s > 0:
+        raise ConfigError(f"{where}.dist_timeout_s must be > 0, got {cfg.dist_timeout_s!r}")
+    return cfg
+
+
 def parse_run_config(raw: Mapping[str, Any], path: Path) -> RunConfig:
     """Validate a parsed RUN.yaml mapping; relative paths resolve against the file's directory."""
     where = str(path)
@@ -165,7 +181,7 @@ def parse_run_config(raw: Mapping[str, Any], path: Path) -> RunConfig:
         data=data,
         seq_length=seq_length,
         seed=int(raw.get("seed", 1234)),
-        training=_build(TrainingConfig, dict(raw.get("training") or {}), f"{where}: training"),
+        training=_training(raw.get("training") or {}, f"{where}: training"),
         stages=table,
         run_stages=run_stages,
     )

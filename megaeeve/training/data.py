@@ -18,7 +18,8 @@ class StageData:
     valid: dict[str, PackedDataset]
 
 
-def _open(prefix: Path):
+def open_prefix(prefix: Path):
+    """The memory-mapped dataset of a prefix, validated (header against both file sizes)."""
     from megaeeve.data.indexed import IndexedDataset
 
     if not Path(f"{prefix}.idx").is_file() or not Path(f"{prefix}.bin").is_file():
@@ -41,7 +42,7 @@ def stage_data(cfg: RunConfig, stage: Stage, num_samples: int, base_vocab_size: 
     w = [weights[s.name] for s in sources]
     train_sets, valid = [], {}
     for k, (source, n) in enumerate(zip(sources, samples_per_dataset(w, num_samples))):
-        docs = _open(source.prefix)
+        docs = open_prefix(source.prefix)
         train_docs, valid_docs = document_split(len(docs), cfg.data.valid_fraction, str(source.prefix))
         common = dict(seq_length=cfg.seq_length, cache_dir=cache_dir, base_vocab_size=vocab)
         train_sets.append(packed_dataset(docs, source.prefix, train_docs, "train", n, seed=cfg.seed + stage.number + 7919 * k,

@@ -31,11 +31,6 @@ def model_dtype(ds_config: Mapping[str, Any]) -> torch.dtype:
     return torch.float32
 
 
-def full_numel(p: torch.Tensor) -> int:
-    """Element count of a parameter, also when ZeRO-3 has partitioned it away (`ds_numel`)."""
-    return int(getattr(p, "ds_numel", p.numel()))
-
-
 def full_shape(p: torch.Tensor) -> tuple[int, ...]:
     return tuple(getattr(p, "ds_shape", p.shape))
 
@@ -85,6 +80,23 @@ def warmup_cosine(total_steps: int, warmup_steps: int, min_lr_ratio: float):
     return factor
 
 
+def check_ds_config(ds_config: Mapping[str, Any], where: str) -> None:
+    """What DeepSpeed would accept but this trainer cannot honour: a schedule (the run config owns it)
+    and Hugging Face's "auto" values (only its Trainer fills them in)."""
+    if "scheduler" in ds_config:
+        raise ConfigError(f"{where}: remove the `scheduler` section; the run config sets each stage's schedule")
+
+    def autos(value: Any, key: str) -> list[str]:
+        if isinstance(value, Mapping):
+            return [k for name, v in value.items() for k in autos(v, f"{key}.{name}" if key else name)]
+        return [key] if value == "auto" else []
+
+    found = autos(ds_config, "")
+    if found:
+        raise ConfigError(f"{where}: {', '.join(found)} = \"auto\": only Hugging Face's Trainer fills in \"auto\"; "
+                          f"give a number (batch sizes here, learning rates in the run config)")
+
+
 def initialize_engine(model: nn.Module, roles: Mapping[str, str], stage: Stage, ds_config: dict[str, Any],
                       total_steps: int, where: str) -> Any:
     """deepspeed.initialize with the stage's parameter groups and a warmup+cosine LambdaLR.
@@ -93,8 +105,7 @@ def initialize_engine(model: nn.Module, roles: Mapping[str, str], stage: Stage, 
     weight decay are overridden by ours), else torch AdamW. The schedule belongs to the run
     config, so a ds_config "scheduler" section is refused rather than silently ignored.
     """
-    if "scheduler" in ds_config:
-        raise ConfigError(f"{where}: remove the `scheduler` section; the run config sets each stage's schedule")
+    check_ds_config(ds_config, where)
     groups = param_groups(model, roles, stage)
     for g in groups:
         g.pop("names")
@@ -116,11 +127,3 @@ def initialize_engine(model: nn.Module, roles: Mapping[str, str], stage: Stage, 
 def optimizer_state_bytes(trainable_numel: int) -> int:
     """Adam moments plus the fp32 master copy (ZeRO-3 keeps one even in fp32 training), all ranks together."""
     return trainable_numel * (ADAM_STATE_BYTES + FP32_MASTER_BYTES)
-
-
-def flops_per_token(model: nn.Module, roles: Mapping[str, str], seq_length: int) -> float:
-    """Model FLOPs per trained token, the usual MFU convention: 6 N (N = matmul parameters, i.e. all
-    but the input embedding) + 12 L h s for attention, counted whatever the stage freezes."""
-    n = sum(full_numel(p) for name, p in model.named_parameters() if not roles[name].startswith("input_"))
-    cfg = model.config
-    return 6.0 * n + 12.0 * cfg.num_hidden_layers * cfg.hidden_size * seq_length

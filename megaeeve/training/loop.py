@@ -17,6 +17,7 @@ from megaeeve.training.config import BatchShape
 from megaeeve.training.data import StageData
 from megaeeve.training.metrics import Metrics
 from megaeeve.training.signals import StopRequest
+from megaeeve.training.throughput import peak_memory_gib
 
 
 @dataclass
@@ -31,7 +32,8 @@ class LoopSettings:
     batch: BatchShape
     seq_length: int
     base_vocab_size: int  # ids >= this are new tokens
-    flops_per_token: float
+    flops_per_token: float  # this stage's model FLOPs (megaeeve.training.throughput)
+    peak_tflops: float | None  # the device's peak, for MFU (None: not logged)
     log_every: int
     eval_every: int
     checkpoint_every: int
@@ -41,7 +43,7 @@ def lm_loss(engine: Any, tokens: torch.Tensor) -> tuple[torch.Tensor, int]:
     """Mean next-token cross entropy of `tokens` [batch, seq+1] and the number of predicted tokens."""
     tokens = tokens.to(engine.device)
     inputs, labels = tokens[:, :-1], tokens[:, 1:]
-    logits = engine(input_ids=inputs).logits
+    logits = engine(input_ids=inputs, use_cache=False).logits
     loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten())
     return loss, labels.numel()
 
@@ -61,7 +63,7 @@ def evaluate(engine: Any, data: StageData, micro: int) -> dict[str, float]:
                 idx = [rank + world * j for j in range(start, min(start + micro, per_rank))]
                 weight = torch.tensor([1.0 if i < n else 0.0 for i in idx], device=engine.device)
                 tokens = torch.from_numpy(np.stack([valid[i if i < n else 0] for i in idx])).to(engine.device)
-                logits = engine(input_ids=tokens[:, :-1]).logits.float()
+                logits = engine(input_ids=tokens[:, :-1], use_cache=False).logits.float()
                 losses = F.cross_entropy(logits.transpose(1, 2), tokens[:, 1:], reduction="none").mean(dim=1)
                 total += float((losses * weight).sum())
                 count += float(weight.sum())
@@ -101,11 +103,13 @@ def train(engine: Any, data: StageData, state: LoopState, s: LoopSettings, metri
         elapsed = time.perf_counter() - t0
         if state.step % s.log_every == 0 or state.step == s.total_steps:
             tokens_per_s = reduced[1] / elapsed
+            tflops = s.flops_per_token * tokens_per_s / world / 1e12
             record = {
                 "kind": "train", "step": state.step, "consumed_samples": state.consumed_samples,
                 "loss": reduced[0] / reduced[1], "lr": lr,
                 "grad_norm": float(engine.get_global_grad_norm() or 0.0), "tokens_per_s": tokens_per_s,
-                "tflops_per_device": s.flops_per_token * tokens_per_s / world / 1e12,
+                "tflops_per_device": tflops, **({"mfu": tflops / s.peak_tflops} if s.peak_tflops else {}),
+                "peak_memory_gib": peak_memory_gib(torch.device(engine.device)),
                 "new_token_share": reduced[2] / reduced[1], "step_time_s": elapsed,
                 "batch_checksum": int(reduced[3]),
                 **{f"samples_{name}": int(reduced[4 + k]) for k, name in enumerate(data.names)},
