@@ -14,6 +14,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from megaeeve.typed import coerce, field_hints
+
 ROLES = ("input_original", "input_added", "output_original", "output_added", "body")
 EMBEDDING_ROLES = frozenset(ROLES) - {"body"}
 
@@ -74,17 +76,14 @@ def stage_table(overrides: Mapping[int, Mapping[str, Any]] | None = None, use_de
     """
     table = dict(DEFAULT_STAGES) if use_defaults else {}
     for number, fields in (overrides or {}).items():
-        number = int(number)
+        number = coerce(number, int, "stages")
+        if not isinstance(fields, Mapping):
+            raise ValueError(f"stages.{number}: expected a mapping of settings, got {fields!r}")
         unknown = set(fields) - _FIELDS
         if unknown:
             raise ValueError(f"stage {number}: unknown setting(s) {sorted(unknown)}; allowed: {sorted(_FIELDS)}")
-        fields = dict(fields)
-        if "trainable" in fields:
-            if isinstance(fields["trainable"], str):
-                fields["trainable"] = (fields["trainable"],)
-            fields["trainable"] = tuple(fields["trainable"])
-        if "data_weights" in fields and fields["data_weights"] is not None:
-            fields["data_weights"] = dict(fields["data_weights"])
+        hints = field_hints(Stage)
+        fields = {k: coerce(v, hints[k], f"stages.{number}.{k}") for k, v in fields.items()}
         if number in table:
             table[number] = dataclasses.replace(table[number], **fields)
         else:

@@ -151,7 +151,8 @@ def check_run(cfg: RunConfig, ds_config: dict, ds_path: Path, stages: list[int],
 
     for number in stages:
         cfg.previous_stage(number)  # a stage outside run_stages is a ConfigError naming it
-    check_ds_config(ds_config, str(ds_path))
+    for warning in check_ds_config(ds_config, str(ds_path)):
+        print(f"warning: {warning}", file=sys.stderr)
     for world in worlds:
         batch_shape(ds_config, world, str(ds_path))
     meta = read_model_meta(cfg.model)
@@ -220,7 +221,8 @@ def run_stage(cfg: RunConfig, ds_config: dict, ds_path: Path, number: int, overw
             shutil.rmtree(stage_dir)
         dist.barrier()
     batch = batch_shape(ds_config, world, str(ds_path))
-    check_ds_config(ds_config, str(ds_path))
+    for warning in check_ds_config(ds_config, str(ds_path)) if rank == 0 else []:
+        print(f"warning: {warning}", file=sys.stderr)
     ds_config = {**ds_config, "gradient_accumulation_steps": batch.grad_accum, "train_batch_size": batch.global_batch}
     steps = total_steps(stage, batch, cfg.seq_length)
     seed_everything(cfg.seed + number)

@@ -91,12 +91,32 @@ def test_run_config_resolves_paths_and_stages(tmp_path):
     ({"data": [{"weight": 1}]}, r"data.sources\[0\]: missing required key `prefix`"),
     ({"stages": {4: {"data_weights": {"fr": 1.0}}}}, r"stage 4 data_weights names unknown dataset\(s\) \['fr'\]"),
     ({"training": {"checkpoint_every_n": 1}}, r"training: unknown key"),
+    ({"stages": {1: {"lr": "fast"}}}, r"stages\.1\.lr: expected a number, got 'fast'"),
+    ({"stages": {1: {"steps": 1.5}}}, r"stages\.1\.steps: expected an integer, got 1\.5"),
+    ({"training": {"eval_every": "often"}}, r"training\.eval_every: expected an integer, got 'often'"),
+    ({"training": {"tensorboard": "yes"}}, r"training\.tensorboard: expected true or false, got 'yes'"),
+    ({"data": [{"prefix": "a", "weight": "heavy"}]}, r"data\.sources\[0\]\.weight: expected a number"),
+    ({"seq_length": "long"}, r"seq_length: expected an integer, got 'long'"),
+    ({"training": {"attn_implementation": "flash"}}, r"training\.attn_implementation: 'flash' is not one of"),
 ])
 def test_run_config_errors_name_file_and_key(tmp_path, change, message):
     path = _write(tmp_path, {**BASE, **change})
     with pytest.raises(ConfigError, match=message) as err:
         load_run_config(path)
     assert str(path) in str(err.value)
+
+
+def test_run_config_converts_what_yaml_leaves_as_strings(tmp_path):
+    """PyYAML reads `2e-4` and `1e6` as strings (YAML 1.1 floats need a dot); numeric strings and integral
+    floats become the declared types, as a user means them."""
+    path = tmp_path / "RUN.yaml"
+    path.write_text(yaml.safe_dump(BASE) + "stages:\n  1: {lr: 2e-4, tokens: 1e6, trainable: input_added}\n"
+                    "training: {eval_every: '200', dist_timeout_s: 60}\n")
+    assert isinstance(yaml.safe_load(path.read_text())["stages"][1]["lr"], str)  # what PyYAML gives
+    cfg = load_run_config(path)
+    assert cfg.stages[1].lr == 2e-4 and cfg.stages[1].tokens == 1_000_000 and isinstance(cfg.stages[1].tokens, int)
+    assert cfg.stages[1].trainable == ("input_added",)
+    assert cfg.training.eval_every == 200 and cfg.training.dist_timeout_s == 60.0
 
 
 def test_batch_shape_checks_the_ds_config():

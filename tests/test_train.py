@@ -240,7 +240,14 @@ def test_dry_run_checks_data_ds_config_and_stage(monkeypatch, capsys, corpus, tm
     cfg = run_config(tmp_path / "dry.yaml", tmp_path / "dry-run", corpus["phi"], corpus["sources"], {})
     dry = ("--dry-run", "--ds_config", str(corpus["ds"]), "--config", str(cfg))
     code, out, err = _main(monkeypatch, capsys, *dry, "--world-size", "2", "3")
-    assert code == 0 and "checks passed" in out, err
+    assert code == 0 and "checks passed" in out and "warning" not in err, err
+
+    with_lr = tmp_path / "with_lr.json"  # the run config owns learning rates: a ds_config lr is only a warning
+    ds = json.loads(corpus["ds"].read_text())
+    ds["optimizer"]["params"]["lr"] = 3e-4
+    with_lr.write_text(json.dumps(ds))
+    code, _, err = _main(monkeypatch, capsys, "--dry-run", "--ds_config", str(with_lr), "--config", str(cfg))
+    assert code == 0 and "optimizer.params.lr = 0.0003 is ignored" in err
 
     code, _, err = _main(monkeypatch, capsys, *dry, "--stage", "9")
     assert code == 2 and "stage 9" in err and "Traceback" not in err

@@ -8,7 +8,6 @@ a model.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -16,6 +15,7 @@ from typing import Any, Mapping
 import yaml
 
 from megaeeve.stages import Stage, stage_table
+from megaeeve.typed import ConfigTypeError, build, coerce
 
 
 class ConfigError(ValueError):
@@ -79,14 +79,18 @@ class RunConfig:
         return self.run_dir / f"stage-{number}"
 
 
-def _build(cls: type, values: Mapping[str, Any], where: str) -> Any:
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(values) - known
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: {sorted(known)}")
+def _build(cls: type, values: Any, key: str, where: str) -> Any:
+    """A typed config section (megaeeve.typed); errors name the file and the dotted key."""
     try:
-        return cls(**values)
-    except TypeError as e:
+        return build(cls, values, key)
+    except ConfigTypeError as e:
+        raise ConfigError(f"{where}: {e}") from None
+
+
+def _value(value: Any, hint: Any, key: str, where: str) -> Any:
+    try:
+        return coerce(value, hint, key)
+    except ConfigTypeError as e:
         raise ConfigError(f"{where}: {e}") from None
 
 
@@ -114,7 +118,7 @@ def _data(raw: Mapping[str, Any], base: Path, where: str) -> DataConfig:
         if not isinstance(item, Mapping):
             raise ConfigError(f"{w}: expected a mapping with `prefix` and `weight`, got {item!r}")
         prefix = _resolve(base, _require(item, "prefix", w))
-        weight = float(item.get("weight", 1.0))
+        weight = _value(item.get("weight", 1.0), float, f"data.sources[{i}].weight", where)
         if weight <= 0:
             raise ConfigError(f"{w}: weight must be > 0, got {weight}")
         sources.append(DataSource(prefix, weight, str(item.get("name", prefix.name))))
@@ -124,7 +128,7 @@ def _data(raw: Mapping[str, Any], base: Path, where: str) -> DataConfig:
     raw["sources"] = tuple(sources)
     if raw.get("cache_dir") is not None:
         raw["cache_dir"] = _resolve(base, raw["cache_dir"])
-    cfg = _build(DataConfig, raw, f"{where}: data")
+    cfg = _build(DataConfig, raw, "data", where)
     if not 0 < cfg.valid_fraction < 1:
         raise ConfigError(f"{where}: data.valid_fraction must be in (0, 1), got {cfg.valid_fraction}")
     if cfg.new_token_bias < 0:
@@ -136,11 +140,12 @@ ATTENTION = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_at
 
 
 def _training(raw: Mapping[str, Any], where: str) -> TrainingConfig:
-    cfg = _build(TrainingConfig, dict(raw), where)
+    cfg = _build(TrainingConfig, raw, "training", where)
     if cfg.attn_implementation not in ATTENTION:
-        raise ConfigError(f"{where}.attn_implementation: {cfg.attn_implementation!r} is not one of {list(ATTENTION)}")
+        raise ConfigError(f"{where}: training.attn_implementation: {cfg.attn_implementation!r} is not one of "
+                          f"{list(ATTENTION)}")
     if not cfg.dist_timeout_s > 0:
-        raise ConfigError(f"{where}.dist_timeout_s must be > 0, got {cfg.dist_timeout_s!r}")
+        raise ConfigError(f"{where}: training.dist_timeout_s must be > 0, got {cfg.dist_timeout_s!r}")
     return cfg
 
 
@@ -154,17 +159,17 @@ def parse_run_config(raw: Mapping[str, Any], path: Path) -> RunConfig:
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: {sorted(known)}")
     base = path.resolve().parent
-    seq_length = int(_require(raw, "seq_length", where))
+    seq_length = _value(_require(raw, "seq_length", where), int, "seq_length", where)
     if seq_length < 1:
         raise ConfigError(f"{where}: seq_length must be >= 1, got {seq_length}")
     overrides = raw.get("stages") or {}
     if not isinstance(overrides, Mapping):
         raise ConfigError(f"{where}: `stages` must map a stage number to its settings")
     try:
-        table = stage_table(overrides, use_defaults=bool(raw.get("default_stages", True)))
+        table = stage_table(overrides, use_defaults=_value(raw.get("default_stages", True), bool, "default_stages", where))
     except ValueError as e:
-        raise ConfigError(f"{where}: stages: {e}") from None
-    run_stages = tuple(int(s) for s in raw.get("run_stages") or table)
+        raise ConfigError(f"{where}: {e}") from None
+    run_stages = _value(raw.get("run_stages") or list(table), tuple[int, ...], "run_stages", where)
     missing = [s for s in run_stages if s not in table]
     if missing:
         raise ConfigError(f"{where}: run_stages names stage(s) {missing} absent from the stage table {list(table)}")
@@ -180,8 +185,8 @@ def parse_run_config(raw: Mapping[str, Any], path: Path) -> RunConfig:
         model=_resolve(base, _require(raw, "model", where)),
         data=data,
         seq_length=seq_length,
-        seed=int(raw.get("seed", 1234)),
-        training=_training(raw.get("training") or {}, f"{where}: training"),
+        seed=_value(raw.get("seed", 1234), int, "seed", where),
+        training=_training(raw.get("training") or {}, where),
         stages=table,
         run_stages=run_stages,
     )

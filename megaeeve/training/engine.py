@@ -80,9 +80,10 @@ def warmup_cosine(total_steps: int, warmup_steps: int, min_lr_ratio: float):
     return factor
 
 
-def check_ds_config(ds_config: Mapping[str, Any], where: str) -> None:
+def check_ds_config(ds_config: Mapping[str, Any], where: str) -> list[str]:
     """What DeepSpeed would accept but this trainer cannot honour: a schedule (the run config owns it)
-    and Hugging Face's "auto" values (only its Trainer fills them in)."""
+    and Hugging Face's "auto" values (only its Trainer fills them in). Returns warnings: settings the
+    run config overrides."""
     if "scheduler" in ds_config:
         raise ConfigError(f"{where}: remove the `scheduler` section; the run config sets each stage's schedule")
 
@@ -95,6 +96,9 @@ def check_ds_config(ds_config: Mapping[str, Any], where: str) -> None:
     if found:
         raise ConfigError(f"{where}: {', '.join(found)} = \"auto\": only Hugging Face's Trainer fills in \"auto\"; "
                           f"give a number (batch sizes here, learning rates in the run config)")
+    params = ds_config.get("optimizer", {}).get("params", {})
+    return [f"{where}: optimizer.params.{key} = {params[key]} is ignored: each stage's {key} comes from the run "
+            f"config" for key in ("lr", "weight_decay") if key in params]
 
 
 def initialize_engine(model: nn.Module, roles: Mapping[str, str], stage: Stage, ds_config: dict[str, Any],
