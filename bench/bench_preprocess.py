@@ -145,7 +145,7 @@ def one_run(method: str, corpus: Path, tokenizer: Path, workers: int, out_dir: P
     if method.startswith("megaeeve"):
         out, wall, rss, cpu = measure([sys.executable, str(REPO / "tools/preprocess_data.py"), "--input", str(corpus),
                                        "--output-prefix", str(prefix), "--tokenizer", str(tokenizer),
-                                       "--workers", str(workers), "--no-progress",
+                                       "--workers", str(workers), "--no-progress", "--overwrite",  # repeats
                                        *(["--tiktoken"] if method == "megaeeve --tiktoken" else [])])
         manifest = json.loads(Path(f"{prefix}.manifest.json").read_text())
         return {"seconds": manifest["seconds"] - manifest["setup_seconds"], "docs": manifest["documents"]["written"],

@@ -11,15 +11,22 @@ Every line or row becomes one `Record`: either a document or the reason it is no
 drops anything; callers raise `CorpusError` on a bad record or, when asked to, skip and count it.
 Uncompressed line files can be split into byte ranges (`plan_shards`) so that workers and MPI ranks read
 disjoint parts of one large file; each range owns the lines that start inside it.
+
+A damaged compressed file (one that ends inside compressed data, as a partial download does, or whose data
+does not decode) raises `CorpusError` naming the file: the damage is below the records, so no record can
+be skipped over it. One cut stays invisible to any reader: a multi-frame .zst (or multi-member .gz) cut
+exactly between two frames is a valid, shorter stream.
 """
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import gzip
 import io
 import json
 import os
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -40,6 +47,8 @@ DEFAULT_MAX_CHARS = 10_000_000
 LINE_SUFFIXES = (".jsonl", ".json", ".ndjson", ".txt")
 TABLE_SUFFIXES = (".parquet", ".arrow")
 COMPRESSION_SUFFIXES = (".gz", ".zst", ".zstd")
+COMPRESSION_NAMES = {".gz": "gzip", ".zst": "zstd", ".zstd": "zstd"}
+ZSTD_READ_SIZE = 1 << 17  # compressed bytes per decompress call (zstd's recommended input size)
 
 
 class CorpusError(ValueError):
@@ -144,21 +153,93 @@ def plan_shards(paths: Sequence[str], num_shards: int) -> list[Shard]:
     return shards
 
 
+class _ZstdFile(io.RawIOBase):
+    """A .zst file decoded frame after frame; raises EOFError, as gzip does, when the file ends inside a frame.
+
+    zstandard's stream_reader stops quietly at such a cut and returns what it decoded: a partial download
+    read as a complete, shorter corpus.
+    """
+
+    def __init__(self, path: str):
+        import zstandard
+
+        self._file = open(path, "rb")
+        self._dctx = zstandard.ZstdDecompressor()
+        self._frame = self._dctx.decompressobj()
+        self._in_frame = False  # the input read so far ends inside a frame
+        self._out = memoryview(b"")  # decoded, not yet returned
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        while not self._out:
+            data = self._file.read(ZSTD_READ_SIZE)
+            if not data:
+                if self._in_frame:
+                    raise EOFError("the file ends inside a zstd frame")
+                return 0
+            self._out = memoryview(self._decompress(data))
+        n = min(len(buffer), len(self._out))
+        buffer[:n] = self._out[:n]
+        self._out = self._out[n:]
+        return n
+
+    def _decompress(self, data: bytes) -> bytes:
+        """Decode `data`, starting a new frame after each one that ends in it."""
+        out = []
+        while data:
+            out.append(self._frame.decompress(data))
+            self._in_frame = not self._frame.eof
+            if self._in_frame:
+                break
+            data = self._frame.unused_data
+            self._frame = self._dctx.decompressobj()
+        return b"".join(out)
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()
+
+
 def _open_binary(path: str, compression: str) -> io.BufferedIOBase:
     if compression == ".gz":
         return gzip.open(path, "rb")  # type: ignore[return-value]
     if compression in (".zst", ".zstd"):
-        import zstandard
-
-        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True))
+        return io.BufferedReader(_ZstdFile(path))
     return open(path, "rb")
+
+
+@contextlib.contextmanager
+def _stream_errors(path: str, compression: str) -> Iterator[None]:
+    """Turn a damaged compressed stream into one `CorpusError` naming the file.
+
+    Reading on past the damage is impossible, so --skip-bad cannot apply: the rest of the file would be
+    dropped without a trace and the manifest's counts would be wrong.
+    """
+    if not compression:
+        yield
+        return
+    import zstandard
+
+    name = COMPRESSION_NAMES[compression]
+    cannot_skip = "--skip-bad cannot help: the damage is in the compressed stream, not in a record"
+    try:
+        yield
+    except EOFError as e:
+        raise CorpusError(
+            f"{path}: truncated {name} stream (the file ends inside compressed data: an interrupted download or"
+            f" copy?); {cannot_skip}"
+        ) from e
+    except (gzip.BadGzipFile, zlib.error, zstandard.ZstdError) as e:
+        raise CorpusError(f"{path}: corrupt {name} stream ({e}); {cannot_skip}") from e
 
 
 def _line_number(path: str, offset: int) -> int:
     """1-based number of the line starting at byte `offset` (uncompressed files)."""
     family, compression = _kind(path)
     count = 0
-    with _open_binary(path, compression) as f:
+    with _stream_errors(path, compression), _open_binary(path, compression) as f:
         remaining = offset
         while remaining > 0:
             chunk = f.read(min(remaining, 1 << 24))
@@ -172,7 +253,7 @@ def _line_number(path: str, offset: int) -> int:
 def _iter_lines(shard: Shard) -> Iterator[tuple[int, int | None, bytes]]:
     """Yield (byte offset, line number if known, raw line without newline) of the lines owned by `shard`."""
     _, compression = _kind(shard.path)
-    with _open_binary(shard.path, compression) as f:
+    with _stream_errors(shard.path, compression), _open_binary(shard.path, compression) as f:
         pos = 0
         line_no: int | None = 1
         if shard.start > 0:

@@ -133,3 +133,46 @@ def test_expand_inputs_files_dirs_globs_and_errors(tmp_path):
     shards = plan_shards([str(tmp_path / "a.jsonl")], 3)  # 14 bytes in 3 byte ranges: one owns the line
     assert len(shards) == 3 and [len(list(iter_records(s))) for s in shards] == [1, 0, 0]
     assert plan_shards([str(tmp_path / "a.jsonl")], 1) == [Shard(str(tmp_path / "a.jsonl"))]
+
+
+def _jsonl(docs: list[str]) -> bytes:
+    return "".join(json.dumps({"text": d}) + "\n" for d in docs).encode()
+
+
+def _read_cut(path, data: bytes) -> list[str]:
+    path.write_bytes(data)
+    return list(iter_documents([str(path)], skip_bad=True))
+
+
+@pytest.mark.parametrize("suffix", [".zst", ".gz"])
+def test_a_cut_compressed_file_is_an_error_even_with_skip_bad(tmp_path, english_docs, suffix):
+    """A partial download: every cut inside compressed data is found, whatever --skip-bad says."""
+    import zstandard
+
+    docs = english_docs[:60]  # 350 KB of text, in two frames (or members) split inside document 40
+    compress = zstandard.ZstdCompressor().compress if suffix == ".zst" else gzip.compress
+    first, second = compress(_jsonl(docs[:40])[:-7]), compress(_jsonl(docs[:40])[-7:] + _jsonl(docs[40:]))
+    path = tmp_path / f"c.jsonl{suffix}"
+    assert _read_cut(path, first + second) == docs  # every frame / member is read
+    name = "zstd" if suffix == ".zst" else "gzip"
+    for cut in (5, 10, len(first) // 2, len(first) - 1, len(first) + 3, len(first) + 12, len(first) + len(second) - 1):
+        with pytest.raises(CorpusError, match=rf"c\.jsonl{suffix}: truncated {name} stream.*--skip-bad cannot help"):
+            _read_cut(path, (first + second)[:cut])
+    # The limit of the format: cut exactly between two frames, the rest is a valid, shorter stream. This
+    # one ends mid-line, so its last line is a bad record (an error without --skip-bad); at a line end
+    # nothing at all would show.
+    assert _read_cut(path, first) == docs[:39]
+    with pytest.raises(CorpusError, match=rf"c\.jsonl{suffix}:40: invalid_json"):
+        list(iter_documents([str(path)]))
+
+
+def test_a_corrupt_compressed_file_is_an_error_naming_it(tmp_path, english_docs):
+    payload = gzip.compress(_jsonl(english_docs[:50]))
+    bad_crc = payload[:-8] + bytes([payload[-8] ^ 1]) + payload[-7:]
+    for name, data, message in [
+        ("a.jsonl.zst", b"not zstd at all\n", "corrupt zstd stream .*Unknown frame descriptor"),
+        ("b.jsonl.gz", bad_crc, "corrupt gzip stream .*CRC check failed"),
+        ("c.txt.gz", b"plain text, not gzip\n", "corrupt gzip stream .*Not a gzipped file"),
+    ]:
+        with pytest.raises(CorpusError, match=rf"{name}: {message}.*--skip-bad cannot help"):
+            _read_cut(tmp_path / name, data)

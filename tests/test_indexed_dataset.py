@@ -189,7 +189,8 @@ def test_merge_matches_megatron_add_index(tmp_path, megatron, small_chunks):
     prefixes = []
     for k in range(3):
         prefixes.append(tmp_path / f"in{k}")
-        megatron_write(megatron, prefixes[-1], random_docs(k, 9 + k, 50_000), np.uint16, {2: [1, 1]} if k == 1 else None)
+        docs = random_docs(k, 9 + k, 50_000)
+        megatron_write(megatron, prefixes[-1], docs, np.uint16, {2: [1, len(docs[2]) - 1]} if k == 1 else None)
     builder = md.IndexedDatasetBuilder(str(tmp_path / "theirs.bin"), dtype=np.uint16)
     for p in prefixes:
         builder.add_index(str(p))
@@ -225,3 +226,29 @@ def test_merge_memory_does_not_grow_with_inputs(tmp_path, monkeypatch):
     assert len(IndexedDataset(tmp_path / "merged16")) == 16 * 50_000
     # 8x the documents and tokens; the peak stays at a few index chunks (a list-based merge would need 8x)
     assert peaks[1] < 1.3 * peaks[0] + 64 * 1024, peaks
+
+
+def test_merge_checks_every_input_as_the_reader_does_before_writing(tmp_path):
+    """A .bin shorter than its .idx says: the merge names that input and writes nothing (tool: exit 2)."""
+    for name in ("good", "cut"):
+        with IndexedDatasetWriter(tmp_path / name, np.uint16) as writer:
+            for doc in random_docs(2, 9, 1000):
+                writer.add_document(doc)
+    cut = corrupt(tmp_path / "cut", ".bin", lambda b: b[:-6])
+    with pytest.raises(IndexedDatasetError, match=rf"{cut}: .* describes"):
+        merge_datasets([tmp_path / "good", tmp_path / "cut"], tmp_path / "merged")
+    tool = [sys.executable, str(REPO / "tools/merge_datasets.py"), "--input", str(tmp_path / "good")]
+    for inputs, out, named in [
+        ([str(tmp_path / "cut")], tmp_path / "cli", f"error: {cut}: "),
+        ([], tmp_path / "good.bin" / "out", str(tmp_path / "good.bin")),  # an output under a regular file
+    ]:
+        proc = subprocess.run([*tool, *inputs, "--output-prefix", str(out)], capture_output=True, text=True)
+        assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and named in proc.stderr, proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cut.bin", "cut.idx", "good.bin", "good.idx"]
+
+
+def test_an_output_prefix_naming_a_directory_is_refused(tmp_path):
+    for prefix in (f"{tmp_path}/", f"{tmp_path}/.", f"{tmp_path}/data/"):
+        with pytest.raises(IndexedDatasetError, match="names files .* not a directory"):
+            IndexedDatasetWriter(prefix, np.uint16)
+    assert list(tmp_path.iterdir()) == []

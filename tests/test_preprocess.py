@@ -123,7 +123,7 @@ def test_bad_input_is_an_error_by_default_and_counted_with_skip_bad(tmp_path, gp
 
     cli = run_tool("--input", str(jsonl), "--output-prefix", str(tmp_path / "cli"), "--tokenizer",
                    str(gpt2_tokenizer_dir), "--max-chars", "100", check=False)
-    assert cli.returncode == 1 and f"{jsonl}:2: invalid_json" in cli.stderr and "Traceback" not in cli.stderr
+    assert cli.returncode == 2 and f"{jsonl}:2: invalid_json" in cli.stderr and "Traceback" not in cli.stderr
 
     manifest, prefix = run(tmp_path, [tmp_path / "in" / "bad.jsonl", txt], gpt2_tokenizer_dir, max_chars=100,
                            skip_bad=True, append_eod=True)
@@ -255,3 +255,106 @@ def test_vocabulary_over_65536_is_written_as_int32(tmp_path, english_docs):
     written = read_docs(prefix)
     assert written == [e.ids for e in tok.encode_batch(docs, add_special_tokens=False)]
     assert 50_257 + 15_999 in written[3] and IndexedDataset(prefix).dtype == np.int32
+
+
+def jsonl_bytes(docs: list[str]) -> bytes:
+    return "".join(json.dumps({"text": d}, ensure_ascii=False) + "\n" for d in docs).encode()
+
+
+def tool_error(*args: str) -> str:
+    """Run the tool on bad input: exit 2 and a single `error:` line, no traceback; returns that line."""
+    out = run_tool(*args, "--no-progress", check=False)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1 and " error: " in out.stderr, out.stderr
+    return out.stderr
+
+
+def test_a_damaged_compressed_input_stops_the_run_even_with_skip_bad(tmp_path, gpt2_tokenizer_dir, korean_split):
+    """A partial download is never a shorter dataset: exit 2 naming the file, no output, no work directory."""
+    import zstandard
+
+    payload = jsonl_bytes(korean_split[0][:300])
+    zst, gz = zstandard.ZstdCompressor().compress(payload), gzip.compress(payload)
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for name, data, message in [
+        ("cut.jsonl.zst", zst[: len(zst) * 2 // 3], "truncated zstd stream"),  # mid-line: was one skipped record
+        ("cut.jsonl.gz", gz[: len(gz) // 2], "truncated gzip stream"),
+        ("bad.jsonl.zst", b"not zstd at all\n", "corrupt zstd stream"),
+    ]:
+        (inputs / name).write_bytes(data)
+        err = tool_error("--input", str(inputs / name), "--output-prefix", str(tmp_path / "out"), "--tokenizer",
+                         str(gpt2_tokenizer_dir), "--skip-bad")
+        assert f"error: {inputs / name}: {message}" in err and "--skip-bad cannot help" in err, err
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]
+
+
+def small_corpus(tmp_path: Path, korean_split, n: int = 20) -> list[str]:
+    corpus = tmp_path / "a.jsonl"
+    corpus.write_bytes(jsonl_bytes(korean_split[0][:n]))
+    return ["--input", str(corpus)]
+
+
+def test_an_unwritable_output_is_one_error_line(tmp_path, gpt2_tokenizer_dir, korean_split):
+    common = [*small_corpus(tmp_path, korean_split), "--tokenizer", str(gpt2_tokenizer_dir)]
+    (tmp_path / "file").write_text("x")  # an output below a regular file fails for root too
+    err = tool_error(*common, "--output-prefix", str(tmp_path / "file" / "out"))
+    assert f"error: {tmp_path / 'file'}: cannot write the output there" in err
+
+
+def test_an_output_prefix_naming_a_directory_is_refused(tmp_path, gpt2_tokenizer_dir, korean_split):
+    common = [*small_corpus(tmp_path, korean_split), "--tokenizer", str(gpt2_tokenizer_dir)]
+    err = tool_error(*common, "--output-prefix", f"{tmp_path / 'data'}/")
+    assert "names files (PREFIX.bin, PREFIX.idx), not a directory" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.jsonl"]
+
+
+def test_an_existing_dataset_is_replaced_only_with_overwrite(tmp_path, gpt2_tokenizer_dir, korean_split):
+    common = [*small_corpus(tmp_path, korean_split), "--tokenizer", str(gpt2_tokenizer_dir),
+              "--output-prefix", str(tmp_path / "ds")]
+    run_tool(*common, "--no-progress")
+    err = tool_error(*common)
+    assert f"error: {tmp_path / 'ds.bin'}, {tmp_path / 'ds.idx'}, " in err and "pass --overwrite" in err
+    small_corpus(tmp_path, korean_split, 5)
+    run_tool(*common, "--no-progress", "--overwrite")
+    assert len(IndexedDataset(tmp_path / "ds")) == 5
+
+
+def test_an_input_without_documents_is_refused(tmp_path, gpt2_tokenizer_dir, korean_split):
+    import zstandard
+
+    good = tmp_path / "good.jsonl"
+    good.write_bytes(jsonl_bytes(korean_split[0][:5]))
+    for name, data, what in [
+        ("empty.jsonl", b"", "no records"),
+        ("blank.txt", b"\n  \n\n", "only blank lines"),
+        ("empty.jsonl.zst", zstandard.ZstdCompressor().compress(b""), "no records"),
+        ("empty.jsonl.gz", b"", "no records"),
+    ]:
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(PreprocessError, match=rf"{name}: no documents \({what}\)"):
+            run(tmp_path, [good, tmp_path / name], gpt2_tokenizer_dir)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(b'{"text": 1}\n{"body": "x"}\n')
+    with pytest.raises(PreprocessError, match=r"bad\.jsonl: no document written: all 2 were bad"):
+        run(tmp_path, [bad], gpt2_tokenizer_dir, skip_bad=True)
+    assert not list(tmp_path.glob("out.*"))
+
+
+@pytest.mark.parametrize("flag,value", [("--shard-mb", "0"), ("--shard-mb", "-1"), ("--shard-mb", "nan"),
+                                        ("--workers", "-1"), ("--workers", "0"), ("--max-chars", "0")])
+def test_numeric_flags_out_of_range_are_usage_errors(tmp_path, flag, value):
+    out = run_tool("--input", "x.jsonl", "--output-prefix", str(tmp_path / "o"), "--tokenizer", "t", flag, value,
+                   check=False)
+    assert out.returncode == 2 and f"error: argument {flag}: expected a positive" in out.stderr.splitlines()[-1]
+
+
+def test_a_failed_run_says_where_its_finished_shards_are_and_how_to_resume(tmp_path, gpt2_tokenizer_dir, korean_split):
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_bytes(jsonl_bytes(korean_split[0][:200]) + b'{"text": "cut\n')
+    shard_bytes = corpus.stat().st_size // 3 + 1  # three shards, the bad line in the last
+    work = tmp_path / ".out.parts"
+    for attempt in range(2):  # the rerun resumes from the same shards and stops at the same line
+        with pytest.raises(PreprocessError, match=rf"c\.jsonl:201: invalid_json.* \[{work}/ keeps 2 finished "
+                           r"shard\(s\): rerunning the same command resumes from them"):
+            run(tmp_path, [corpus], gpt2_tokenizer_dir, shard_bytes=shard_bytes)
+        assert sorted(p.name for p in work.iterdir())[-2:] == ["part-000001.json", "plan.json"]

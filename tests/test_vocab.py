@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import subprocess
 from pathlib import Path
@@ -104,6 +105,7 @@ def _assert_no_output(out: Path) -> None:
     [
         ("empty", CorpusError, "has no documents"),
         ("invalid_utf8", CorpusError, r"bad\.jsonl:3: invalid_utf8"),
+        ("cut_zst", CorpusError, r"ko\.jsonl\.zst: truncated zstd stream"),  # counted on, found while counting
         ("threshold", ExpansionError, "nothing to add.*minimum frequency 1000000"),
         ("wordpiece", UnsupportedTokenizer, "'WordPiece'"),
     ],
@@ -116,6 +118,12 @@ def test_bad_input_clear_error_no_output(case, error, message, tmp_path, phi2_to
     elif case == "invalid_utf8":  # found while counting, after the intermediate tokenizer is trained
         (tmp_path / "bad.jsonl").write_bytes(b'{"text": "\xec\x95\x88"}\n{"text": "ok"}\n{"text": "\xec\x95"}\n')
         count = [str(tmp_path / "bad.jsonl")]
+    elif case == "cut_zst":  # a partial download: was read as a shorter corpus
+        import zstandard
+
+        data = zstandard.ZstdCompressor().compress(korean_jsonl.read_bytes())
+        (tmp_path / "ko.jsonl.zst").write_bytes(data[: len(data) - 100])
+        count = [str(tmp_path / "ko.jsonl.zst")]
     elif case == "threshold":
         min_freq = 1_000_000
     elif case == "wordpiece":
@@ -143,6 +151,34 @@ def test_cli_reports_error_and_exit_code(tmp_path, phi2_tokenizer_dir, english_j
     _assert_no_output(out)
     help_text = subprocess.run([PYTHON, "tools/expand_vocab.py", "--help"], cwd=REPO, capture_output=True, text=True)
     assert "--min-frequency-per-million" in help_text.stdout
+
+
+@pytest.mark.parametrize("name, data, message", [
+    ("ko.jsonl.gz", gzip.compress(b'{"text": "\xed\x95\x9c"}\n' * 500)[:-20], "truncated gzip stream"),
+    ("ko.jsonl.zst", b"not zstd at all\n", "corrupt zstd stream"),
+], ids=["cut_gz", "corrupt_zst"])
+def test_cli_damaged_compressed_corpus_is_one_error_line(tmp_path, phi2_tokenizer_dir, name, data, message):
+    """Was a raw EOFError / ZstdError traceback with exit 1, not naming the file."""
+    (tmp_path / name).write_bytes(data)
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [PYTHON, "tools/expand_vocab.py", "--base-tokenizer", str(phi2_tokenizer_dir), "--corpus", str(tmp_path / name),
+         "--output", str(out), "--intermediate-vocab-size", "1000", "--no-progress"],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert f"error: {tmp_path / name}: {message}" in proc.stderr and "--skip-bad cannot help" in proc.stderr
+    _assert_no_output(out)
+
+
+@pytest.mark.parametrize("flag, value", [("--workers", "-1"), ("--workers", "0"), ("--intermediate-vocab-size", "0"),
+                                         ("--min-frequency", "-5"), ("--min-frequency-per-million", "0")])
+def test_cli_numeric_flags_out_of_range_are_usage_errors(tmp_path, flag, value):
+    proc = subprocess.run(
+        [PYTHON, "tools/expand_vocab.py", "--base-tokenizer", "b", "--corpus", "c.jsonl", "--output", str(tmp_path / "o"),
+         flag, value], cwd=REPO, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 2 and f"error: argument {flag}: expected a positive" in proc.stderr, proc.stderr
 
 
 def test_existing_output_is_refused(tmp_path, phi2_tokenizer_dir, korean_jsonl):

@@ -14,18 +14,20 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from megaeeve.argtypes import positive_float, positive_int  # noqa: E402
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--base-tokenizer", required=True, help="HF tokenizer directory or tokenizer.json")
     p.add_argument("--corpus", nargs="+", required=True, help="target-language corpus (files, dirs, globs)")
     p.add_argument("--output", required=True, help="output directory (written atomically)")
-    p.add_argument("--intermediate-vocab-size", type=int, default=40_000)
+    p.add_argument("--intermediate-vocab-size", type=positive_int, default=40_000)
     freq = p.add_mutually_exclusive_group()
-    freq.add_argument("--min-frequency", type=int, default=None, help="absolute count (default 6000)")
-    freq.add_argument("--min-frequency-per-million", type=float, default=None, help="rate per million tokens")
+    freq.add_argument("--min-frequency", type=positive_int, default=None, help="absolute count (default 6000)")
+    freq.add_argument("--min-frequency-per-million", type=positive_float, default=None, help="rate per million tokens")
     p.add_argument("--count-corpus", nargs="+", default=None, help="corpus to count on (default: --corpus)")
-    p.add_argument("--workers", type=int, default=os.cpu_count(), help="counting processes, threads for training (default: all cores)")
+    p.add_argument("--workers", type=positive_int, default=os.cpu_count(), help="counting processes, threads for training (default: all cores)")
     p.add_argument("--script", default="hangul", help="target script: a name or ranges U+AC00-U+D7AF,...")
     p.add_argument("--held-out", nargs="+", default=[], help="held-out target-language text for chars/token")
     p.add_argument("--english", nargs="+", default=[], help="non-target text that must tokenize as by the base (default: CPython's pydoc topics)")
@@ -38,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     # The tokenizers thread pool reads these once, at first use: set them before importing it.
     os.environ["TOKENIZERS_PARALLELISM"] = "true" if args.workers > 1 else "false"
-    os.environ["RAYON_NUM_THREADS"] = str(max(1, args.workers))
+    os.environ["RAYON_NUM_THREADS"] = str(args.workers)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
@@ -57,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         script=args.script,
         held_out=args.held_out,
         english=args.english,
-        workers=max(1, args.workers),
+        workers=args.workers,
         overwrite=args.overwrite,
         progress=not args.no_progress,
     )

@@ -1,5 +1,8 @@
 #!/usr/bin/env python
-"""Concatenate MMIDIDX datasets (same dtype), in the order given, into one; streaming, atomic."""
+"""Concatenate MMIDIDX datasets (same dtype), in the order given, into one; streaming, atomic.
+
+Every input is checked as the reader checks it before anything is written; a bad one is named, exit 2.
+"""
 
 from __future__ import annotations
 
@@ -19,9 +22,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         out = merge_datasets(args.input, args.output_prefix)
-    except (IndexedDatasetError, ValueError) as e:
+    except (IndexedDatasetError, ValueError, OSError) as e:  # bad or unreadable input, unwritable output
         print(f"merge_datasets.py: error: {e}", file=sys.stderr)
-        return 1
+        return 2
     print(f"{args.output_prefix}: {out.document_count - 1} documents, {out.sequence_count} sequences ({out.dtype})")
     return 0
 

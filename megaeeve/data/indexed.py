@@ -40,7 +40,7 @@ CHUNK = 1 << 16  # index entries per buffer / per streamed chunk (memory: a few 
 
 
 class IndexedDatasetError(ValueError):
-    """A dataset file is missing, truncated or inconsistent; the message names the file."""
+    """A dataset file is missing, truncated or inconsistent, or a prefix cannot name one; says which."""
 
 
 def idx_path(prefix: str | os.PathLike) -> str:
@@ -56,6 +56,16 @@ def dtype_for_vocab(vocab_size: int) -> np.dtype:
     if vocab_size <= 0 or vocab_size > np.iinfo(np.int32).max:
         raise ValueError(f"vocab_size {vocab_size} is out of range")
     return np.dtype(np.uint16) if vocab_size <= 1 << 16 else np.dtype(np.int32)
+
+
+def check_output_prefix(prefix: str | os.PathLike) -> None:
+    """Refuse a prefix that names a directory ("data/", "."): its files would be the hidden data/.bin, .idx."""
+    text = os.fspath(prefix)
+    if os.path.basename(text) in ("", ".", ".."):
+        raise IndexedDatasetError(
+            f"{text}: an output prefix names files (PREFIX.bin, PREFIX.idx), not a directory;"
+            f" give a file name in it, e.g. {os.path.join(text, 'name')}"
+        )
 
 
 def exists(prefix: str | os.PathLike) -> bool:
@@ -120,7 +130,7 @@ class IndexedDataset:
 
     def __init__(self, prefix: str | os.PathLike):
         self.prefix = os.fspath(prefix)
-        header = IndexHeader(self.prefix)
+        self.header = header = IndexHeader(self.prefix)
         self.dtype = header.dtype
         self._idx_mmap, idx_buf = _map(header.idx_path)
         n, d = header.sequence_count, header.document_count
@@ -206,6 +216,7 @@ class IndexedDatasetWriter:
         if self.dtype not in WRITABLE_DTYPES:
             raise ValueError(f"token dtype must be uint16 or int32, got {self.dtype}")
         self._limits = (np.iinfo(self.dtype).min, np.iinfo(self.dtype).max)
+        check_output_prefix(prefix)
         self.prefix = os.fspath(prefix)
         Path(self.prefix).parent.mkdir(parents=True, exist_ok=True)
         name = Path(self.prefix).name
@@ -390,7 +401,9 @@ def merge_datasets(
         raise ValueError("merge_datasets needs at least one input prefix")
     if os.path.abspath(out_prefix) in {os.path.abspath(p) for p in prefixes}:
         raise ValueError(f"{out_prefix}: the output prefix is also an input")
-    headers = [IndexHeader(p) for p in prefixes]  # validate all before writing anything
+    # Every input passes the reader's checks before anything is written: a .bin shorter than its .idx
+    # says would otherwise be copied into an output that the reader rejects, naming the output.
+    headers = [IndexedDataset(p).header for p in prefixes]
     for h in headers[1:]:
         if h.dtype != headers[0].dtype:
             raise IndexedDatasetError(f"{h.idx_path}: dtype {h.dtype} differs from {headers[0].idx_path}'s {headers[0].dtype}")

@@ -7,13 +7,14 @@ How the work is cut:
   with `Tokenizer.encode_batch_fast` (Rust threads on `workers` cores, GIL released; or tiktoken, see
   fast_bpe.py), and the main thread turns ids into numpy arrays and appends them to the part's writer;
 - each finished shard is a complete part dataset (+ its counts) in a work directory beside the prefix,
-  `.NAME.parts/`; after a crash or kill -9, a rerun with the same inputs and options keeps the finished
-  parts and redoes only the rest;
+  `.NAME.parts/`; after a crash, kill -9 or error, a rerun with the same inputs and options keeps the
+  finished parts and redoes only the rest (a resume, so it needs no `overwrite`);
 - rank 0 concatenates the parts in shard order (= input order, so any rank count gives the same bytes),
   then writes PREFIX.bin, PREFIX.idx and, last, PREFIX.manifest.json, and removes the work directory.
 
 Nothing is dropped silently: a bad record stops the run with its file:line, or with `skip_bad` is
-counted by reason in the manifest (documents read = written + skipped).
+counted by reason in the manifest (documents read = written + skipped). A damaged compressed file, or
+an input with no document at all, stops the run whatever `skip_bad` says.
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ from megaeeve.corpus import (
     DEFAULT_MAX_CHARS, SKIP_REASONS, CorpusError, Record, Shard, expand_inputs, iter_texts, plan_shards,
 )
 from megaeeve.data.indexed import (
-    IndexedDataset, IndexedDatasetWriter, bin_path, dtype_for_vocab, exists, idx_path, merge_datasets, readable_by_all,
+    IndexedDataset, IndexedDatasetError, IndexedDatasetWriter, bin_path, check_output_prefix, dtype_for_vocab, exists,
+    idx_path, merge_datasets, readable_by_all,
 )
 from megaeeve.tokenizer_io import load_tokenizer, tokenizer_fingerprint
 
@@ -67,6 +69,7 @@ class PreprocessConfig:
     shard_bytes: int = 64 << 20
     progress: bool = True
     tiktoken: bool = False  # exact tiktoken path for GPT-2-style byte-level BPE (fast_bpe.py); refused otherwise
+    overwrite: bool = False  # replace an existing dataset at output_prefix
 
 
 @dataclass
@@ -310,19 +313,57 @@ def _part(work: Path, i: int) -> str:
     return str(work / f"part-{i:06d}")
 
 
-def _prepare_work_dir(work: Path, plan: dict[str, Any]) -> None:
-    """Keep finished parts only when they were made for exactly this plan; else start clean."""
+def _check_output(prefix: str, overwrite: bool) -> Path:
+    """The work directory, once the prefix names files and replaces no dataset unless asked to.
+
+    A work directory with a plan and no manifest is a run to resume: its .bin/.idx, if any, come from a
+    crash while assembling, so they are no dataset to protect.
+    """
+    try:
+        check_output_prefix(prefix)
+    except IndexedDatasetError as e:
+        raise PreprocessError(str(e)) from e
+    work = _work_dir(prefix)
+    manifest = f"{prefix}.manifest.json"
+    resuming = (work / "plan.json").is_file() and not os.path.exists(manifest)
+    existing = [f for f in (bin_path(prefix), idx_path(prefix), manifest) if os.path.exists(f)]
+    if existing and not overwrite and not resuming:
+        raise PreprocessError(f"{', '.join(existing)} already exist(s); pass --overwrite to replace the dataset")
+    return work
+
+
+def _prepare_work_dir(work: Path, plan: dict[str, Any]) -> str | None:
+    """Keep finished parts only when they were made for exactly this plan; else start clean.
+
+    Returns the error when the directory cannot be written (the caller shares it with every rank).
+    """
     plan_file = work / "plan.json"
     if plan_file.is_file():
         try:
             if json.loads(plan_file.read_text()) == plan:
-                return
+                return None
         except json.JSONDecodeError:
             pass
-    if work.exists():
-        shutil.rmtree(work)
-    work.mkdir(parents=True)
-    write_json(plan_file, plan)
+    try:
+        if work.exists():
+            shutil.rmtree(work)
+        work.mkdir(parents=True)
+        write_json(plan_file, plan)
+    except OSError as e:
+        return f"{work.parent}: cannot write the output there ({e})"
+    return None
+
+
+def _failed(error: str, work: Path) -> PreprocessError:
+    """The run's error, saying what became of the work directory: kept to resume from, or removed if empty."""
+    finished = len(list(work.glob("part-*.json")))
+    if not finished:
+        shutil.rmtree(work, ignore_errors=True)
+        return PreprocessError(error)
+    return PreprocessError(
+        f"{error} [{work}/ keeps {finished} finished shard(s): rerunning the same command resumes from them while"
+        f" the inputs and options are unchanged; delete it to start over]"
+    )
 
 
 def _default_workers(comm: _Comm) -> int:
@@ -333,6 +374,7 @@ def _default_workers(comm: _Comm) -> int:
 def preprocess(cfg: PreprocessConfig) -> dict[str, Any] | None:
     """Run the whole pipeline; returns the manifest on rank 0 (None on other ranks)."""
     started = time.perf_counter()
+    work = _check_output(cfg.output_prefix, cfg.overwrite)
     comm = _Comm.detect()
     workers = cfg.workers or _default_workers(comm)
     # The tokenizers Rust pool reads this when it first starts; whether it runs at all is up to the caller's
@@ -355,10 +397,10 @@ def preprocess(cfg: PreprocessConfig) -> dict[str, Any] | None:
         "tokenizer": fingerprint,
         "options": [cfg.json_key, eod, cfg.max_chars, cfg.skip_bad, dtype.name, comm.size],
     }
-    work = _work_dir(cfg.output_prefix)
-    if comm.rank == 0:
-        _prepare_work_dir(work, plan)
-    comm.bcast(None)  # the work directory is ready
+    error = _prepare_work_dir(work, plan) if comm.rank == 0 else None
+    error = comm.bcast(error)  # the work directory is ready, or every rank stops
+    if error:
+        raise PreprocessError(error)
     encode = batch_encoder(tok, cfg, workers)
     setup_seconds = time.perf_counter() - started
 
@@ -377,13 +419,16 @@ def preprocess(cfg: PreprocessConfig) -> dict[str, Any] | None:
     results = comm.allgather((error, hashes))
     errors = [e for e, _ in results if e]
     if errors:
-        raise PreprocessError(errors[0])
+        raise _failed(errors[0], work) if comm.rank == 0 else PreprocessError(errors[0])
     if comm.rank != 0:
         return None
     for _, h in results:
         hashes.update(h)
-    return _assemble(cfg, files, shards, hashes, work, plan, eod, dtype, vocab_size, comm, workers,
-                     (started, setup_seconds))
+    try:
+        return _assemble(cfg, files, shards, hashes, work, plan, eod, dtype, vocab_size, comm, workers,
+                         (started, setup_seconds))
+    except PreprocessError as e:
+        raise _failed(str(e), work) from e
 
 
 def _encode_my_shards(shards: list[Shard], comm: _Comm, cfg: PreprocessConfig, encode, eod, dtype, work: Path, workers: int) -> None:
@@ -414,9 +459,14 @@ def _assemble(cfg, files, shards, hashes, work: Path, plan, eod, dtype, vocab_si
     per_file = {f: Counts() for f in files}
     for i, shard in enumerate(shards):
         per_file[shard.path].add(Counts.from_json(json.loads(Path(_part(work, i) + ".json").read_text())))
+    _refuse_empty(per_file)
     total = Counts()
     for counts in per_file.values():
         total.add(counts)
+    if not total.documents_written:
+        raise PreprocessError(
+            f"{', '.join(files)}: no document written: all {total.documents_read} were bad (skipped by --skip-bad)"
+        )
     manifest_path = Path(f"{cfg.output_prefix}.manifest.json")
     if manifest_path.exists():
         manifest_path.unlink()
@@ -460,6 +510,14 @@ def _assemble(cfg, files, shards, hashes, work: Path, plan, eod, dtype, vocab_si
     readable_by_all(str(manifest_path))
     shutil.rmtree(work)
     return manifest
+
+
+def _refuse_empty(per_file: dict[str, Counts]) -> None:
+    """An input without a single record is a mistake (an empty download, a wrong file), not a no-op."""
+    for path, counts in per_file.items():
+        if not counts.documents_read:
+            what = "only blank lines" if counts.blank_lines else "no records"
+            raise PreprocessError(f"{path}: no documents ({what}); remove it from --input if that is intended")
 
 
 def _file_counts(c: Counts) -> dict[str, Any]:
