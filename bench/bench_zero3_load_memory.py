@@ -21,6 +21,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from megaeeve.model.checkpoint import MODEL_FILE  # noqa: E402
 
 ZERO3 = {"train_micro_batch_size_per_gpu": 1, "zero_optimization": {"stage": 3}}
 
@@ -81,11 +82,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         worker(args.model_dir, args.zero3, args.out)
         return 0
-    size_mb = (Path(args.model_dir) / "model.safetensors").stat().st_size / 2**20
+    size_mb = (Path(args.model_dir) / MODEL_FILE).stat().st_size / 2**20
     with tempfile.TemporaryDirectory() as tmp:
         rows = [("plain load, 1 process", _run(args.model_dir, False, tmp)),
                 ("ZeRO-3 zero.Init load, 2 ranks", _run(args.model_dir, True, tmp))]
-    print(f"model.safetensors: {size_mb:.0f} MiB ({args.model_dir})")
+    print(f"{MODEL_FILE}: {size_mb:.0f} MiB ({args.model_dir})")
     print()
     print("| load | before load (imports, dist) MiB | peak RSS MiB | RSS held after load (malloc_trim) MiB | node peak total MiB |")
     print("|---|---|---|---|---:|")

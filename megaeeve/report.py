@@ -15,6 +15,7 @@ import torch
 from safetensors import safe_open
 
 from megaeeve.atomic import atomic_dir
+from megaeeve.model.checkpoint import MODEL_FILE
 
 KOREAN_PROMPT = "대한민국의 모든 국민은"
 ENGLISH_PROMPT = "The import statement"
@@ -40,7 +41,7 @@ def stage_dirs(run_dir: Path) -> list[tuple[int, Path]]:
 def frozen_check(src: Path, dst: Path, roles: dict[str, str], trainable_roles: list[str]) -> dict[str, Any]:
     """Compare two model directories tensor by tensor: frozen roles must be bitwise equal, trainable ones changed."""
     out = {"frozen_total": 0, "frozen_unchanged": 0, "trainable_total": 0, "trainable_changed": 0, "violations": []}
-    with safe_open(str(src / "model.safetensors"), "pt") as a, safe_open(str(dst / "model.safetensors"), "pt") as b:
+    with safe_open(str(src / MODEL_FILE), "pt") as a, safe_open(str(dst / MODEL_FILE), "pt") as b:
         for name, role in roles.items():
             x, y = a.get_tensor(name), b.get_tensor(name)
             same = x.shape == y.shape and torch.equal(x.to(y.dtype), y)

@@ -15,6 +15,7 @@ from tokenizers import Tokenizer
 from megaeeve import assets
 from megaeeve.model import (ExtendError, ModelDirError, extend_model, load_model_dir, parameter_roles,
                             read_model_meta, save_model_dir)
+from megaeeve.model.checkpoint import MODEL_FILE
 from _model_helpers import KOREAN_ADDED_TOKENS, byte_level, expand, save_model, tiny_llama, tiny_phi
 
 REPO = Path(__file__).resolve().parents[1]
@@ -82,7 +83,7 @@ def test_layout_and_metadata(phi, llama):
 
 
 def test_tied_embeddings_are_untied_copies(llama):
-    weights = load_file(str(llama["stage0"] / "model.safetensors"))
+    weights = load_file(str(llama["stage0"] / MODEL_FILE))
     base = llama["base"].model.embed_tokens.weight
     assert torch.equal(weights["lm_head.original"], base) and torch.equal(weights["model.embed_tokens.original"], base)
     split = llama["split"]
@@ -103,7 +104,7 @@ def _expected_pieces(base: Tokenizer, expanded: Tokenizer, new_id: int) -> list[
 
 def test_new_rows_follow_eeve_init(phi):
     meta, base, expanded = phi["meta"], phi["base"], phi["expanded"]
-    weights = load_file(str(phi["stage0"] / "model.safetensors"))
+    weights = load_file(str(phi["stage0"] / MODEL_FILE))
     base_in, base_out, base_bias = base.model.embed_tokens.weight, base.lm_head.weight, base.lm_head.bias
     partial = expanded.token_to_id(byte_level("대")[:2])
     assert expanded.decode([partial]) == "\ufffd"  # why decode + encode would be wrong for this token
@@ -168,7 +169,7 @@ def test_export_loads_in_plain_transformers_with_same_logits(case):
 
 
 def test_save_model_dir_round_trip_and_mismatch(phi):
-    state = load_file(str(phi["stage0"] / "model.safetensors"))
+    state = load_file(str(phi["stage0"] / MODEL_FILE))
     state["model.embed_tokens.added"] = state["model.embed_tokens.added"] + 1.0
     out = save_model_dir(state, phi["stage0"], phi["tmp"] / "final")
     loaded = load_model_dir(out)

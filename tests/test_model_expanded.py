@@ -10,6 +10,7 @@ from tokenizers import Tokenizer
 
 from megaeeve import assets
 from megaeeve.model import export_hf, extend_model, load_model_dir
+from megaeeve.model.checkpoint import MODEL_FILE
 from megaeeve.vocab import ExpandConfig, expand_vocab
 from _model_helpers import save_model, tiny_phi
 
@@ -36,7 +37,7 @@ def test_real_expansion_extends_exactly(extended, korean_split, english_docs):
     with torch.no_grad():
         assert torch.equal(split(english).logits[..., :meta.base_vocab_size], base(english).logits[..., :50295])
     # every new BPE token's input row is the mean of base rows of pieces spelling exactly its bytes
-    weights = load_file(str(tmp / "stage0" / "model.safetensors"))
+    weights = load_file(str(tmp / "stage0" / MODEL_FILE))
     emb = base.model.embed_tokens.weight
     for new_id in range(50295, 50295 + meta.num_added, 37):
         text = tok.id_to_token(new_id)

@@ -10,6 +10,7 @@ from megaeeve import assets
 from transformers import AutoModelForCausalLM
 
 from megaeeve.model import export_hf, extend_model, load_model_dir
+from megaeeve.model.checkpoint import MODEL_FILE
 from megaeeve.model.extend import describe, load_base_model
 from megaeeve.tokenizer_io import load_tokenizer
 from _model_helpers import expand
@@ -32,7 +33,7 @@ def test_smollm2_gguf_extension(tmp_path):
     with torch.no_grad():
         base_logits, split_logits = base(ids).logits, split(ids).logits
     assert torch.equal(split_logits[..., :49152], base_logits)
-    weights = load_file(str(tmp_path / "stage0" / "model.safetensors"))
+    weights = load_file(str(tmp_path / "stage0" / MODEL_FILE))
     emb = base.model.embed_tokens.weight
     pieces = base_tok.encode(" 대한민국", add_special_tokens=False).ids
     torch.testing.assert_close(weights["model.embed_tokens.added"][0], emb[pieces].mean(0), rtol=0, atol=1e-6)

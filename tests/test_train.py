@@ -111,6 +111,8 @@ def test_final_export_loads_in_plain_transformers(phi_chain, tmp_path):
     from megaeeve.model import export_hf
 
     final = phi_chain["run_dir"] / "stage-7" / "final"
+    with pytest.raises(OSError, match="model.safetensors"):  # final/ holds split tensors: refused, never half-loaded
+        AutoModelForCausalLM.from_pretrained(str(final))
     out = export_hf(final, tmp_path / "hf")
     model = AutoModelForCausalLM.from_pretrained(str(out))
     tok = AutoTokenizer.from_pretrained(str(out))
@@ -122,6 +124,13 @@ def test_final_export_loads_in_plain_transformers(phi_chain, tmp_path):
     assert torch.equal(merged[meta.base_vocab_size:meta.vocab_size], split["model.embed_tokens.added"])
     generated = model.generate(ids, max_new_tokens=3, do_sample=False)
     assert generated.shape[1] == ids.shape[1] + 3
+    # Every model directory follows the umask (safetensors writes 0600: teammates could not read a run).
+    mask = os.umask(0o022)
+    os.umask(mask)
+    for directory in (phi_chain["model"], final, out):
+        for path in [directory, *directory.rglob("*")]:
+            want = (0o777 if path.is_dir() else 0o666) & ~mask
+            assert path.stat().st_mode & 0o777 == want, f"{path}: {oct(path.stat().st_mode & 0o777)}"
 
 
 def test_completed_stage_and_missing_predecessor_are_refused(phi_chain, corpus, tmp_path):

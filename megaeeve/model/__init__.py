@@ -7,7 +7,7 @@ Interfaces the trainer relies on:
   output_original, ``bias_added`` with output_added. Padding rows (vocab rounded up to a multiple)
   are not parameters at all: the embedding returns zeros for padding ids and the head returns -inf
   logits for them (see split.py), so no stage can train or predict them.
-- Model directory (stage-0 output and each stage's final/): ``model.safetensors`` with the split
+- Model directory (stage-0 output and each stage's final/): ``split_model.safetensors`` with the split
   names (``<input>.original``, ``<input>.added``, ``<lm_head>.original``, ``<lm_head>.added``
   [, ``<lm_head>.bias_original``, ``<lm_head>.bias_added``] + body weights), ``config.json`` (HF,
   vocab_size = padded size, untied), ``megaeeve_model.json`` (ModelMeta), the expanded tokenizer's

@@ -1,6 +1,8 @@
 """The model directory: stage-0 output and every stage's final/ hand-off.
 
-    model.safetensors      split parameter names (e.g. model.embed_tokens.original / .added)
+    split_model.safetensors  split parameter names (e.g. model.embed_tokens.original / .added); not named
+                           model.safetensors, so plain transformers refuses the directory loudly instead of
+                           loading it with random embeddings (tools/export_hf.py makes the plain model)
     config.json            the Hugging Face config (vocab_size = padded size, tie_word_embeddings = false)
     megaeeve_model.json    ModelMeta: vocabulary layout, module paths, both tokenizers' fingerprints
     tokenizer files        the expanded tokenizer as copied from its directory (AutoTokenizer loads them)
@@ -27,7 +29,7 @@ from megaeeve.atomic import atomic_dir, write_json
 from megaeeve.model.partition import read_partition
 from megaeeve.model.split import SplitEmbedding, SplitLMHead
 
-MODEL_FILE = "model.safetensors"
+MODEL_FILE = "split_model.safetensors"
 META_FILE = "megaeeve_model.json"
 CONFIG_FILE = "config.json"
 BASE_TOKENIZER_DIR = "base_tokenizer"
