@@ -26,6 +26,7 @@ import gzip
 import io
 import json
 import os
+import re
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -290,6 +291,24 @@ def _check_text(path: str, offset: int, line: int | None, text: object, max_char
     return text
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")  # only a JSON escape makes one: UTF-8 cannot encode them
+
+
+def _lone_surrogate(line: str, text: object) -> str | None:
+    """Why `text` (parsed from the JSON `line`) is not valid Unicode text, or None.
+
+    json.loads turns an unpaired escape such as "\\ud800" into a lone surrogate, which no UTF-8 encoder (nor
+    the tokenizer) accepts: the same damage as an invalid UTF-8 byte, so it gets the same reason. The
+    substring test keeps the search off lines without such an escape.
+    """
+    if not isinstance(text, str) or ("\\ud" not in line and "\\uD" not in line):
+        return None
+    found = _SURROGATE.search(text)
+    if found is None:
+        return None
+    return f"lone surrogate \\u{ord(found.group()):04x} (an unpaired JSON escape) at character {found.start()}"
+
+
 _scan_json = json.JSONDecoder().scan_once  # the C scanner behind json.loads, without its per-call overhead
 
 
@@ -334,6 +353,10 @@ def _iter_items(shard: Shard, key: str, max_chars: int) -> Iterator[tuple[int, i
         if not isinstance(obj, dict) or key not in obj:
             what = f"no key {key!r}" if isinstance(obj, dict) else f"a JSON {type(obj).__name__}, not an object"
             yield offset, line, Record(path, offset, None, "missing_key", what, line)
+            continue
+        surrogate = _lone_surrogate(decoded, obj[key])
+        if surrogate:
+            yield offset, line, Record(path, offset, None, "invalid_utf8", surrogate, line)
             continue
         yield offset, line, _check_text(path, offset, line, obj[key], max_chars)
 

@@ -137,6 +137,17 @@ def test_bad_input_is_an_error_by_default_and_counted_with_skip_bad(tmp_path, gp
     assert read_docs(prefix) == expected_ids(gpt2_tokenizer_dir, good)
 
 
+def test_a_lone_surrogate_escape_is_invalid_utf8(tmp_path, gpt2_tokenizer_dir):
+    """{"text": "\\ud800"} parses to a string no UTF-8 encoder takes: was a TypeError from the tokenizer."""
+    path = tmp_path / "s.jsonl"
+    path.write_text('{"text": "ok"}\n{"text": "a\\ud800"}\n{"text": "pair \\ud83d\\ude00 fine"}\n', encoding="utf-8")
+    with pytest.raises(PreprocessError, match=r"s\.jsonl:2: invalid_utf8: lone surrogate \\ud800"):
+        run(tmp_path, [path], gpt2_tokenizer_dir)
+    manifest, prefix = run(tmp_path, [path], gpt2_tokenizer_dir, skip_bad=True)
+    assert manifest["documents"]["skipped_by_reason"]["invalid_utf8"] == 1
+    assert read_docs(prefix) == expected_ids(gpt2_tokenizer_dir, ["ok", "pair \U0001F600 fine"], eod=False)
+
+
 def test_formats_globs_and_multiple_files(tmp_path, phi2_tokenizer_dir, korean_split, english_docs):
     import pyarrow as pa
     import pyarrow.parquet as pq

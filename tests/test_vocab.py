@@ -105,6 +105,7 @@ def _assert_no_output(out: Path) -> None:
     [
         ("empty", CorpusError, "has no documents"),
         ("invalid_utf8", CorpusError, r"bad\.jsonl:3: invalid_utf8"),
+        ("lone_surrogate", CorpusError, r"s\.jsonl:2: invalid_utf8: lone surrogate"),  # was a TypeError in training
         ("cut_zst", CorpusError, r"ko\.jsonl\.zst: truncated zstd stream"),  # counted on, found while counting
         ("threshold", ExpansionError, "nothing to add.*minimum frequency 1000000"),
         ("wordpiece", UnsupportedTokenizer, "'WordPiece'"),
@@ -118,6 +119,9 @@ def test_bad_input_clear_error_no_output(case, error, message, tmp_path, phi2_to
     elif case == "invalid_utf8":  # found while counting, after the intermediate tokenizer is trained
         (tmp_path / "bad.jsonl").write_bytes(b'{"text": "\xec\x95\x88"}\n{"text": "ok"}\n{"text": "\xec\x95"}\n')
         count = [str(tmp_path / "bad.jsonl")]
+    elif case == "lone_surrogate":  # found while training the intermediate tokenizer
+        (tmp_path / "s.jsonl").write_bytes(b'{"text": "\xed\x95\x9c"}\n{"text": "\\udc00"}\n')
+        corpus = [str(tmp_path / "s.jsonl")]
     elif case == "cut_zst":  # a partial download: was read as a shorter corpus
         import zstandard
 
