@@ -9,7 +9,12 @@ text holding a target-language character, so any other text keeps the base segme
 
 A piece whose base segmentation has more than two parts needs intermediate pieces (e.g. the first two
 bytes of a Hangul syllable, or the syllable itself); those are added as *bridge* pieces, marked as such
-in the report. Pieces are built shortest first, so characters exist before the words that use them.
+in the report.
+
+Pieces are built in the order given: the intermediate tokenizer's merge order (most frequent first; its
+characters come before the words made of them). Each piece's merges rank after those of the pieces before
+it, so where two pieces overlap in a word (" 대한" and "한민" in " 대한민국"), the one the intermediate
+tokenizer learned first wins, as it would in that tokenizer.
 """
 
 from __future__ import annotations
@@ -160,10 +165,9 @@ class _Builder:
 
 
 def build_target(base: Tokenizer, family: Family, script: Script, pieces: list[str]) -> TargetTokenizer:
-    """The base tokenizer extended by `pieces` (vocabulary spellings), shortest first, deterministic."""
+    """The base tokenizer extended by `pieces` (vocabulary spellings), built in their order (see above)."""
     builder = _Builder(base, family, script)
-    order = sorted(set(pieces), key=lambda p: (len(family.piece_bytes(p)), p))
-    unreachable = [p for p in order if not builder.add(p)]
+    unreachable = [p for p in dict.fromkeys(pieces) if not builder.add(p)]
     spec = json.loads(base.to_str())
     model = spec["model"]
     # Added tokens outside the model vocabulary (phi-2's whitespace runs) become model entries too, at

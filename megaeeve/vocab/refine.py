@@ -76,14 +76,19 @@ def refine(
     progress: bool = True,
     log=print,
 ) -> Refined:
-    """Run rounds of build -> count -> drop/add until a round neither drops nor adds."""
+    """Run rounds of build -> count -> drop/add until a round neither drops nor adds.
+
+    `candidates` come in the intermediate tokenizer's merge order, which the build keeps; characters added
+    by step 6 go first, most frequent first.
+    """
+    rank = {p: (1, i, "") for i, p in enumerate(candidates)}
     selected = set(candidates)
     base_vocab = base.get_vocab(with_added_tokens=True)
     unreachable: set[str] = set()
     rounds: list[Round] = []
     limit: int | None = None
     while True:
-        target = build_target(base, family, script, sorted(selected))
+        target = build_target(base, family, script, sorted(selected, key=rank.__getitem__))
         unreachable |= set(target.unreachable)
         selected -= set(target.unreachable)
         if not target.new:
@@ -120,4 +125,5 @@ def refine(
         log(rnd.summary())
         if not dropped and not added:
             return Refined(target, counts, rounds, limit)
+        rank.update({p: (0, -counts.char_counts[family.piece_text(p)], p) for p in added})
         selected = (selected - set(dropped)) | set(added)
