@@ -17,6 +17,7 @@ from megaeeve.vocab import ExpandConfig, ExpansionError, UnsupportedTokenizer, e
 from megaeeve.vocab.count import count_corpus
 from megaeeve.vocab.family import detect_family
 from megaeeve.vocab.merge import build_target
+from megaeeve.vocab.refine import Threshold, refine
 from megaeeve.vocab.scripts import parse_script
 from tests.conftest import PYTHON, REPO
 
@@ -68,6 +69,21 @@ def test_build_target_reaches_each_piece_with_merges_only_after_base_ones():
     assert spec["model"]["merges"][:50000] == base_spec["model"]["merges"]
     tokens = target.tokenizer.encode(" 한국어는 Korean").tokens
     assert tokens == [family.text_piece(" 한국어")] + base.encode("는").tokens + ["ĠKorean"]
+
+
+def test_thresholds_follow_the_card_words(tmp_path):
+    """Tokens seen "less than" the threshold go, one seen exactly threshold times stays; a missing character is
+    added when seen "more than" the threshold (was: at least)."""
+    base = assets.gpt2_tokenizer()
+    family = detect_family(base)
+    docs = [" 한국"] * 3 + [" 대학"] * 2 + ["가"] * 3 + ["나"] * 4  # threshold 3
+    corpus = assets.write_jsonl(docs, tmp_path / "count.jsonl")
+    result = refine(base, family, HANGUL, [family.text_piece(" 한국"), family.text_piece(" 대학")], [str(corpus)],
+                    Threshold(count=3), progress=False, log=lambda *a: None)  # fmt: skip
+    selected = {n.text for n in result.target.new if n.kind == "selected"}
+    assert selected == {" 한국", "나"}  # " 대학" (2) dropped, "가" (exactly 3) not added, "나" (4) added
+    assert result.rounds[0].added == ["나"] and " 대학" in result.rounds[0].dropped
+    assert result.counts.token_counts[result.target.tokenizer.token_to_id(family.text_piece(" 한국"))] == 3
 
 
 def test_counts_sum_over_mpi_ranks(tmp_path, korean_jsonl):

@@ -13,10 +13,10 @@ from megaeeve.assets import english_documents
 from megaeeve.atomic import atomic_dir, write_json
 from megaeeve.corpus import CorpusError, expand_inputs, iter_documents
 from megaeeve.tokenizer_io import TokenizerLoadError, load_tokenizer, tokenizer_fingerprint
-from megaeeve.vocab.count import mpi_world
-from megaeeve.vocab.family import detect_family
+from megaeeve.vocab.count import Counts, mpi_world
+from megaeeve.vocab.family import Family, detect_family
 from megaeeve.vocab.intermediate import target_candidates, train_intermediate
-from megaeeve.vocab.merge import ExpansionError
+from megaeeve.vocab.merge import ExpansionError, NewPiece
 from megaeeve.vocab.refine import Refined, Threshold, refine
 from megaeeve.vocab.scripts import parse_script
 
@@ -87,6 +87,26 @@ def chars_per_token(base: Tokenizer, target: Tokenizer, docs: list[str]) -> dict
     }
 
 
+def _token_entry(n: NewPiece, counts: Counts, family: Family) -> dict[str, Any]:
+    """A new token in the report: its count; a bridge also names the selected tokens it serves, a single
+    character also gives its character count (step 6 keeps it on that)."""
+    entry: dict[str, Any] = {
+        "id": n.id, "token": n.piece, "text": n.text, "kind": n.kind, "frequency": int(counts.token_counts[n.id])
+    }
+    if n.text is not None and len(n.text) == 1:
+        entry["character_frequency"] = counts.char_counts.get(n.text, 0)
+    if n.kind == "bridge":
+        entry["serves"] = [family.piece_text(p) or p for p in n.serves]
+    return entry
+
+
+def _below_threshold(new_tokens: list[dict[str, Any]], threshold: int) -> dict[str, int]:
+    """How many new tokens are emitted fewer than `threshold` times: bridges, and characters kept by step 6."""
+    low = [t for t in new_tokens if t["frequency"] < threshold]
+    bridges = sum(t["kind"] == "bridge" for t in low)
+    return {"tokens": len(low), "bridges": bridges, "characters": len(low) - bridges}
+
+
 def _write(out: Path, hf: Any, result: Refined, report: dict[str, Any], probe: list[str]) -> None:
     """Save the base's transformers config, our tokenizer.json, check it loads back, then the report."""
     from transformers import AutoTokenizer
@@ -147,6 +167,7 @@ def expand_vocab(cfg: ExpandConfig, log=print) -> dict[str, Any]:
 
     target = result.target
     vocab_size = target.tokenizer.get_vocab_size(with_added_tokens=True)
+    new_tokens = [_token_entry(n, result.counts, family) for n in target.new]
     report: dict[str, Any] = {
         "base_tokenizer": {
             "path": str(cfg.base_tokenizer),
@@ -174,16 +195,8 @@ def expand_vocab(cfg: ExpandConfig, log=print) -> dict[str, Any]:
         "rounds": [asdict(r) for r in result.rounds],
         # Selected tokens no chain of safe merges reaches (their merges could fire on other scripts).
         "unreachable": [t for r in result.rounds for t in r.unreachable],
-        "new_tokens": [
-            {
-                "id": n.id,
-                "token": n.piece,
-                "text": n.text,
-                "kind": n.kind,
-                "frequency": int(result.counts.token_counts[n.id]),
-            }
-            for n in target.new
-        ],
+        "new_tokens": new_tokens,
+        "below_threshold": _below_threshold(new_tokens, result.threshold),
         "chars_per_token": {
             "held_out": {**chars_per_token(base, target.tokenizer, held), "source": ", ".join(cfg.held_out)}
             if held
