@@ -435,6 +435,34 @@ def _iter_table(path: str, key: str, max_chars: int) -> Iterator[tuple[int, int,
             row += 1
 
 
+SAMPLE_PARTS = 64
+
+
+def sample_documents(paths: Sequence[str], sample_bytes: int, parts: int = SAMPLE_PARTS) -> Iterator[str]:
+    """About `sample_bytes` of UTF-8 text from `paths`, the same every time: the leading documents of each of
+    `parts` byte ranges spread evenly over the inputs (`plan_shards`; a compressed file or a table is one
+    range), so the sample covers the whole corpus, not its first files. A range shorter than its share leaves
+    the rest to the ranges after it. Inputs no larger on disk than `sample_bytes` are read whole. A bad
+    record raises `CorpusError`, as in `iter_documents`.
+    """
+    if sum(os.path.getsize(p) for p in paths) <= sample_bytes:
+        yield from iter_documents(paths)
+        return
+    shards = plan_shards(paths, parts)
+    left = sample_bytes
+    for i, shard in enumerate(shards):
+        budget, taken = left // (len(shards) - i), 0
+        for item in iter_texts(shard):
+            if isinstance(item, str):
+                yield item
+                taken += len(item.encode("utf-8"))
+                if taken >= budget:
+                    break
+            elif item.reason != "blank_line":
+                raise item.error()
+        left -= taken
+
+
 def iter_documents(
     paths: Sequence[str], key: str = "text", max_chars: int = DEFAULT_MAX_CHARS, skip_bad: bool = False
 ) -> Iterator[str]:

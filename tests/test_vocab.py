@@ -192,6 +192,7 @@ def test_cli_damaged_compressed_corpus_is_one_error_line(tmp_path, phi2_tokenize
 
 
 @pytest.mark.parametrize("flag, value", [("--workers", "-1"), ("--workers", "0"), ("--intermediate-vocab-size", "0"),
+                                         ("--intermediate-sample-bytes", "0"),
                                          ("--min-frequency", "-5"), ("--min-frequency-per-million", "0")])
 def test_cli_numeric_flags_out_of_range_are_usage_errors(tmp_path, flag, value):
     proc = subprocess.run(
