@@ -90,12 +90,12 @@ def test_counts_sum_over_mpi_ranks(tmp_path, korean_jsonl):
     """`mpiexec -n 2`: each rank counts part of the corpus, the totals equal a one-process count."""
     tok = assets.gpt2_tokenizer()
     tok.save(str(tmp_path / "tok.json"))
-    single = count_corpus(tok, [str(korean_jsonl)], HANGUL, batch_chars=4096, progress=False)
+    single = count_corpus(tok, [str(korean_jsonl)], HANGUL, batch_bytes=4096, progress=False)
     script = (
         "import sys, numpy as np; from tokenizers import Tokenizer; from mpi4py import MPI;"
         "from megaeeve.vocab.count import count_corpus; from megaeeve.vocab.scripts import parse_script;"
         f"c = count_corpus(Tokenizer.from_file({str(tmp_path / 'tok.json')!r}), [{str(korean_jsonl)!r}],"
-        " parse_script('hangul'), batch_chars=4096, progress=False);"
+        " parse_script('hangul'), batch_bytes=4096, progress=False);"
         f"MPI.COMM_WORLD.Get_rank() == 0 and np.savez({str(tmp_path / 'mpi.npz')!r}, tokens=c.token_counts,"
         " chars=np.array([c.char_counts.get(ch, 0) for ch in sys.argv[1]]), docs=c.documents)"
     )
