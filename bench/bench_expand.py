@@ -21,6 +21,7 @@ import argparse
 import collections
 import json
 import random
+import shlex
 import sys
 import tempfile
 from pathlib import Path
@@ -114,7 +115,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-expand-") as tmp:
         q = quality(sources, Path(tmp))
         m = memory(args.mb, args.sample_mb, Path(tmp))
-    cmd = " ".join(["python bench/bench_expand.py", *(f"--src {s}" for s in args.src)])
+    cmd = shlex.join(["python", "bench/bench_expand.py", *(["--src", *args.src] if args.src else [])])
     text = "\n".join([
         SECTION, "",
         f"Machine: {bp.machine()}, shared with other jobs. `{cmd}`. Each figure is one run of"
