@@ -396,7 +396,6 @@ class _Block:
 
     path: str
     items: list[str | Record]
-    chars: int  # characters read (for batch sizes)
     bad: int  # how many items are Records
     offsets: Callable[[], list[int]]  # byte offset (line files) or row number (tables) of every item
     first_line: int | None  # line / row number of the first item, when known
@@ -420,7 +419,7 @@ def _line_block(path: str, family: str, pos: int, line_no: int | None, data: byt
             starts, line = offsets(), None if line_no is None else line_no + i
             items[i] = Record(path, starts[i], None, it[0], it[1], line)
             bad += 1
-    return _Block(path, items, len(data), bad, offsets, line_no)
+    return _Block(path, items, bad, offsets, line_no)
 
 
 def _line_offsets(pos: int, data: bytes) -> list[int]:
@@ -432,7 +431,7 @@ def _iter_blocks(shard: Shard, key: str, max_chars: int, block_bytes: int = BLOC
     """The lines or rows of `shard` in order, in blocks."""
     family, _ = _kind(shard.path)
     if family == "table":
-        yield from _table_blocks(shard.path, key, max_chars)
+        yield from _table_blocks(shard.path, key, max_chars, block_bytes)
         return
     for pos, line_no, data in _line_blocks(shard, block_bytes):
         yield _line_block(shard.path, family, pos, line_no, data, key, max_chars)
@@ -517,19 +516,23 @@ def _require_column(path: str, key: str, columns: list[str]) -> None:
         raise CorpusError(f"{path}: no column {key!r} (columns: {', '.join(columns)})")
 
 
-def _table_blocks(path: str, key: str, max_chars: int) -> Iterator[_Block]:
-    row = 0
+def _table_blocks(path: str, key: str, max_chars: int, block_bytes: int) -> Iterator[_Block]:
+    """Rows in blocks of about `block_bytes` characters of text (or one row, if longer)."""
+    row, items, bad, chars = 0, [], 0, 0
     for batch in _table_batches(path, key):
-        items: list = [_check_text(value, max_chars) for value in batch.column(0).to_pylist()]
-        bad = chars = 0
-        for i, item in enumerate(items):
+        for value in batch.column(0).to_pylist():
+            item = _check_text(value, max_chars)
             if isinstance(item, tuple):
-                items[i] = Record(path, row + i, None, item[0], item[1], row + i + 1)
+                item = Record(path, row + len(items), None, item[0], item[1], row + len(items) + 1)
                 bad += 1
             else:
                 chars += len(item)
-        yield _Block(path, items, chars, bad, functools.partial(list, range(row, row + len(items))), row + 1)
-        row += len(items)
+            items.append(item)
+            if chars >= block_bytes:
+                yield _Block(path, items, bad, functools.partial(list, range(row, row + len(items))), row + 1)
+                row, items, bad, chars = row + len(items), [], 0, 0
+    if items:
+        yield _Block(path, items, bad, functools.partial(list, range(row, row + len(items))), row + 1)
 
 
 SAMPLE_PARTS = 64
