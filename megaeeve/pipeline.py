@@ -215,7 +215,7 @@ class Pipeline:
                                  {"prefix": str(r / "data" / "en"), "weight": 0.3, "name": "en"}],
                      "valid_fraction": 0.05, "new_token_bias": 1.0},
             "training": {"eval_every": c.eval_every, "eval_samples": 8, "checkpoint_every": c.steps_per_stage,
-                         "keep_checkpoints": 1, "tensorboard": True, "progress_bar": True},
+                         "keep_checkpoints": 1, "report_to": ["tensorboard"], "progress_bar": True},
             "stages": {n: {"steps": c.steps_per_stage, "warmup_ratio": 0.1} for n in STAGES},
         }
         with atomic_file(r / "run.yaml", "w") as f:

@@ -43,7 +43,9 @@ from megaeeve.training.signals import CONFIG_ERROR_EXIT_CODE, REQUEUE_EXIT_CODE,
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ds_config", "--ds-config", required=True, type=Path, help="DeepSpeed JSON (ds_configs/)")
+    p.add_argument("--ds_config", "--ds-config", "--deepspeed_config", "--deepspeed", dest="ds_config", required=True,
+                   type=Path, help="DeepSpeed JSON (ds_configs/); --deepspeed_config / --deepspeed as in "
+                                   "Megatron-DeepSpeed and Hugging Face")
     p.add_argument("--config", type=Path, help="run config (RUN.yaml)")
     p.add_argument("--stage", type=int, help="stage number to train (--dry-run: omit for all stages)")
     p.add_argument("--dry-run", action="store_true",
@@ -195,7 +197,7 @@ def run_stage(cfg: RunConfig, ds_config: dict, ds_path: Path, number: int, overw
     from megaeeve.training.data import stage_data
     from megaeeve.training.engine import freeze_for_stage, initialize_engine, model_dtype
     from megaeeve.training.loop import LoopSettings, LoopState, evaluate, train
-    from megaeeve.training.metrics import Metrics
+    from megaeeve.training.metrics import Metrics, MetricsSettings
     from megaeeve.training.throughput import flops_per_token, peak_tflops
 
     stage = cfg.stages.get(number)
@@ -247,8 +249,9 @@ def run_stage(cfg: RunConfig, ds_config: dict, ds_path: Path, number: int, overw
     ckpt_dir = stage_dir / "checkpoints"
     resumed = ckpt.resume(engine, ckpt_dir)
     state = LoopState(*resumed) if resumed else LoopState(0, 0)
-    metrics = Metrics(stage_dir, rank == 0, cfg.training.tensorboard, cfg.training.progress_bar, steps,
-                      state.step, number)
+    t = cfg.training
+    metrics = Metrics(MetricsSettings(stage_dir, number, steps, state.step, steps_before(cfg, number), t.report_to,
+                                      t.progress_bar, cfg.run_dir.name, t.wandb_project), rank == 0)
     if rank == 0 and resumed:
         print(f"stage {number}: resumed at step {state.step} ({state.consumed_samples} samples consumed)",
               file=sys.stderr)
@@ -280,6 +283,14 @@ def run_stage(cfg: RunConfig, ds_config: dict, ds_path: Path, number: int, overw
     finally:
         metrics.close()
     return 0
+
+
+def steps_before(cfg: RunConfig, number: int) -> int:
+    """Optimizer steps of the stages before `number` in run_stages (their DONE markers): the offset that
+    makes TensorBoard and wandb steps continue across stages."""
+    before = cfg.run_stages[: cfg.run_stages.index(number)]
+    done = [cfg.stage_dir(n) / DONE for n in before]
+    return sum(json.loads(p.read_text())["steps"] for p in done if p.is_file())
 
 
 def init_distributed(timeout_s: float) -> None:

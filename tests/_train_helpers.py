@@ -72,7 +72,7 @@ def run_config(path: Path, run_dir: Path, model: Path, sources: list[dict], stag
     raw = {
         "run_dir": str(run_dir), "model": str(model), "seq_length": 32, "seed": 7,
         "data": {"sources": sources, "valid_fraction": 0.2},
-        "training": {"eval_samples": 4, "checkpoint_every": 0, "tensorboard": True, "progress_bar": False},
+        "training": {"eval_samples": 4, "checkpoint_every": 0, "report_to": ["tensorboard"], "progress_bar": False},
         "stages": stages, **extra,
     }
     path.write_text(yaml.safe_dump(raw))

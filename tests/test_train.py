@@ -42,9 +42,9 @@ def corpus(tmp_path_factory, phi2_tokenizer_dir, korean_split, english_docs):
 
 RESUME_STAGE, RESUME_STEPS = 6, 6  # the reference chain's stage 6 is also the uninterrupted run of the resume test
 REFERENCE = ("phi", "fp32", 2)  # the chain the metrics, export, refusal and resume tests read
-TRAINING = {"eval_samples": 4, "checkpoint_every": 2, "progress_bar": False, "peak_tflops": 0.5}
+TRAINING = {"eval_samples": 4, "checkpoint_every": 2, "progress_bar": True, "peak_tflops": 0.5}
 # Every other cell: one step a stage, the checkpoint at the end only.
-QUICK = {"eval_samples": 2, "checkpoint_every": 0, "progress_bar": False, "tensorboard": False}
+QUICK = {"eval_samples": 2, "checkpoint_every": 0, "progress_bar": False, "report_to": []}
 CELLS = [(arch, precision, world) for arch in ("phi", "llama") for precision in ("fp32", "bf16") for world in (2, 3)]
 CHECKPOINTED = ("llama", "bf16", 3)  # activation checkpointing (non-reentrant) with frozen parameters under ZeRO-3
 
@@ -100,8 +100,14 @@ def test_metrics_and_markers(phi_chain):
         assert r["mfu"] == pytest.approx(r["tflops_per_device"] / 0.5)  # training.peak_tflops: 0.5
         assert r["samples_ko"] + r["samples_en"] == 8
     evals = [r for r in records if r["kind"] == "eval"]
-    assert evals and {"eval_loss_ko", "eval_loss_en"} <= set(evals[-1])
+    assert [r["step"] for r in evals] == [0, 2]  # where the stage starts from, and its end
+    assert {"eval_loss_ko", "eval_loss_en"} <= set(evals[-1])
+    # Steps continue across stages for TensorBoard and wandb: stages 1-4 took 2 steps each.
+    assert [r["global_step"] for r in records] == [8 + r["step"] for r in records]
     assert any((stage_dir / "tensorboard").iterdir())
+    # stderr is no terminal here (as in a SLURM .out file): plain progress lines, no carriage returns.
+    log = (phi_chain["cfg"].parent / "phi-fp32-2-stage5.log.rank0").read_text()
+    assert "stage 5 step 2/2 loss" in log and "ETA" in log and "\r" not in log
     assert (stage_dir / "DONE").is_file()
 
 
@@ -293,3 +299,12 @@ def test_rank_without_peers_stops_naming_the_rendezvous(corpus, tmp_path):
     assert time.monotonic() - start < 90
     log = read_log(tmp_path / "alone.log")
     assert "MASTER_ADDR=127.0.0.1 MASTER_PORT=" in log and "dist_timeout_s" in log and "Traceback" not in log
+
+
+def test_wandb_sink_works_offline(corpus, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    cfg = run_config(tmp_path / "wandb.yaml", tmp_path / "run", corpus["phi"], corpus["sources"], {1: {"steps": 1}},
+                     run_stages=[1], training={"report_to": ["wandb"], "progress_bar": False, "eval_samples": 2})
+    assert train_stage(corpus["ds"], cfg, 1, tmp_path / "wandb.log", world=1) == 0, read_log(tmp_path / "wandb.log")
+    runs = list((tmp_path / "run" / "stage-1" / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(runs) == 1 and runs[0].stat().st_size > 0

@@ -15,6 +15,7 @@ from typing import Any, Mapping
 import yaml
 
 from megaeeve.stages import Stage, stage_table
+from megaeeve.training.metrics import SINKS
 from megaeeve.typed import ConfigTypeError, build, coerce
 
 
@@ -48,8 +49,9 @@ class TrainingConfig:
     checkpoint_every: int = 100
     keep_checkpoints: int = 2
     activation_checkpointing: bool = False
-    tensorboard: bool = True
-    progress_bar: bool = True
+    report_to: tuple[str, ...] = ("tensorboard",)  # metric sinks besides metrics.jsonl: tensorboard, wandb
+    wandb_project: str = "megaeeve"
+    progress_bar: bool = True  # a tqdm bar on a terminal, plain log lines otherwise (SLURM .out files)
     attn_implementation: str = "sdpa"  # transformers' attention kernel: eager, sdpa, flash_attention_2
     deterministic: bool = False  # deterministic kernels (and cuBLAS workspace): bitwise-exact resume on a GPU
     dist_timeout_s: float = 300.0  # rendezvous and collective timeout: a rank whose peers are gone stops
@@ -144,6 +146,9 @@ def _training(raw: Mapping[str, Any], where: str) -> TrainingConfig:
     if cfg.attn_implementation not in ATTENTION:
         raise ConfigError(f"{where}: training.attn_implementation: {cfg.attn_implementation!r} is not one of "
                           f"{list(ATTENTION)}")
+    unknown = set(cfg.report_to) - set(SINKS)
+    if unknown:
+        raise ConfigError(f"{where}: training.report_to: unknown sink(s) {sorted(unknown)}; known: {list(SINKS)}")
     if not cfg.dist_timeout_s > 0:
         raise ConfigError(f"{where}: training.dist_timeout_s must be > 0, got {cfg.dist_timeout_s!r}")
     return cfg

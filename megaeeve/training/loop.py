@@ -77,6 +77,8 @@ def train(engine: Any, data: StageData, state: LoopState, s: LoopSettings, metri
           stop: StopRequest, save: Callable[[LoopState], None]) -> bool:
     """Train until `s.total_steps`; returns False if stopped early by a signal (after a checkpoint)."""
     rank, world = dist.get_rank(), dist.get_world_size()
+    if state.step == 0:  # where the stage starts from: the curves' first point
+        metrics.log({"kind": "eval", "step": 0, **evaluate(engine, data, s.batch.micro)})
     engine.train()
     while state.step < s.total_steps:
         t0 = time.perf_counter()
