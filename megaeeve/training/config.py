@@ -35,7 +35,7 @@ class DataSource:
 @dataclass(frozen=True)
 class DataConfig:
     sources: tuple[DataSource, ...]
-    valid_fraction: float = 0.01  # last fraction of each prefix's documents, held out for eval
+    valid_fraction: float = 0.01  # fraction of each prefix's documents held out for eval (chosen by a hash of their index)
     new_token_bias: float = 0.0  # card step 8: 0 = plain epochs; b > 0 samples docs with weight 1 + b * new-token share
     base_vocab_size: int | None = None  # ids >= this are "new"; default: read from the model directory
     cache_dir: Path | None = None  # index cache; default run_dir/index-cache
