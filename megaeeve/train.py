@@ -275,7 +275,7 @@ def run_stage(cfg: RunConfig, ds_config: dict, ds_path: Path, number: int, overw
             save(state)
         final_eval = evaluate(engine, data, batch.micro)
         metrics.log({"kind": "eval", "step": state.step, **final_eval})
-        ckpt.export_final(model, src_dir, stage_dir / "final")
+        ckpt.export_final(model, src_dir, stage_dir / "final", cfg.training.handoff_shard_mb * 2**20)
         if rank == 0:
             ckpt.write_done(stage_dir, {"stage": number, "steps": state.step, "consumed_samples": state.consumed_samples,
                                         "source": str(src_dir), "trainable": list(stage.trainable), **final_eval})

@@ -13,8 +13,7 @@ from safetensors.torch import load_file
 from tokenizers import Tokenizer
 
 from megaeeve import assets
-from megaeeve.model import (ExtendError, ModelDirError, extend_model, load_model_dir, parameter_roles,
-                            read_model_meta, save_model_dir)
+from megaeeve.model import ExtendError, extend_model, load_model_dir, parameter_roles, read_model_meta
 from megaeeve.model.checkpoint import MODEL_FILE
 from _model_helpers import KOREAN_ADDED_TOKENS, byte_level, expand, save_model, tiny_llama, tiny_phi
 
@@ -168,21 +167,36 @@ def test_export_loads_in_plain_transformers_with_same_logits(case):
     assert generated.max() < meta.vocab_size
 
 
-def test_save_model_dir_round_trip_and_mismatch(phi):
-    state = load_file(str(phi["stage0"] / MODEL_FILE))
-    state["model.embed_tokens.added"] = state["model.embed_tokens.added"] + 1.0
-    out = save_model_dir(state, phi["stage0"], phi["tmp"] / "final")
-    loaded = load_model_dir(out)
-    assert torch.equal(loaded.model.embed_tokens.added, state["model.embed_tokens.added"])
-    assert read_model_meta(out) == phi["meta"]
-    assert (out / "tokenizer.json").read_bytes() == (phi["stage0"] / "tokenizer.json").read_bytes()
-    bad = dict(state, **{"lm_head.added": state["lm_head.added"][:-1]})
-    with pytest.raises(ModelDirError, match="lm_head.added has shape"):
-        save_model_dir(bad, phi["stage0"], phi["tmp"] / "bad")
-    state.pop("lm_head.bias_added")
-    with pytest.raises(ModelDirError, match="missing.*lm_head.bias_added"):
-        save_model_dir(state, phi["stage0"], phi["tmp"] / "bad")
-    assert not (phi["tmp"] / "bad").exists()
+def test_sharded_weights_read_as_one_file(phi):
+    """A directory whose weights are shards with an index (the hand-off of a large model) loads and exports
+    exactly as the single-file one, and plain transformers still refuses it."""
+    import shutil
+
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM
+
+    from megaeeve.model import export_hf
+    from megaeeve.model.weights import load_weights, plan_shards, shard_name, write_index
+
+    state = load_weights(phi["stage0"])
+    sharded = phi["tmp"] / "sharded"
+    shutil.copytree(phi["stage0"], sharded)
+    (sharded / MODEL_FILE).unlink()
+    sizes = [(k, v.numel() * v.element_size()) for k, v in state.items()]
+    shards = plan_shards(sizes, max_bytes=1 << 20)
+    assert len(shards) > 2 and [n for names in shards for n in names] == list(state)
+    for k, names in enumerate(shards):
+        save_file({n: state[n] for n in names}, str(sharded / shard_name(k, len(shards))))
+    write_index(sharded, shards, sum(n for _, n in sizes))
+    again = load_weights(sharded)
+    assert again.keys() == state.keys() and all(torch.equal(again[k], state[k]) for k in state)
+    one, many = load_model_dir(phi["stage0"]), load_model_dir(sharded)
+    for (name, p), (_, q) in zip(one.named_parameters(), many.named_parameters()):
+        assert torch.equal(p, q), name
+    plain = AutoModelForCausalLM.from_pretrained(str(export_hf(sharded, phi["tmp"] / "sharded-hf")))
+    assert torch.equal(plain.lm_head.bias[: phi["meta"].base_vocab_size], state["lm_head.bias_original"])
+    with pytest.raises(OSError):
+        AutoModelForCausalLM.from_pretrained(str(sharded))
 
 
 def _changed_base_id(base: Tokenizer, out_dir: Path, bad_id: int) -> Path:

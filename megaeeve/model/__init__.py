@@ -15,9 +15,8 @@ Interfaces the trainer relies on:
 - ``load_model_dir(dir, ds_config=None, dtype=torch.float32) -> nn.Module``: builds the split model
   (eval mode); with ZeRO stage 3 in ds_config, under deepspeed.zero.Init, each rank filling only its
   own partitions from slices of the safetensors file (partition.py).
-- ``save_model_dir(state_dict, src_dir, out_dir, overwrite=False)``: atomic model directory from a
-  consolidated state dict whose names and shapes match src_dir's; config, meta and tokenizers are
-  copied from src_dir. Tensors are stored in the dtype given.
+- Weights (weights.py): one ``split_model.safetensors`` or shards with an index, read alike by
+  ``open_weights(dir)`` / ``load_weights(dir)``; a stage's hand-off writes shards from several ranks.
 - ``read_model_meta(dir) -> ModelMeta``.
 - ``extend_model(...)`` (tools/extend_model.py) and ``export_hf(in_dir, out_dir)`` (tools/export_hf.py).
 """
@@ -26,7 +25,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from megaeeve.model.checkpoint import ModelDirError, ModelMeta, load_model_dir, read_model_meta, save_model_dir
+from megaeeve.model.checkpoint import ModelDirError, ModelMeta, load_model_dir, read_model_meta
 from megaeeve.model.export import export_hf
 from megaeeve.model.extend import ExtendError, extend_model
 from megaeeve.model.split import SplitEmbedding, SplitLMHead
@@ -50,4 +49,4 @@ def parameter_roles(model: nn.Module) -> dict[str, str]:
 
 
 __all__ = ["ROLES", "ExtendError", "ModelDirError", "ModelMeta", "SplitEmbedding", "SplitLMHead", "export_hf",
-           "extend_model", "load_model_dir", "parameter_roles", "read_model_meta", "save_model_dir"]
+           "extend_model", "load_model_dir", "parameter_roles", "read_model_meta"]

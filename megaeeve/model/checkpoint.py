@@ -1,8 +1,9 @@
 """The model directory: stage-0 output and every stage's final/ hand-off.
 
-    split_model.safetensors  split parameter names (e.g. model.embed_tokens.original / .added); not named
-                           model.safetensors, so plain transformers refuses the directory loudly instead of
-                           loading it with random embeddings (tools/export_hf.py makes the plain model)
+    split_model.safetensors  split parameter names (e.g. model.embed_tokens.original / .added), or shards
+                           with split_model.safetensors.index.json (weights.py); not named model.safetensors,
+                           so plain transformers refuses the directory loudly instead of loading it with
+                           random embeddings (tools/export_hf.py makes the plain model)
     config.json            the Hugging Face config (vocab_size = padded size, tie_word_embeddings = false)
     megaeeve_model.json    ModelMeta: vocabulary layout, module paths, both tokenizers' fingerprints
     tokenizer files        the expanded tokenizer as copied from its directory (AutoTokenizer loads them)
@@ -21,20 +22,20 @@ import shutil
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from megaeeve.atomic import atomic_dir, write_json
+from megaeeve.atomic import write_json
 from megaeeve.model.partition import read_partition
+from megaeeve.model.weights import INDEX_FILE, SINGLE_FILE, open_weights, weight_files
 from megaeeve.model.split import SplitEmbedding, SplitLMHead
 
-MODEL_FILE = "split_model.safetensors"
+MODEL_FILE = SINGLE_FILE  # stage-0; a hand-off may be sharded (megaeeve.model.weights)
 META_FILE = "megaeeve_model.json"
 CONFIG_FILE = "config.json"
 BASE_TOKENIZER_DIR = "base_tokenizer"
 FORMAT = "megaeeve-model/1"
-RESERVED_NAMES = {MODEL_FILE, META_FILE, CONFIG_FILE, BASE_TOKENIZER_DIR, "generation_config.json"}
+RESERVED_NAMES = {MODEL_FILE, INDEX_FILE, META_FILE, CONFIG_FILE, BASE_TOKENIZER_DIR, "generation_config.json"}
 
 
 class ModelDirError(ValueError):
@@ -142,7 +143,7 @@ def load_model_dir(model_dir: str | Path, ds_config: dict | None = None, dtype: 
     meta = read_model_meta(model_dir)
     config = AutoConfig.from_pretrained(str(model_dir))
     model = build_split_model(config, meta, dtype, ds_config, attn_implementation)
-    _load_weights(model, model_dir / MODEL_FILE, _zero3(ds_config))
+    _load_weights(model, model_dir, _zero3(ds_config))
     return model.eval()
 
 
@@ -150,19 +151,19 @@ def _expected_names(model: nn.Module) -> set[str]:
     return set(model.state_dict().keys())
 
 
-def _load_weights(model: nn.Module, path: Path, zero3: bool) -> None:
-    """Fill every parameter and buffer from `path`. Under ZeRO-3 each rank writes only its own
-    partition, read as a slice of the file (megaeeve.model.partition): nothing is gathered."""
-    with safe_open(str(path), framework="pt") as f, torch.no_grad():
+def _load_weights(model: nn.Module, model_dir: Path, zero3: bool) -> None:
+    """Fill every parameter and buffer from the directory's weights (one file or shards). Under ZeRO-3
+    each rank writes only its own partition, read as a slice (megaeeve.model.partition): nothing is gathered."""
+    with open_weights(model_dir) as f, torch.no_grad():
         in_file, expected = set(f.keys()), _expected_names(model)
         if in_file != expected:
-            raise ModelDirError(f"{path}: tensors do not match the model: missing {sorted(expected - in_file)[:5]}, "
-                                f"unexpected {sorted(in_file - expected)[:5]}")
+            raise ModelDirError(f"{model_dir}: tensors do not match the model: missing "
+                                f"{sorted(expected - in_file)[:5]}, unexpected {sorted(in_file - expected)[:5]}")
         for key, param in model.named_parameters():
             shape = tuple(f.get_slice(key).get_shape())
             want = tuple(getattr(param, "ds_shape", param.shape))
             if shape != want:
-                raise ModelDirError(f"{path}: {key} has shape {shape}, the model expects {want}")
+                raise ModelDirError(f"{model_dir}: {key} has shape {shape}, the model expects {want}")
             if zero3 and hasattr(param, "ds_id"):
                 param.ds_tensor.data.copy_(read_partition(f, key, param))
             else:
@@ -172,34 +173,16 @@ def _load_weights(model: nn.Module, path: Path, zero3: bool) -> None:
                 buf.data.copy_(f.get_tensor(key))
 
 
-def save_model_dir(state_dict: dict[str, torch.Tensor], src_dir: str | Path, out_dir: str | Path,
-                   overwrite: bool = False) -> Path:
-    """Write a model directory atomically from a consolidated state dict (names/shapes as in src_dir).
-
-    Everything but the weights (config, meta, tokenizers) is copied from `src_dir`.
-    """
-    src_dir, out_dir = Path(src_dir), Path(out_dir)
-    read_model_meta(src_dir)
-    with safe_open(str(src_dir / MODEL_FILE), framework="pt") as f:
-        shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
-    missing, unexpected = set(shapes) - set(state_dict), set(state_dict) - set(shapes)
-    if missing or unexpected:
-        raise ModelDirError(f"state dict does not match {src_dir / MODEL_FILE}: missing {sorted(missing)[:5]}, "
-                            f"unexpected {sorted(unexpected)[:5]}")
-    for key, tensor in state_dict.items():
-        if tuple(tensor.shape) != shapes[key]:
-            raise ModelDirError(f"state dict {key} has shape {tuple(tensor.shape)}, {src_dir} has {shapes[key]}")
-    with atomic_dir(out_dir, overwrite=overwrite) as tmp:
-        for entry in src_dir.iterdir():
-            if entry.name == MODEL_FILE:
-                continue
-            if entry.is_dir():
-                shutil.copytree(entry, tmp / entry.name)
-            else:
-                shutil.copy2(entry, tmp / entry.name)
-        save_file({k: v.detach().cpu().contiguous() for k, v in state_dict.items()}, str(tmp / MODEL_FILE),
-                  metadata={"format": "pt"})
-    return out_dir
+def copy_model_files(src_dir: Path, out_dir: Path) -> None:
+    """Everything of a model directory but its weights (config, meta, tokenizers) into `out_dir`."""
+    skip = set(weight_files(src_dir))
+    for entry in src_dir.iterdir():
+        if entry.name in skip:
+            continue
+        if entry.is_dir():
+            shutil.copytree(entry, out_dir / entry.name)
+        else:
+            shutil.copy2(entry, out_dir / entry.name)
 
 
 def write_model_dir(tmp: Path, state_dict: dict[str, torch.Tensor], config, meta: ModelMeta,

@@ -56,6 +56,7 @@ class TrainingConfig:
     deterministic: bool = False  # deterministic kernels (and cuBLAS workspace): bitwise-exact resume on a GPU
     dist_timeout_s: float = 300.0  # rendezvous and collective timeout: a rank whose peers are gone stops
     peak_tflops: float | None = None  # the device's dense 16-bit peak for MFU (default: known GPUs by name)
+    handoff_shard_mb: int = 2048  # final/ is written in shards of at most this size, one owner rank each
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,8 @@
 """Per-step metrics: stage-N/metrics.jsonl, the sinks RUN.yaml's `training.report_to` names, and progress.
 
 metrics.jsonl holds one JSON object per logged step (kind "train") or evaluation (kind "eval"),
-with the stage's own `step` and the run's `global_step` (steps of the earlier stages of run_stages
-added), so TensorBoard and wandb curves continue across stages. On resume, records past the resumed
+with the stage's own `step`, the run's `global_step` (steps of the earlier stages of run_stages
+added) and the wall-clock `time`, so TensorBoard and wandb curves continue across stages. On resume, records past the resumed
 step (logged by the interrupted run after its last checkpoint) are dropped, so the file reads like one
 uninterrupted run. Progress is a tqdm bar on a terminal and one plain line per log otherwise: a
 SLURM .out file gets no carriage-return bars.
@@ -67,7 +67,7 @@ class JsonlSink:
 
 
 def _scalars(record: dict[str, Any]) -> dict[str, float]:
-    skip = {"step", "global_step", "kind"}
+    skip = {"step", "global_step", "kind", "time"}
     return {f"{record['kind']}/{k}": v for k, v in record.items()
             if k not in skip and isinstance(v, (int, float)) and not isinstance(v, bool)}
 
@@ -156,7 +156,7 @@ class Metrics:
             self.sinks.append(Progress(s))
 
     def log(self, record: dict[str, Any]) -> None:
-        record = {**record, "global_step": self.s.step_offset + record["step"]}
+        record = {**record, "global_step": self.s.step_offset + record["step"], "time": time.time()}
         for sink in self.sinks:
             sink.log(record)
 
