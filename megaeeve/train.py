@@ -122,15 +122,18 @@ def meta_model(model_dir: Path, ds_config: dict | None = None) -> torch.nn.Modul
 def stage_plans(model_dir: Path, stages: list[Stage], ds_config: dict | None = None) -> list[dict]:
     """Per stage: trainable tensors by role with counts, and optimizer-state bytes (for --dry-run and reports)."""
     from megaeeve.model import parameter_roles
+    from megaeeve.model.lora import add_lora
     from megaeeve.stages import trainable_names
     from megaeeve.training.engine import optimizer_state_bytes
 
-    model = meta_model(model_dir, ds_config)
-    roles = parameter_roles(model)
-    numel = {n: p.numel() for n, p in model.named_parameters()}
-    total = sum(numel.values())
     plans = []
     for stage in stages:
+        model = meta_model(model_dir, ds_config)
+        if stage.lora is not None:
+            add_lora(model, stage.lora)
+        roles = parameter_roles(model)
+        numel = {n: p.numel() for n, p in model.named_parameters()}
+        total = sum(numel.values())
         names = trainable_names(roles, stage)
         n = sum(numel[x] for x in names)
         plans.append({
@@ -193,6 +196,7 @@ def run_stage(cfg: RunConfig, ds_config: dict, ds_path: Path, number: int, overw
     import torch.distributed as dist
 
     from megaeeve.model import load_model_dir, parameter_roles, read_model_meta
+    from megaeeve.model.lora import add_lora
     from megaeeve.training import checkpoint as ckpt
     from megaeeve.training.data import stage_data
     from megaeeve.training.engine import freeze_for_stage, initialize_engine, model_dtype
@@ -237,6 +241,8 @@ def run_stage(cfg: RunConfig, ds_config: dict, ds_path: Path, number: int, overw
     import transformers.modeling_utils  # noqa: F401
 
     model = load_model_dir(src_dir, ds_config, dtype, cfg.training.attn_implementation)
+    if stage.lora is not None:
+        add_lora(model, stage.lora)
     roles = parameter_roles(model)
     trainable = freeze_for_stage(model, roles, stage)
     if cfg.training.activation_checkpointing:

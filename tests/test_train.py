@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from _train_helpers import (REPO, TRAIN, check_stage, ds_config, launch, make_stage0, metrics, read_log, roles_of,
-                            run_config, train_stage, wait, weights, write_prefix)
+from _train_helpers import (REPO, TRAIN, check_stage, ds_config, engine_view, launch, make_stage0, metrics, read_log,
+                            roles_of, run_config, train_stage, wait, weights, write_prefix)
 
 from megaeeve.model import read_model_meta
 from megaeeve.training.signals import REQUEUE_EXIT_CODE
@@ -308,3 +308,34 @@ def test_wandb_sink_works_offline(corpus, tmp_path, monkeypatch):
     assert train_stage(corpus["ds"], cfg, 1, tmp_path / "wandb.log", world=1) == 0, read_log(tmp_path / "wandb.log")
     runs = list((tmp_path / "run" / "stage-1" / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(runs) == 1 and runs[0].stat().st_size > 0
+
+
+def test_lora_stage_merges_its_adapters_into_the_frozen_body(corpus, tmp_path):
+    """A custom stage training LoRA adapters (PEFT) on q_proj/v_proj of the tied Llama, 2 ranks: the base weights
+    stay bitwise frozen in the engine (DeepSpeed's zero_to_fp32 view), only the adapters hold Adam state, and
+    final/ holds plain weights W + (alpha / r) B A computed from the engine's adapters."""
+    lora = {"r": 4, "alpha": 8.0, "target_modules": ["q_proj", "v_proj"]}
+    cfg = run_config(tmp_path / "lora.yaml", tmp_path / "run", corpus["llama"], corpus["sources"],
+                     {8: {"trainable": ["lora"], "lr": 1e-2, "steps": 2, "lora": lora}}, run_stages=[8],
+                     training={"eval_samples": 2, "checkpoint_every": 0, "report_to": [], "progress_bar": False})
+    assert train_stage(corpus["ds"], cfg, 8, tmp_path / "lora.log") == 0, read_log(tmp_path / "lora.log")
+    before, after = weights(corpus["llama"]), weights(tmp_path / "run" / "stage-8" / "final")
+    view = engine_view(tmp_path / "run", 8)
+    assert set(after) == set(before)
+    merged = 0
+    for name in before:
+        module = name.removesuffix(".weight")
+        if not module.endswith(("q_proj", "v_proj")):
+            assert torch.equal(after[name], before[name]), name
+            continue
+        assert torch.equal(view[f"{module}.base_layer.weight"], before[name]), f"{name} moved under LoRA"
+        a, b = view[f"{module}.lora_A.default.weight"], view[f"{module}.lora_B.default.weight"]
+        assert b.abs().sum() > 0  # B starts at zero: training moved it
+        torch.testing.assert_close(after[name], before[name] + (8.0 / 4) * (b @ a), rtol=0, atol=1e-6)
+        merged += 1
+    assert merged == 2 * 2  # two layers, two target modules each
+    ckpt = tmp_path / "run" / "stage-8" / "checkpoints"
+    tag = (ckpt / "latest").read_text().strip()
+    states = torch.load(ckpt / tag / "zero_pp_rank_0_mp_rank_00_model_states.pt", weights_only=False)
+    optimized = {n for shapes in states["param_shapes"] for n in shapes}
+    assert optimized and all(".lora_A." in n or ".lora_B." in n for n in optimized)

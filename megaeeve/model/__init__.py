@@ -28,14 +28,14 @@ from torch import nn
 from megaeeve.model.checkpoint import ModelDirError, ModelMeta, load_model_dir, read_model_meta
 from megaeeve.model.export import export_hf
 from megaeeve.model.extend import ExtendError, extend_model
+from megaeeve.model.lora import lora_roles
 from megaeeve.model.split import SplitEmbedding, SplitLMHead
-
-ROLES = ("input_original", "input_added", "output_original", "output_added", "body")
-
+from megaeeve.stages import ROLES
 
 def parameter_roles(model: nn.Module) -> dict[str, str]:
-    """Role of every parameter of a split model (keys as in model.named_parameters())."""
-    roles = {}
+    """Role of every parameter of a split model (keys as in model.named_parameters()): by module class,
+    split embedding rows, LoRA adapters (lora.py), and the body for the rest."""
+    roles = dict(lora_roles(model))
     for prefix, module in model.named_modules():
         side = "input" if isinstance(module, SplitEmbedding) else "output" if isinstance(module, SplitLMHead) else None
         if side is None:

@@ -29,6 +29,7 @@ from safetensors.torch import save_file
 from megaeeve.atomic import atomic_dir, write_json
 from megaeeve.model import read_model_meta
 from megaeeve.model.checkpoint import copy_model_files
+from megaeeve.model.lora import ADAPTER, file_name, lora_layers, lora_roles
 from megaeeve.model.partition import local_values, read_partition
 from megaeeve.model.weights import SINGLE_FILE, open_weights, plan_shards, shard_name, write_index
 from megaeeve.tokenizer_io import load_tokenizer, tokenizer_fingerprint
@@ -115,7 +116,7 @@ def load_fp32_masters(model: torch.nn.Module, src_dir: Path) -> None:
     the bf16 working copy loaded by load_model_dir is not). Each rank sets its own partition."""
     with open_weights(src_dir) as f:
         for name, p in model.named_parameters():
-            if p.requires_grad:
+            if p.requires_grad and name in f.keys():  # LoRA adapters are new: their masters are their init
                 safe_set_local_fp32_param(p, read_partition(f, name, p).float())
 
 
@@ -124,12 +125,14 @@ def export_final(model: torch.nn.Module, src_dir: Path, out_dir: Path, shard_byt
 
     Trainable parameters: their fp32 masters. Frozen parameters and buffers: the input tensors, after
     each rank checked that its partition of the engine's copy still equals its slice of the input
-    bitwise (invariant 2). The tensors are cut into shards of at most `shard_bytes`; shard k belongs to
-    rank k % world, which assembles and writes it while the others stream past, so no rank holds more
-    than one shard plus the parameter being gathered. Rank 0 publishes the directory atomically.
+    bitwise (invariant 2); a LoRA layer's weight gets its merged adapters, W + scaling * B A, in fp32.
+    The tensors are cut into shards of at most `shard_bytes`; shard k belongs to rank k % world, which
+    assembles and writes it while the others stream past, so no rank holds more than one shard plus
+    the parameter being gathered. Rank 0 publishes the directory atomically.
     """
     rank, world = dist.get_rank(), dist.get_world_size()
-    params = dict(model.named_parameters())
+    adapters = lora_layers(model)
+    params = {file_name(n): p for n, p in model.named_parameters() if n not in lora_roles(model)}
     with open_weights(src_dir) as src:
         sizes = [(name, (4 if name in params and params[name].requires_grad else
                          _itemsize(src.get_slice(name).get_dtype())) * math.prod(src.get_slice(name).get_shape()))
@@ -153,8 +156,11 @@ def export_final(model: torch.nn.Module, src_dir: Path, out_dir: Path, shard_byt
                         held = local_values(p).cpu()
                         if not torch.equal(held, read_partition(src, name, p)[: held.numel()].to(held.dtype)):
                             moved.append(name)
+                    value = src.get_tensor(name) if mine else None
+                    if name in adapters:
+                        value = _merge_lora(adapters[name], value)
                     if mine:
-                        shard[name] = src.get_tensor(name)
+                        shard[name] = value
                 if mine:
                     save_file(shard, str(tmp / files[k]), metadata={"format": "pt"})
             if all_reduce_values([float(len(moved))])[0]:
@@ -163,6 +169,16 @@ def export_final(model: torch.nn.Module, src_dir: Path, out_dir: Path, shard_byt
                 if len(shards) > 1:
                     write_index(tmp, shards, sum(n for _, n in sizes))
                 copy_model_files(src_dir, tmp)
+
+
+def _merge_lora(layer: torch.nn.Module, weight: torch.Tensor | None) -> torch.Tensor | None:
+    """W + scaling * B A from the adapters' fp32 masters (collective: every rank calls; `weight` is None on
+    ranks that do not write this tensor)."""
+    a = safe_get_full_fp32_param(layer.lora_A[ADAPTER].weight)
+    b = safe_get_full_fp32_param(layer.lora_B[ADAPTER].weight)
+    if weight is None:
+        return None
+    return (weight.float() + layer.scaling[ADAPTER] * (b.cpu() @ a.cpu())).contiguous()
 
 
 def _itemsize(dtype: str) -> int:
