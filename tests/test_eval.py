@@ -5,15 +5,18 @@ from __future__ import annotations
 import json
 import math
 import runpy
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from megaeeve import assets
 from megaeeve.eval import EvalSettings, evaluate_model, load_any_model, load_hf_tokenizer, read_texts
 from megaeeve.eval.score import sequence_nll, windows
-from megaeeve.model import export_hf, extend_model, read_model_meta, save_model_dir
+from megaeeve.model import export_hf, extend_model, read_model_meta
+from megaeeve.model.checkpoint import MODEL_FILE
 from _model_helpers import expand, save_model, tiny_llama, tiny_phi
 
 REPO = Path(__file__).resolve().parents[1]
@@ -101,7 +104,9 @@ def final_and_export(tmp_path_factory, phi2_tokenizer_dir) -> tuple[Path, Path]:
     torch.manual_seed(0)
     for name in ("model.embed_tokens.added", "lm_head.added", "lm_head.bias_added"):
         state[name] = state[name] + torch.randn_like(state[name])
-    final = save_model_dir(state, tmp / "stage-0", tmp / "final")
+    final = tmp / "final"
+    shutil.copytree(tmp / "stage-0", final)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(final / MODEL_FILE))
     return final, export_hf(final, tmp / "export")
 
 
