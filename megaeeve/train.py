@@ -106,6 +106,25 @@ def total_steps(stage: Stage, batch: BatchShape, seq_length: int) -> int:
     return int(stage.steps)
 
 
+MIN_STEPS = 100
+
+
+def budget_warnings(stage: Stage, batch: BatchShape, seq_length: int) -> list[str]:
+    """A budget too short for its schedule: a token budget at a large global batch can be a handful of steps
+    (64 nodes x 8 GPUs x micro 4 x accumulation 8 x 2048 tokens = 33.5M tokens a step)."""
+    steps = total_steps(stage, batch, seq_length)
+    tokens_per_step = batch.global_batch * seq_length
+    warnings = []
+    if steps < MIN_STEPS:
+        warnings.append(f"stage {stage.number}: {steps} optimizer step(s) at {batch.world} rank(s) "
+                        f"({tokens_per_step:,} tokens a step); fewer than {MIN_STEPS} leave the warmup + cosine "
+                        f"schedule little room: raise the budget or lower the batch")
+    if stage.warmup_ratio > 0 and round(stage.warmup_ratio * steps) == 0:
+        warnings.append(f"stage {stage.number}: warmup_ratio {stage.warmup_ratio:g} of {steps} step(s) rounds to no "
+                        f"warmup step")
+    return warnings
+
+
 def meta_model(model_dir: Path, ds_config: dict | None = None) -> torch.nn.Module:
     """The split model of a model directory on the meta device: shapes and names, no weights read."""
     from transformers import AutoConfig
@@ -156,10 +175,12 @@ def check_run(cfg: RunConfig, ds_config: dict, ds_path: Path, stages: list[int],
 
     for number in stages:
         cfg.previous_stage(number)  # a stage outside run_stages is a ConfigError naming it
-    for warning in check_ds_config(ds_config, str(ds_path)):
-        print(f"warning: {warning}", file=sys.stderr)
+    found = check_ds_config(ds_config, str(ds_path))
     for world in worlds:
-        batch_shape(ds_config, world, str(ds_path))
+        batch = batch_shape(ds_config, world, str(ds_path))
+        found += [w for number in stages for w in budget_warnings(cfg.stages[number], batch, cfg.seq_length)]
+    for warning in found:
+        print(f"warning: {warning}", file=sys.stderr)
     meta = read_model_meta(cfg.model)
     for source in cfg.data.sources:
         docs = open_prefix(source.prefix)
@@ -227,7 +248,8 @@ def run_stage(cfg: RunConfig, ds_config: dict, ds_path: Path, number: int, overw
             shutil.rmtree(stage_dir)
         dist.barrier()
     batch = batch_shape(ds_config, world, str(ds_path))
-    for warning in check_ds_config(ds_config, str(ds_path)) if rank == 0 else []:
+    found = check_ds_config(ds_config, str(ds_path)) + budget_warnings(stage, batch, cfg.seq_length)
+    for warning in found if rank == 0 else []:
         print(f"warning: {warning}", file=sys.stderr)
     ds_config = {**ds_config, "gradient_accumulation_steps": batch.grad_accum, "train_batch_size": batch.global_batch}
     steps = total_steps(stage, batch, cfg.seq_length)

@@ -257,6 +257,15 @@ def test_dry_run_checks_data_ds_config_and_stage(monkeypatch, capsys, corpus, tm
     code, out, err = _main(monkeypatch, capsys, *dry, "--world-size", "2", "3")
     assert code == 0 and "checks passed" in out and "warning" not in err, err
 
+    short = run_config(tmp_path / "short.yaml", tmp_path / "short-run", corpus["phi"], corpus["sources"],
+                       {1: {"tokens": 5_000, "warmup_ratio": 0.05}}, run_stages=[1])
+    code, _, err = _main(monkeypatch, capsys, "--dry-run", "--ds_config", str(corpus["ds"]), "--config", str(short),
+                         "--world-size", "8")
+    tokens_per_step = 2 * 2 * 8 * 32  # micro x accumulation x ranks x seq_length
+    steps = -(-5_000 // tokens_per_step)
+    assert code == 0 and f"stage 1: {steps} optimizer step(s) at 8 rank(s) ({tokens_per_step:,} tokens a step)" in err
+    assert "rounds to no warmup step" in err
+
     with_lr = tmp_path / "with_lr.json"  # the run config owns learning rates: a ds_config lr is only a warning
     ds = json.loads(corpus["ds"].read_text())
     ds["optimizer"]["params"]["lr"] = 3e-4
@@ -339,3 +348,24 @@ def test_lora_stage_merges_its_adapters_into_the_frozen_body(corpus, tmp_path):
     states = torch.load(ckpt / tag / "zero_pp_rank_0_mp_rank_00_model_states.pt", weights_only=False)
     optimized = {n for shapes in states["param_shapes"] for n in shapes}
     assert optimized and all(".lora_A." in n or ".lora_B." in n for n in optimized)
+
+
+def test_sharded_hand_off_equals_the_single_file(corpus, tmp_path):
+    """Stage 4 (all output rows: phi-2's 50,295-row bias splits unevenly) on 3 ranks, handed off in 1 MiB shards
+    that every rank writes, and as one file: the same tensors, bit for bit."""
+    from megaeeve.model.weights import INDEX_FILE, SINGLE_FILE, weight_files
+
+    finals = {}
+    for label, shard_mb in (("sharded", 1), ("single", 2048)):
+        cfg = run_config(tmp_path / f"{label}.yaml", tmp_path / label, corpus["phi"], corpus["sources"],
+                         {4: {"steps": 1}}, run_stages=[4],
+                         training={"eval_samples": 1, "checkpoint_every": 0, "report_to": [], "progress_bar": False,
+                                   "handoff_shard_mb": shard_mb})
+        log = tmp_path / f"{label}.log"
+        assert train_stage(corpus["ds"], cfg, 4, log, world=3) == 0, read_log(log)
+        finals[label] = tmp_path / label / "stage-4" / "final"
+    assert weight_files(finals["single"]) == [SINGLE_FILE]
+    sharded = weight_files(finals["sharded"])
+    assert sharded[0] == INDEX_FILE and len(sharded) > 4  # an index and shards of three owner ranks
+    a, b = weights(finals["sharded"]), weights(finals["single"])
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
