@@ -125,6 +125,17 @@ def test_split_final_and_its_export_score_the_same(final_and_export, docs):
     assert unmasked - results[export].bits_per_char > 100 * gap
 
 
+def test_greedy_loop_matches_transformers_generate(plain):
+    from megaeeve.eval.generate import _greedy_one
+
+    model, tokenizer = load_any_model(plain, device="cpu"), load_hf_tokenizer(plain)
+    ids = torch.tensor([[tokenizer.bos_token_id] + tokenizer("The import statement", add_special_tokens=False).input_ids])
+    with torch.no_grad():
+        expected = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, min_new_tokens=12,
+                                  do_sample=False, pad_token_id=tokenizer.eos_token_id)[0, ids.shape[1]:]
+    assert _greedy_one(model, tokenizer, "The import statement", 12, stop_at_eos=False) == tokenizer.decode(expected)
+
+
 def test_cli_writes_json_and_a_table(plain, tmp_path, capsys, korean_split, english_docs):
     ko = assets.write_jsonl(korean_split[1][:5], tmp_path / "ko.jsonl")
     en = tmp_path / "en.txt"
