@@ -15,13 +15,15 @@ import time
 import torch
 from torch import nn
 
+from megaeeve.eval.load import EvalError
+
 
 def prefix_id(tokenizer) -> int:
     """The id a document starts after: bos, else eos (the separator preprocessing appends)."""
     for token_id in (tokenizer.bos_token_id, tokenizer.eos_token_id):
         if token_id is not None:
             return token_id
-    raise ValueError(f"tokenizer {tokenizer.name_or_path} has neither a bos nor an eos token")
+    raise EvalError(f"tokenizer {tokenizer.name_or_path} has neither a bos nor an eos token")
 
 
 @torch.no_grad()
