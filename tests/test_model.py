@@ -125,8 +125,10 @@ def test_baseline_inits_keep_base_logits_and_are_recorded(phi, init):
     meta, weights, base = read_model_meta(out), load_file(str(out / "model.safetensors")), phi["base"]
     assert meta.init == init and phi["meta"].init == "eeve"
     n, head = meta.base_vocab_size, base.lm_head
-    expected = (mean_rows(base.model.embed_tokens.weight[:n], head.weight[:n], head.bias[:n], meta.num_added)
-                if init == "mean" else random_rows(meta.num_added, meta.hidden_size, base.config.initializer_range, True))
+    if init == "mean":
+        expected = mean_rows(base.model.embed_tokens.weight[:n], head.weight[:n], head.bias[:n], meta.num_added)
+    else:
+        expected = random_rows(meta.num_added, meta.hidden_size, base.config.initializer_range, bias=True)
     for name, rows in zip(("model.embed_tokens.added", "lm_head.added", "lm_head.bias_added"), expected):
         assert torch.equal(weights[name], rows), name
     ids = _ids(n)
