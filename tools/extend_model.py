@@ -24,6 +24,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pad-vocab-to-multiple-of", type=int, default=64,
                         help="round the model vocabulary up to a multiple of this (padding rows are zero and "
                              "never predicted; 1 = no padding)")
+    parser.add_argument("--allow-no-new-tokens", action="store_true",
+                        help="accept a tokenizer without new tokens (the base's own): a model directory with no "
+                             "new rows, to train the base vocabulary with the same trainer (no-expansion baseline)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     args = parser.parse_args(argv)
 
@@ -33,7 +36,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         meta = extend_model(args.base_model, args.base_tokenizer, args.tokenizer, args.output,
-                            pad_vocab_to_multiple_of=args.pad_vocab_to_multiple_of, overwrite=args.overwrite)
+                            pad_vocab_to_multiple_of=args.pad_vocab_to_multiple_of, overwrite=args.overwrite,
+                            allow_no_new_tokens=args.allow_no_new_tokens)
     except (ExtendError, InitError, TokenizerLoadError, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
