@@ -115,6 +115,32 @@ def test_new_rows_follow_eeve_init(phi):
         assert torch.equal(weights["lm_head.bias_added"][k], base_bias[pieces[0]])
 
 
+@pytest.mark.parametrize("init", ["mean", "random"])
+def test_baseline_inits_keep_base_logits_and_are_recorded(phi, init):
+    from megaeeve.model.init import mean_rows, random_rows
+
+    out = phi["tmp"] / f"stage0-{init}"
+    assert tool("extend_model", "--base-model", phi["base_dir"], "--base-tokenizer", phi["base_tok_dir"],
+                "--tokenizer", phi["expanded_dir"], "--output", out, "--init", init) == 0
+    meta, weights, base = read_model_meta(out), load_file(str(out / "model.safetensors")), phi["base"]
+    assert meta.init == init and phi["meta"].init == "eeve"
+    n, head = meta.base_vocab_size, base.lm_head
+    expected = (mean_rows(base.model.embed_tokens.weight[:n], head.weight[:n], head.bias[:n], meta.num_added)
+                if init == "mean" else random_rows(meta.num_added, meta.hidden_size, base.config.initializer_range, True))
+    for name, rows in zip(("model.embed_tokens.added", "lm_head.added", "lm_head.bias_added"), expected):
+        assert torch.equal(weights[name], rows), name
+    ids = _ids(n)
+    with torch.no_grad():
+        assert torch.equal(load_model_dir(out)(ids).logits[..., :n], base(ids).logits[..., :n])
+
+
+def test_model_dir_without_init_field_reads_as_eeve(phi, tmp_path):
+    """Directories written before --init existed have no `init` key."""
+    (tmp_path / "megaeeve_model.json").write_text(json.dumps(
+        {k: v for k, v in json.loads((phi["stage0"] / "megaeeve_model.json").read_text()).items() if k != "init"}))
+    assert read_model_meta(tmp_path) == phi["meta"]
+
+
 def test_parameter_roles(phi, llama):
     roles = parameter_roles(phi["split"])
     assert set(roles) == {n for n, _ in phi["split"].named_parameters()}

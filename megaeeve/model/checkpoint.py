@@ -56,6 +56,7 @@ class ModelMeta:
     base_tokenizer_fingerprint: str
     tokenizer_fingerprint: str
     tokenizer_files: list[str]  # files of the expanded tokenizer in the directory (export copies them)
+    init: str = "eeve"  # how extension initialised the new rows (megaeeve.model.init.INIT_METHODS); older dirs: eeve
     format: str = FORMAT
 
     @property
