@@ -31,7 +31,7 @@ resumes. Intermediate stage weights are deleted once evaluated and no longer nee
 keeps them). At the end the script prints the tables, writes compare_methods.json and a PNG plot, and
 replaces the "## Method comparison" section of --results.
 
-Default budget (--scale 1): 7 stages x 4 steps x 1,024 tokens per method on 2 CPU ranks, about 40
+Default budget (--scale 1): 7 stages x 3 steps x 1,024 tokens per method on 2 CPU ranks, about 40
 minutes on 2 cores. --scale N multiplies the steps; --gpu trains bf16 on the visible CUDA devices with
 ds_configs/zero3.json and sequences of 512 tokens (32 sequences per device and step).
 """
@@ -88,15 +88,16 @@ METHODS = (
 class CompareConfig:
     out: Path
     scale: float = 1.0
-    steps_per_stage: int = 4  # at --scale 1
+    steps_per_stage: int = 3  # at --scale 1
     full_lr: float = 1e-4  # (b), (c), (d); about the mean of EEVE's seven stage lrs (9.3e-5)
     same_text_stages: int = 2  # extra stages of (d) up to the same Korean text
-    eval_chars: int = 8000  # held-out characters per language
+    eval_chars: int = 4000  # held-out characters per language
     gpu: bool = False
     keep_weights: bool = False
     seed: int = 1234
     intermediate_vocab_size: int = 8000
     min_frequency: int = 30
+    methods: tuple[str, ...] = tuple(m.key for m in METHODS)
 
     @property
     def steps(self) -> int:
@@ -130,9 +131,9 @@ class Compare(Pipeline):
                  parent["data-ko"], parent["data-en"],
                  *[self.data_step(f"data-base-{lang}", lang, r / "base-tokenizer", r / "data-base" / lang)
                    for lang in LANGS]]
-        for stage0 in sorted({m.stage0 for m in METHODS}):
+        for stage0 in sorted({m.stage0 for m in self.methods}):
             steps.append(self.eval_step(f"eval-{stage0}", r / stage0, self.eval_file(stage0)))
-        for m in METHODS:
+        for m in self.methods:
             run_yaml = self.method_dir(m) / "run.yaml"
             steps.append(Step(f"{m.key}.run.yaml", run_yaml, lambda m=m: self.write_method_config(m)))
             for n in range(1, self.stage_count(m) + 1):
@@ -153,6 +154,10 @@ class Compare(Pipeline):
         return dataclasses.replace(step, run=run)
 
     # -- paths ---------------------------------------------------------------------------------------
+    @property
+    def methods(self) -> list[Method]:
+        return [m for m in METHODS if m.key in self.cc.methods]
+
     def method_dir(self, m: Method) -> Path:
         return self.root / "methods" / m.key
 
@@ -240,7 +245,7 @@ class Compare(Pipeline):
                 k = self.stage_count(m) - STAGES
                 steps += [extra // k + (i < extra % k) for i in range(k)]
             run["default_stages"] = False
-            run["stages"] = {n: {"trainable": m.roles, "lr": self.cc.full_lr, "steps": max(1, k), **schedule,
+            run["stages"] = {n: {"trainable": list(m.roles), "lr": self.cc.full_lr, "steps": max(1, k), **schedule,
                                  "description": f"all parameters, part {n}"} for n, k in enumerate(steps, 1)}
         self.method_dir(m).mkdir(parents=True, exist_ok=True)
         with atomic_file(self.method_dir(m) / "run.yaml", "w") as f:
@@ -261,7 +266,7 @@ class Compare(Pipeline):
             output.parent.mkdir(parents=True, exist_ok=True)
             self.call(name, _tool("tools/evaluate.py", "--model", model_dir,
                                   *[x for lang in LANGS for x in ("--text", f"{lang}={self.eval_text(lang)}")],
-                                  "--output", output))
+                                  "--gen-tokens", 0, "--output", output))
 
         return Step(name, output, run)
 
@@ -320,7 +325,9 @@ def collect(cmp: Compare) -> dict:
                                  for lang in LANGS}
     timings = json.loads(cmp.timings.read_text()) if cmp.timings.exists() else {}
     methods = {}
-    for m in METHODS:
+    for m in cmp.methods:
+        if not cmp.eval_file(m.stage0).exists():
+            continue
         first = json.loads(cmp.eval_file(m.stage0).read_text())
         points = [{"stage": 0, "tokens": 0, "ko_chars_seen": 0, "en_chars_seen": 0, "train_s": 0.0,
                    **_eval_numbers(first)}]
@@ -353,7 +360,8 @@ def _eval_numbers(ev: dict) -> dict:
 
 def _expansion(tok_dir: Path) -> dict:
     rep = json.loads((tok_dir / "expansion_report.json").read_text())
-    return {"base_vocab_size": rep.get("base_vocab_size"), "new_tokens": len(rep.get("new_token_ids", []))}
+    return {"base_vocab_size": rep["base_vocab_size"], "new_tokens": rep["vocab_size"] - rep["base_vocab_size"],
+            "chars_per_token": rep.get("chars_per_token")}
 
 
 def settings(cmp: Compare) -> dict:
@@ -378,8 +386,7 @@ def point_at(points: list[dict], stage: int) -> dict | None:
 
 
 def tables(res: dict) -> str:
-    methods, st = res["methods"], res["settings"]
-    tokens_per_stage = st["tokens_per_step"] * st["steps_per_stage"]
+    methods = res["methods"]
     lines = ["| method | Korean bits/char: start | after 7 stages (same tokens) | English bits/char: start "
              "| after 7 stages | Korean chars/token | training s (7 stages) |",
              "|---|---:|---:|---:|---:|---:|---:|"]
@@ -396,9 +403,10 @@ def tables(res: dict) -> str:
                      f"| {_fmt(d['points'][0].get('en_bits_per_char'))} | {_fmt(last.get('en_bits_per_char'))} "
                      f"| {_fmt(last.get('ko_chars_per_token'), 2)} | {_fmt(last['train_s'], 0)} |")
     out = ["\n".join(lines)]
+    longest = max((m["points"] for m in methods.values()), key=len)
     for lang, name in (("ko", "Korean"), ("en", "English")):
-        n = max(len(m["points"]) for m in methods.values())
-        head = " | ".join(f"{k * tokens_per_stage // 1000}k" if k <= STAGES else f"stage {k}" for k in range(n))
+        n = len(longest)
+        head = " | ".join(f"{p['tokens'] / 1000:.1f}k" for p in longest)
         rows = [f"| {name} bits/char after (training tokens) | {head} |", "|---|" + "---:|" * n]
         for m in methods.values():
             vals = [_fmt(p.get(f"{lang}_bits_per_char")) for p in m["points"]] + [""] * (n - len(m["points"]))
@@ -447,8 +455,9 @@ def machine() -> str:
     return f"{os.cpu_count()} CPU cores ({cpu}), {mem:.0f} GiB RAM{gpu}, torch {torch.__version__}, Python {platform.python_version()}"
 
 
-def section(res: dict, cmp: Compare, png: Path | None, wall_s: float | None) -> str:
+def section(res: dict, png: Path | None) -> str:
     st, corpus = res["settings"], res["corpus"]
+    wall_s = sum(res["timings"].values())
     ko_train = corpus["files"]["ko_train"]["characters"]
     src = ", ".join(f"{k} {v['characters']:,}" for k, v in corpus["sources"].items() if "characters" in v)
     total_tokens = st["tokens_per_step"] * st["steps_per_stage"] * STAGES
@@ -472,7 +481,7 @@ def section(res: dict, cmp: Compare, png: Path | None, wall_s: float | None) -> 
     return "\n".join(text) + "\n"
 
 
-def report(cmp: Compare, wall_s: float | None = None) -> dict:
+def report(cmp: Compare) -> dict:
     res = collect(cmp)
     write_json(cmp.result, res)
     png = cmp.root / "compare_methods.png"
@@ -486,34 +495,42 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("--out", type=Path, default=REPO / "bench" / "out" / "compare")
-    p.add_argument("--scale", type=float, default=1.0, help="multiply the steps per stage (4 at 1)")
+    p.add_argument("--scale", type=float, default=1.0,
+                   help=f"multiply the steps per stage ({CompareConfig.steps_per_stage} at 1)")
     p.add_argument("--gpu", action="store_true", help="bf16 ZeRO-3 on the visible CUDA devices, sequences of 512")
+    p.add_argument("--methods", default=",".join(m.key for m in METHODS),
+                   help="comma-separated subset of " + ", ".join(m.key for m in METHODS))
     p.add_argument("--full-lr", type=float, default=CompareConfig.full_lr, help="lr of (b), (c), (d)")
-    p.add_argument("--same-text-stages", type=int, default=CompareConfig.same_text_stages)
-    p.add_argument("--eval-chars", type=int, default=CompareConfig.eval_chars)
+    p.add_argument("--same-text-stages", type=int, default=CompareConfig.same_text_stages,
+                   help="extra stages of (d) up to the others' Korean text (0: none)")
+    p.add_argument("--eval-chars", type=int, default=CompareConfig.eval_chars,
+                   help="held-out characters per language")
     p.add_argument("--keep-weights", action="store_true", help="keep every stage's final/ weights")
+    p.add_argument("--report-only", action="store_true", help="run nothing: tables and plot from what is there")
     p.add_argument("--results", default=str(REPO / "bench" / "RESULTS.md"), help="'' to not write")
     p.add_argument("--plot", default=str(REPO / "bench" / "compare_methods.png"),
                    help="copy of the plot beside --results ('' for none)")
     args = p.parse_args(argv)
+    methods = tuple(k.strip() for k in args.methods.split(",") if k.strip())
+    unknown = set(methods) - {m.key for m in METHODS}
+    if unknown or not methods:
+        p.error(f"--methods: unknown {sorted(unknown)}; choose from {[m.key for m in METHODS]}")
     cc = CompareConfig(out=args.out, scale=args.scale, gpu=args.gpu, full_lr=args.full_lr,
                        same_text_stages=args.same_text_stages, eval_chars=args.eval_chars,
-                       keep_weights=args.keep_weights)
+                       keep_weights=args.keep_weights, methods=methods)
     cmp = Compare(cc)
-    start = time.time()
-    cmp.run()
-    report(cmp)
-    wall = sum(json.loads(cmp.timings.read_text()).values())
-    if args.results:
+    if not args.report_only:
+        cmp.run()
+    res = report(cmp)
+    if args.results and not args.report_only:
         from bench_preprocess import write_results
 
         png = None
         if args.plot:
             png = Path(args.plot)
             shutil.copyfile(cmp.root / "compare_methods.png", png)
-        write_results(section(json.loads(cmp.result.read_text()), cmp, png, wall), Path(args.results))
+        write_results(section(res, png), Path(args.results))
         print(f"wrote {args.results}")
-    print(f"done in {time.time() - start:.0f}s (all steps, this run and earlier ones: {wall:.0f}s)")
     return 0
 
 
