@@ -150,7 +150,8 @@ def ftl_strings(src: str) -> list[str]:
     flush()
     strings = []
     for s in out:
-        s = re.sub(r"\{[^{}]*\}", " ", s)  # placeables: { $var }, { -term }, { NUMBER(...) }, select heads
+        s = re.sub(r"\{[^{}]*\}", " ", s)  # placeables: { $var }, { -term }, { NUMBER(...) }
+        s = re.sub(r"\{\s*\$?[\w-]+(\([^)]*\))?\s*->", " ", s)  # the head of a select expression
         s = s.replace("{", " ").replace("}", " ")
         strings.append(clean(html.unescape(re.sub(r"<[^>]+>", "", s))))
     return [s for s in strings if s]
