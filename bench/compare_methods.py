@@ -113,6 +113,7 @@ class Compare(Pipeline):
                                         min_frequency=cc.min_frequency, **gpu))
         self.cc = cc
         self.timings = self.root / "timings.json"
+        self.cpu = self.root / "cpu.json"
 
     @property
     def result(self) -> Path:
@@ -144,12 +145,16 @@ class Compare(Pipeline):
         return [self.timed(s) for s in steps]
 
     def timed(self, step: Step) -> Step:
+        """The step, recording its wall seconds (timings.json) and the CPU seconds of its processes with the
+        load average at its end (cpu.json): on a shared machine CPU seconds are the steadier cost."""
         def run() -> None:
-            t = time.time()
+            t, cpu = time.time(), _children_cpu()
             step.run()
-            times = json.loads(self.timings.read_text()) if self.timings.exists() else {}
-            times[step.name] = round(time.time() - t, 1)
-            write_json(self.timings, times)
+            for path, value in ((self.timings, round(time.time() - t, 1)),
+                                (self.cpu, [round(_children_cpu() - cpu, 1), round(os.getloadavg()[0], 2)])):
+                record = json.loads(path.read_text()) if path.exists() else {}
+                record[step.name] = value
+                write_json(path, record)
 
         return dataclasses.replace(step, run=run)
 
@@ -271,6 +276,13 @@ class Compare(Pipeline):
         return Step(name, output, run)
 
 
+def _children_cpu() -> float:
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _cuda_devices() -> int:
     import torch
 
@@ -349,7 +361,8 @@ def collect(cmp: Compare) -> dict:
         methods[m.key] = {"label": m.label, "stage0": m.stage0, "points": points, "stage_wall_s": round(wall, 1)}
     return {"methods": methods, "chars_per_train_token": chars_per_token, "korean_token_ratio": cmp.korean_ratio(),
             "corpus": json.loads((cmp.corpus / "corpus.json").read_text()),
-            "expansion": _expansion(root / "tokenizer"), "settings": settings(cmp), "timings": timings}
+            "expansion": _expansion(root / "tokenizer"), "settings": settings(cmp), "timings": timings,
+            "cpu": json.loads(cmp.cpu.read_text()) if cmp.cpu.exists() else {}}
 
 
 def _eval_numbers(ev: dict) -> dict:
@@ -458,12 +471,18 @@ def machine() -> str:
 def section(res: dict, png: Path | None) -> str:
     st, corpus = res["settings"], res["corpus"]
     wall_s = sum(res["timings"].values())
+    cpu = res.get("cpu") or {}
+    cost = f"{wall_s / 60:.0f} minutes end to end (the steps' wall times summed)" if wall_s else ""
+    if cpu:
+        loads = [v[1] for v in cpu.values()]
+        cost += (f", {sum(v[0] for v in cpu.values()) / 60:.0f} CPU-minutes of its processes (load average at the "
+                 f"steps' ends {min(loads):.1f}-{max(loads):.1f})")
     ko_train = corpus["files"]["ko_train"]["characters"]
     src = ", ".join(f"{k} {v['characters']:,}" for k, v in corpus["sources"].items() if "characters" in v)
     total_tokens = st["tokens_per_step"] * st["steps_per_stage"] * STAGES
     text = [SECTION, "",
             f"Machine: {machine()}. `python bench/compare_methods.py --scale {st['scale']:g}`"
-            + (f"; {wall_s / 60:.0f} minutes end to end." if wall_s else "."), "",
+            + (f"; {cost}." if cost else "."), "",
             f"Budget per method: {STAGES} stages x {st['steps_per_stage']} steps x {st['tokens_per_step']:,} tokens "
             f"({st['global_batch']} sequences of {st['seq_length']} on {st['nproc']} ranks, {st['ds_config']}) = "
             f"{total_tokens:,} training tokens, blend Korean {WEIGHTS['ko']} / English {WEIGHTS['en']} by sequences, "
@@ -506,7 +525,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eval-chars", type=int, default=CompareConfig.eval_chars,
                    help="held-out characters per language")
     p.add_argument("--keep-weights", action="store_true", help="keep every stage's final/ weights")
-    p.add_argument("--report-only", action="store_true", help="run nothing: tables and plot from what is there")
+    p.add_argument("--report-only", action="store_true",
+                   help="run nothing: tables, plot and --results from what is there")
     p.add_argument("--results", default=str(REPO / "bench" / "RESULTS.md"), help="'' to not write")
     p.add_argument("--plot", default=str(REPO / "bench" / "compare_methods.png"),
                    help="copy of the plot beside --results ('' for none)")
@@ -522,7 +542,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.report_only:
         cmp.run()
     res = report(cmp)
-    if args.results and not args.report_only:
+    if args.results:
         from bench_preprocess import write_results
 
         png = None
