@@ -114,23 +114,11 @@ class Pipeline:
                 "--intermediate-vocab-size", c.intermediate_vocab_size, "--min-frequency", c.min_frequency,
                 "--held-out", self.corpus_file("ko_held_out"), "--english", self.corpus_file("en_held_out"),
                 "--workers", c.nproc))),
-            Step("stage-0", r / "stage-0", lambda: self.call("stage-0", _tool(
-                "tools/extend_model.py", "--base-model", self.base_model, "--base-tokenizer", self.base_tokenizer,
-                "--tokenizer", r / "tokenizer", "--output", r / "stage-0"))),
+            self.extend_step("stage-0", r / "tokenizer", r / "stage-0"),
         ]
-        for lang in ("ko", "en"):
-            prefix = r / "data" / lang
-            steps.append(Step(f"data-{lang}", prefix.with_suffix(".manifest.json"), lambda lang=lang, prefix=prefix:
-                              self.call(f"data-{lang}", _tool(
-                                  "tools/preprocess_data.py", "--input", self.corpus_file(f"{lang}_train"),
-                                  "--output-prefix", prefix, "--tokenizer", r / "tokenizer", "--append-eod",
-                                  "--workers", c.nproc))))
+        steps += [self.data_step(f"data-{lang}", lang, r / "tokenizer", r / "data" / lang) for lang in ("ko", "en")]
         steps.append(Step("run.yaml", r / "run.yaml", self.write_run_config))
-        for n in STAGES:
-            steps.append(Step(f"stage-{n}", r / f"stage-{n}" / "DONE", lambda n=n: self.call(f"stage-{n}", [
-                sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(c.nproc),
-                str(REPO / "megaeeve" / "train.py"), "--ds_config", str(c.ds_config),
-                "--config", str(r / "run.yaml"), "--stage", str(n)])))
+        steps += [self.stage_step(f"stage-{n}", r / "run.yaml", n, r / f"stage-{n}") for n in STAGES]
         steps.append(Step("export", r / "export", lambda: self.call("export", _tool(
             "tools/export_hf.py", "--input", r / "stage-7" / "final", "--output", r / "export"))))
         texts = [a for name, file in EVAL_TEXTS.items() for a in ("--text", f"{name}={self.corpus_file(file)}")]
@@ -141,6 +129,30 @@ class Pipeline:
                                                               tokenizer, *texts, "--output", out))))
         steps.append(Step("report", r / "report", self.write_report))
         return steps
+
+    def extend_step(self, name: str, tokenizer: Path, output: Path, *extra: object) -> Step:
+        """tools/extend_model.py: the base model extended to `tokenizer` -> the stage-0 directory `output`."""
+        return Step(name, output, lambda: self.call(name, _tool(
+            "tools/extend_model.py", "--base-model", self.base_model, "--base-tokenizer", self.base_tokenizer,
+            "--tokenizer", tokenizer, "--output", output, *extra)))
+
+    def data_step(self, name: str, lang: str, tokenizer: Path, prefix: Path) -> Step:
+        """tools/preprocess_data.py: corpus/{lang}_train.jsonl tokenized by `tokenizer` -> prefix.bin/.idx."""
+        return Step(name, prefix.with_suffix(".manifest.json"), lambda: self.call(name, _tool(
+            "tools/preprocess_data.py", "--input", self.corpus_file(f"{lang}_train"), "--output-prefix", prefix,
+            "--tokenizer", tokenizer, "--append-eod", "--workers", self.cfg.nproc)))
+
+    def stage_step(self, name: str, run_yaml: Path, stage: int, stage_dir: Path) -> Step:
+        """megaeeve/train.py --stage N of `run_yaml` under torch.distributed.run with cfg.nproc ranks."""
+        return Step(name, stage_dir / "DONE", lambda: self.call(name, [
+            sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(self.cfg.nproc),
+            str(REPO / "megaeeve" / "train.py"), "--ds_config", str(self.cfg.ds_config),
+            "--config", str(run_yaml), "--stage", str(stage)]))
+
+    @property
+    def result(self) -> Path:
+        """What a finished run is read from (printed at the end)."""
+        return self.root / "report" / "report.md"
 
     def run(self) -> None:
         steps = self.steps()
@@ -156,7 +168,7 @@ class Pipeline:
             t = time.time()
             step.run()
             print(f"{head}: finished in {time.time() - t:.1f}s", flush=True)
-        print(f"pipeline complete in {time.time() - start:.0f}s; report: {self.root / 'report' / 'report.md'}")
+        print(f"pipeline complete in {time.time() - start:.0f}s; report: {self.result}")
 
     def call(self, name: str, cmd: list[str]) -> None:
         """Run one tool, streaming its output to the terminal and to logs/NAME.log; fail loudly."""
