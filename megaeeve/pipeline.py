@@ -2,7 +2,7 @@
 
     corpus -> [base] -> tokenizer -> stage-0 -> data -> run.yaml -> stage-1 .. stage-7 -> export -> eval -> report
 
-Each step runs the same tool a user would run by hand (tools/*.py, megaeeve/train.py under
+Each step runs the same command a user would run by hand (`megaeeve COMMAND`, megaeeve.train under
 torch.distributed.run) as its own process, so the pipeline exercises exactly the documented
 commands. A step whose output already exists is skipped: every tool writes its output atomically, so
 an existing output is a complete one, and a crashed pipeline resumes where it stopped (a stage that
@@ -25,7 +25,7 @@ import yaml
 from megaeeve import assets
 from megaeeve.atomic import atomic_dir, atomic_file, write_json
 
-REPO = Path(__file__).resolve().parents[1]
+DS_CONFIGS = Path(__file__).resolve().parent / "ds_configs"  # package data (the checkout's ds_configs/ links here)
 STAGES = tuple(range(1, 8))
 EVAL_TEXTS = {"held_out": "ko_eval", "english": "en_eval"}  # report.TEXT_LABELS names -> corpus files
 
@@ -44,7 +44,7 @@ class PipelineConfig:
     steps_per_stage: int = 8
     eval_every: int = 4
     nproc: int = 2
-    ds_config: Path = REPO / "ds_configs" / "zero3_cpu.json"
+    ds_config: Path = DS_CONFIGS / "zero3_cpu.json"
     sample_max_new_tokens: int = 24
 
 
@@ -60,8 +60,9 @@ class Step:
     run: Callable[[], None]
 
 
-def _tool(script: str, *args: object) -> list[str]:
-    return [sys.executable, str(REPO / script), *map(str, args)]
+def _command(name: str, *args: object) -> list[str]:
+    """`megaeeve NAME ARGS` in a process of its own, with this interpreter (a checkout or an install alike)."""
+    return [sys.executable, "-m", "megaeeve", name, *map(str, args)]
 
 
 class Pipeline:
@@ -108,8 +109,8 @@ class Pipeline:
         if self.needs_base_step:
             steps.append(Step("base", r / "base", self.write_tiny_base if c.tiny else self.convert_gguf_base))
         steps += [
-            Step("tokenizer", r / "tokenizer", lambda: self.call("tokenizer", _tool(
-                "tools/expand_vocab.py", "--base-tokenizer", self.base_tokenizer,
+            Step("tokenizer", r / "tokenizer", lambda: self.call("tokenizer", _command(
+                "expand-vocab", "--base-tokenizer", self.base_tokenizer,
                 "--corpus", self.corpus_file("ko_train"), "--output", r / "tokenizer",
                 "--intermediate-vocab-size", c.intermediate_vocab_size, "--min-frequency", c.min_frequency,
                 "--held-out", self.corpus_file("ko_held_out"), "--english", self.corpus_file("en_held_out"),
@@ -119,34 +120,34 @@ class Pipeline:
         steps += [self.data_step(f"data-{lang}", lang, r / "tokenizer", r / "data" / lang) for lang in ("ko", "en")]
         steps.append(Step("run.yaml", r / "run.yaml", self.write_run_config))
         steps += [self.stage_step(f"stage-{n}", r / "run.yaml", n, r / f"stage-{n}") for n in STAGES]
-        steps.append(Step("export", r / "export", lambda: self.call("export", _tool(
-            "tools/export_hf.py", "--input", r / "stage-7" / "final", "--output", r / "export"))))
+        steps.append(Step("export", r / "export", lambda: self.call("export", _command(
+            "export", "--input", r / "stage-7" / "final", "--output", r / "export"))))
         texts = [a for name, file in EVAL_TEXTS.items() for a in ("--text", f"{name}={self.corpus_file(file)}")]
         for name, (model, tokenizer) in self.evaluated_models().items():
             out = r / "eval" / f"{name}.json"
             steps.append(Step(f"eval-{name}", out, lambda name=name, model=model, tokenizer=tokenizer, out=out:
-                              self.call(f"eval-{name}", _tool("tools/evaluate.py", "--model", model, "--tokenizer",
+                              self.call(f"eval-{name}", _command("evaluate", "--model", model, "--tokenizer",
                                                               tokenizer, *texts, "--output", out))))
         steps.append(Step("report", r / "report", self.write_report))
         return steps
 
     def extend_step(self, name: str, tokenizer: Path, output: Path, *extra: object) -> Step:
-        """tools/extend_model.py: the base model extended to `tokenizer` -> the stage-0 directory `output`."""
-        return Step(name, output, lambda: self.call(name, _tool(
-            "tools/extend_model.py", "--base-model", self.base_model, "--base-tokenizer", self.base_tokenizer,
+        """`megaeeve extend`: the base model extended to `tokenizer` -> the stage-0 directory `output`."""
+        return Step(name, output, lambda: self.call(name, _command(
+            "extend", "--base-model", self.base_model, "--base-tokenizer", self.base_tokenizer,
             "--tokenizer", tokenizer, "--output", output, *extra)))
 
     def data_step(self, name: str, lang: str, tokenizer: Path, prefix: Path) -> Step:
-        """tools/preprocess_data.py: corpus/{lang}_train.jsonl tokenized by `tokenizer` -> prefix.bin/.idx."""
-        return Step(name, prefix.with_suffix(".manifest.json"), lambda: self.call(name, _tool(
-            "tools/preprocess_data.py", "--input", self.corpus_file(f"{lang}_train"), "--output-prefix", prefix,
+        """`megaeeve preprocess`: corpus/{lang}_train.jsonl tokenized by `tokenizer` -> prefix.bin/.idx."""
+        return Step(name, prefix.with_suffix(".manifest.json"), lambda: self.call(name, _command(
+            "preprocess", "--input", self.corpus_file(f"{lang}_train"), "--output-prefix", prefix,
             "--tokenizer", tokenizer, "--append-eod", "--workers", self.cfg.nproc)))
 
     def stage_step(self, name: str, run_yaml: Path, stage: int, stage_dir: Path) -> Step:
         """megaeeve/train.py --stage N of `run_yaml` under torch.distributed.run with cfg.nproc ranks."""
         return Step(name, stage_dir / "DONE", lambda: self.call(name, [
             sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(self.cfg.nproc),
-            str(REPO / "megaeeve" / "train.py"), "--ds_config", str(self.cfg.ds_config),
+            "-m", "megaeeve.train", "--ds_config", str(self.cfg.ds_config),
             "--config", str(run_yaml), "--stage", str(stage)]))
 
     @property
@@ -178,7 +179,7 @@ class Pipeline:
         with open(self.logs / f"{name}.log", "w", encoding="utf-8") as log:
             log.write("$ " + " ".join(cmd) + "\n")
             log.flush()
-            proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                     text=True, errors="replace")
             assert proc.stdout is not None
             for line in proc.stdout:

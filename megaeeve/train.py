@@ -40,8 +40,8 @@ from megaeeve.training.engine import check_ds_config
 from megaeeve.training.signals import CONFIG_ERROR_EXIT_CODE, REQUEUE_EXIT_CODE, StopRequest
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ds_config", "--ds-config", "--deepspeed_config", "--deepspeed", dest="ds_config", required=True,
                    type=Path, help="DeepSpeed JSON (ds_configs/); --deepspeed_config / --deepspeed as in "
@@ -334,10 +334,10 @@ def init_distributed(timeout_s: float) -> None:
                          f"{timeout_s:g} s (training.dist_timeout_s): {str(e).splitlines()[0]}") from None
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     # DeepSpeed's ZeRO-3 collectives call torch APIs that warn on every step and every rank.
     warnings.filterwarnings("ignore", message=r"`torch\.distributed\.\w+` is deprecated", category=FutureWarning)
-    args = parse_args(argv)
+    args = parse_args(argv, prog)
     launch_env(args.local_rank)
     try:
         ds_config = read_ds_config(args.ds_config)
