@@ -89,7 +89,7 @@ def resolve_devices(cfg: PipelineConfig) -> PipelineConfig:
 
     on_gpu = accelerator() == "cuda"
     return dataclasses.replace(
-        cfg, nproc=cfg.nproc or (torch.cuda.device_count() if on_gpu else 2),
+        cfg, nproc=cfg.nproc or (max(1, torch.cuda.device_count()) if on_gpu else 2),
         ds_config=cfg.ds_config or DS_CONFIGS / ("zero3.json" if on_gpu else "zero3_cpu.json"))
 
 
