@@ -20,6 +20,9 @@ def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argpar
     p.add_argument("--corpus", nargs="+", required=True, help="target-language corpus (files, dirs, globs)")
     p.add_argument("--output", required=True, help="output directory (written atomically)")
     p.add_argument("--intermediate-vocab-size", type=positive_int, default=40_000)
+    p.add_argument("--intermediate-sample-bytes", type=positive_int, default=256_000_000,
+                   help="text the intermediate tokenizer trains on, sampled evenly over --corpus (its trainer's"
+                        " memory grows with the distinct words it sees); counting reads everything (default 256 MB)")
     freq = p.add_mutually_exclusive_group()
     freq.add_argument("--min-frequency", type=positive_int, default=None, help="absolute count (default 6000)")
     freq.add_argument("--min-frequency-per-million", type=positive_float, default=None, help="rate per million tokens")
@@ -50,6 +53,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         corpus=args.corpus,
         output=args.output,
         intermediate_vocab_size=args.intermediate_vocab_size,
+        intermediate_sample_bytes=args.intermediate_sample_bytes,
         min_frequency=args.min_frequency if args.min_frequency is not None else 6_000,
         min_frequency_per_million=args.min_frequency_per_million,
         count_corpus=args.count_corpus,
