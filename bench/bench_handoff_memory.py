@@ -6,8 +6,9 @@ rank should hold at most one shard plus the parameter being gathered (which ZeRO
 read materialises on every rank). This builds stage-0 directories of phi-2's and SOLAR-10.7B's widths
 (configs/models/, random weights, --layers layers), loads each under ZeRO-3 bf16 on --nproc CPU ranks,
 builds the stage-4 engine (all output rows train: the largest trainable set of the embedding stages)
-and samples each rank's RSS while export_final runs. Reported: RSS growth over the pre-hand-off
-level, against the largest shard and the largest parameter.
+and samples each rank's anonymous RSS (RssAnon: file pages mapped from safetensors are page cache)
+while export_final runs. Reported: its growth over the pre-hand-off level, against the largest shard
+and the largest parameter.
 
     python bench/bench_handoff_memory.py [--models phi-2 solar-10.7b] [--layers 2] [--shard-mb 512] [--nproc 2]
 """
@@ -53,9 +54,17 @@ def make_model_dir(name: str, layers: int, out: Path) -> int:
     return max(t.numel() for t in state.values()) * 4
 
 
+def anonymous_rss() -> int:
+    """Private (anonymous) resident bytes: RSS less the file pages that reading safetensors through mmap
+    leaves resident, which the kernel reclaims as page cache."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssAnon:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no RssAnon in /proc/self/status (Linux only)")
+
+
 def worker(model_dir: str, shard_mb: int, out: str) -> None:
     import deepspeed
-    import psutil
     import torch
     import torch.distributed as dist
 
@@ -73,15 +82,15 @@ def worker(model_dir: str, shard_mb: int, out: str) -> None:
     freeze_for_stage(model, roles, DEFAULT_STAGES[4])
     initialize_engine(model, roles, DEFAULT_STAGES[4], ds, 1, "bench")
     load_fp32_masters(model, Path(model_dir))
-    process, peak, running = psutil.Process(), [0], [True]
+    peak, running = [0], [True]
 
     def sample() -> None:
         while running[0]:
-            peak[0] = max(peak[0], process.memory_info().rss)
+            peak[0] = max(peak[0], anonymous_rss())
             time.sleep(0.005)
 
     dist.barrier()
-    before = process.memory_info().rss
+    before = anonymous_rss()
     thread = threading.Thread(target=sample, daemon=True)
     thread.start()
     started = time.perf_counter()
@@ -128,15 +137,14 @@ def main() -> None:
             ranks = run(model_dir, args.shard_mb, args.nproc, Path(d))
             final = Path(d) / "final"
             sizes = [(final / f).stat().st_size / 2**20 for f in weight_files(final) if f.endswith(".safetensors")]
-            total, largest_shard, files = sum(sizes), max(sizes), sizes
-        rows.append((name, total, len(files), largest_shard, largest_param, ranks))
+        rows.append((name, sum(sizes), len(sizes), max(sizes), largest_param, ranks))
         print(f"{name}: {ranks}", file=sys.stderr, flush=True)
     lines = [
         "## Hand-off host memory per rank (sharded final/)",
         "",
         f"`python bench/bench_handoff_memory.py --layers {args.layers} --shard-mb {args.shard_mb} --nproc {args.nproc}` "
         f"on {platform.processor() or platform.machine()} CPU ranks (gloo), ZeRO-3 bf16, stage 4 engine, random "
-        "weights. Growth = peak RSS during export_final minus RSS just before it, per rank.",
+        "weights. Growth = peak anonymous RSS (RssAnon) during export_final minus its level just before, per rank.",
         "",
         "| widths | final/ (fp32) | shards | largest shard | largest parameter (fp32) | growth per rank | hand-off time |",
         "|---|---|---|---|---|---|---|",

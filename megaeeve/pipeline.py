@@ -1,6 +1,6 @@
 """The whole EEVE pipeline on one machine, as a table of steps: every step writes one directory.
 
-    corpus -> [base] -> tokenizer -> stage-0 -> data -> run.yaml -> stage-1 .. stage-7 -> export -> report
+    corpus -> [base] -> tokenizer -> stage-0 -> data -> run.yaml -> stage-1 .. stage-7 -> export -> eval -> report
 
 Each step runs the same tool a user would run by hand (tools/*.py, megaeeve/train.py under
 torch.distributed.run) as its own process, so the pipeline exercises exactly the documented
@@ -27,6 +27,7 @@ from megaeeve.atomic import atomic_dir, atomic_file, write_json
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = tuple(range(1, 8))
+EVAL_TEXTS = {"held_out": "ko_eval", "english": "en_eval"}  # report.TEXT_LABELS names -> corpus files
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,12 @@ class Pipeline:
     def corpus_file(self, name: str) -> Path:
         return self.corpus / f"{name}.jsonl"
 
+    def evaluated_models(self) -> dict[str, tuple[str, str]]:
+        """Name -> (model, tokenizer) of every model the report compares: the base with its own tokenizer,
+        stage-0 and each stage's final/ with theirs."""
+        dirs = {"stage-0": self.root / "stage-0", **{f"stage-{n}": self.root / f"stage-{n}" / "final" for n in STAGES}}
+        return {"base": (self.base_model, self.base_tokenizer), **{name: (str(d), str(d)) for name, d in dirs.items()}}
+
     # -- steps ---------------------------------------------------------------------------------------
     def steps(self) -> list[Step]:
         r, c = self.root, self.cfg
@@ -107,29 +114,45 @@ class Pipeline:
                 "--intermediate-vocab-size", c.intermediate_vocab_size, "--min-frequency", c.min_frequency,
                 "--held-out", self.corpus_file("ko_held_out"), "--english", self.corpus_file("en_held_out"),
                 "--workers", c.nproc))),
-            Step("stage-0", r / "stage-0", lambda: self.call("stage-0", _tool(
-                "tools/extend_model.py", "--base-model", self.base_model, "--base-tokenizer", self.base_tokenizer,
-                "--tokenizer", r / "tokenizer", "--output", r / "stage-0"))),
+            self.extend_step("stage-0", r / "tokenizer", r / "stage-0"),
         ]
-        for lang in ("ko", "en"):
-            prefix = r / "data" / lang
-            steps.append(Step(f"data-{lang}", prefix.with_suffix(".manifest.json"), lambda lang=lang, prefix=prefix:
-                              self.call(f"data-{lang}", _tool(
-                                  "tools/preprocess_data.py", "--input", self.corpus_file(f"{lang}_train"),
-                                  "--output-prefix", prefix, "--tokenizer", r / "tokenizer", "--append-eod",
-                                  "--workers", c.nproc))))
+        steps += [self.data_step(f"data-{lang}", lang, r / "tokenizer", r / "data" / lang) for lang in ("ko", "en")]
         steps.append(Step("run.yaml", r / "run.yaml", self.write_run_config))
-        for n in STAGES:
-            steps.append(Step(f"stage-{n}", r / f"stage-{n}" / "DONE", lambda n=n: self.call(f"stage-{n}", [
-                sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(c.nproc),
-                str(REPO / "megaeeve" / "train.py"), "--ds_config", str(c.ds_config),
-                "--config", str(r / "run.yaml"), "--stage", str(n)])))
-        steps += [
-            Step("export", r / "export", lambda: self.call("export", _tool(
-                "tools/export_hf.py", "--input", r / "stage-7" / "final", "--output", r / "export"))),
-            Step("report", r / "report", self.write_report),
-        ]
+        steps += [self.stage_step(f"stage-{n}", r / "run.yaml", n, r / f"stage-{n}") for n in STAGES]
+        steps.append(Step("export", r / "export", lambda: self.call("export", _tool(
+            "tools/export_hf.py", "--input", r / "stage-7" / "final", "--output", r / "export"))))
+        texts = [a for name, file in EVAL_TEXTS.items() for a in ("--text", f"{name}={self.corpus_file(file)}")]
+        for name, (model, tokenizer) in self.evaluated_models().items():
+            out = r / "eval" / f"{name}.json"
+            steps.append(Step(f"eval-{name}", out, lambda name=name, model=model, tokenizer=tokenizer, out=out:
+                              self.call(f"eval-{name}", _tool("tools/evaluate.py", "--model", model, "--tokenizer",
+                                                              tokenizer, *texts, "--output", out))))
+        steps.append(Step("report", r / "report", self.write_report))
         return steps
+
+    def extend_step(self, name: str, tokenizer: Path, output: Path, *extra: object) -> Step:
+        """tools/extend_model.py: the base model extended to `tokenizer` -> the stage-0 directory `output`."""
+        return Step(name, output, lambda: self.call(name, _tool(
+            "tools/extend_model.py", "--base-model", self.base_model, "--base-tokenizer", self.base_tokenizer,
+            "--tokenizer", tokenizer, "--output", output, *extra)))
+
+    def data_step(self, name: str, lang: str, tokenizer: Path, prefix: Path) -> Step:
+        """tools/preprocess_data.py: corpus/{lang}_train.jsonl tokenized by `tokenizer` -> prefix.bin/.idx."""
+        return Step(name, prefix.with_suffix(".manifest.json"), lambda: self.call(name, _tool(
+            "tools/preprocess_data.py", "--input", self.corpus_file(f"{lang}_train"), "--output-prefix", prefix,
+            "--tokenizer", tokenizer, "--append-eod", "--workers", self.cfg.nproc)))
+
+    def stage_step(self, name: str, run_yaml: Path, stage: int, stage_dir: Path) -> Step:
+        """megaeeve/train.py --stage N of `run_yaml` under torch.distributed.run with cfg.nproc ranks."""
+        return Step(name, stage_dir / "DONE", lambda: self.call(name, [
+            sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(self.cfg.nproc),
+            str(REPO / "megaeeve" / "train.py"), "--ds_config", str(self.cfg.ds_config),
+            "--config", str(run_yaml), "--stage", str(stage)]))
+
+    @property
+    def result(self) -> Path:
+        """What a finished run is read from (printed at the end)."""
+        return self.root / "report" / "report.md"
 
     def run(self) -> None:
         steps = self.steps()
@@ -145,7 +168,7 @@ class Pipeline:
             t = time.time()
             step.run()
             print(f"{head}: finished in {time.time() - t:.1f}s", flush=True)
-        print(f"pipeline complete in {time.time() - start:.0f}s; report: {self.root / 'report' / 'report.md'}")
+        print(f"pipeline complete in {time.time() - start:.0f}s; report: {self.result}")
 
     def call(self, name: str, cmd: list[str]) -> None:
         """Run one tool, streaming its output to the terminal and to logs/NAME.log; fail loudly."""
@@ -166,12 +189,15 @@ class Pipeline:
             raise RuntimeError(f"step {name} failed with exit code {code}; see {self.logs / f'{name}.log'}")
 
     def write_corpus(self) -> None:
-        """Korean (konlpy) and English (pydoc) text, each split into train and held-out documents."""
+        """Korean (konlpy) and English (pydoc) text, each split into train and held-out documents; the eval
+        texts are the held-out documents that occur nowhere in the training text."""
         ko_train, ko_held = assets.split_held_out(assets.korean_documents())
         en_train, en_held = assets.split_held_out(assets.english_documents())
         with atomic_dir(self.corpus) as tmp:
             for name, docs in (("ko_train", ko_train), ("ko_held_out", ko_held),
-                               ("en_train", en_train), ("en_held_out", en_held)):
+                               ("en_train", en_train), ("en_held_out", en_held),
+                               ("ko_eval", assets.unseen(ko_held, ko_train)),
+                               ("en_eval", assets.unseen(en_held, en_train))):
                 assets.write_jsonl(docs, tmp / f"{name}.jsonl")
 
     def write_tiny_base(self) -> None:

@@ -118,7 +118,8 @@ def test_split_final_and_its_export_score_the_same(final_and_export, docs):
     for path in (final, export):
         tokenizer = load_hf_tokenizer(path)
         assert any(i >= meta.base_vocab_size for i in tokenizer(docs[-1]).input_ids)  # new tokens in play
-        results[path] = evaluate_model(load_any_model(path, device="cpu"), tokenizer, {"mixed": docs}, settings)["mixed"]
+        model = load_any_model(path, device="cpu")
+        results[path] = evaluate_model(model, tokenizer, {"mixed": docs}, settings)["mixed"]
     gap = abs(results[export].bits_per_char - results[final].bits_per_char)
     assert gap < 1e-7 * results[final].bits_per_char
     assert results[export].tokens == results[final].tokens and results[export].gen_chars_per_s > 0
@@ -128,6 +129,18 @@ def test_split_final_and_its_export_score_the_same(final_and_export, docs):
     unmasked = sum(sequence_nll(model, seqs, vocab_size=meta.padded_vocab_size, context=CONTEXT, stride=32,
                                 batch_tokens=2048)) / math.log(2) / sum(map(len, docs))
     assert unmasked - results[export].bits_per_char > 100 * gap
+
+
+def test_greedy_loop_matches_transformers_generate(plain):
+    from megaeeve.eval.generate import _greedy_one
+
+    model, tokenizer = load_any_model(plain, device="cpu"), load_hf_tokenizer(plain)
+    prompt = tokenizer("The import statement", add_special_tokens=False).input_ids
+    ids = torch.tensor([[tokenizer.bos_token_id] + prompt])
+    with torch.no_grad():
+        expected = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, min_new_tokens=12,
+                                  do_sample=False, pad_token_id=tokenizer.eos_token_id)[0, ids.shape[1]:]
+    assert _greedy_one(model, tokenizer, "The import statement", 12, stop_at_eos=False) == tokenizer.decode(expected)
 
 
 def test_cli_writes_json_and_a_table(plain, tmp_path, capsys, korean_split, english_docs):

@@ -125,8 +125,10 @@ def test_baseline_inits_keep_base_logits_and_are_recorded(phi, init):
     meta, weights, base = read_model_meta(out), load_file(str(out / "model.safetensors")), phi["base"]
     assert meta.init == init and phi["meta"].init == "eeve"
     n, head = meta.base_vocab_size, base.lm_head
-    expected = (mean_rows(base.model.embed_tokens.weight[:n], head.weight[:n], head.bias[:n], meta.num_added)
-                if init == "mean" else random_rows(meta.num_added, meta.hidden_size, base.config.initializer_range, True))
+    if init == "mean":
+        expected = mean_rows(base.model.embed_tokens.weight[:n], head.weight[:n], head.bias[:n], meta.num_added)
+    else:
+        expected = random_rows(meta.num_added, meta.hidden_size, base.config.initializer_range, bias=True)
     for name, rows in zip(("model.embed_tokens.added", "lm_head.added", "lm_head.bias_added"), expected):
         assert torch.equal(weights[name], rows), name
     ids = _ids(n)
@@ -251,3 +253,36 @@ def test_errors_leave_no_output(llama, tmp_path, capsys):
     assert tool("extend_model", "--base-model", args[0], "--base-tokenizer", args[1], "--tokenizer", bad_tok,
                 "--output", tmp_path / "out") == 2
     assert "id 1234" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def test_no_new_tokens_is_the_base_model_with_split_rows(phi, tmp_path):
+    """--allow-no-new-tokens: the base tokenizer itself gives a model directory with no `added` rows, whose
+    logits, roles, hand-off and export are the base model's (the no-expansion baseline's stage 0)."""
+    base_tok_dir = phi["base_tok_dir"]
+    args = ("--base-model", phi["base_dir"], "--base-tokenizer", base_tok_dir, "--tokenizer", base_tok_dir)
+    assert tool("extend_model", *args, "--output", tmp_path / "refused") == 2  # no new tokens: refused by default
+    assert tool("extend_model", *args, "--output", tmp_path / "stage0", "--allow-no-new-tokens") == 0
+    meta = read_model_meta(tmp_path / "stage0")
+    assert (meta.base_vocab_size, meta.num_added, meta.padded_vocab_size) == (50295, 0, 50304)
+    assert set(load_file(str(tmp_path / "stage0" / "model.safetensors"))) >= {"lm_head.original", "lm_head.bias_original"}
+    model = load_model_dir(tmp_path / "stage0")
+    roles = parameter_roles(model)
+    assert {v for v in roles.values()} == {"input_original", "output_original", "body"}
+    assert model.model.embed_tokens.added is None and model.lm_head.bias_added is None
+    ids = _ids(meta.base_vocab_size)
+    with torch.no_grad():
+        base, split = phi["base"](ids).logits, model(ids).logits
+    assert torch.equal(split[..., :meta.base_vocab_size], base[..., :meta.base_vocab_size])
+    assert torch.isneginf(split[..., meta.base_vocab_size:]).all()
+    model.train()
+    F.cross_entropy(model(ids).logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten()).backward()
+    assert model.model.embed_tokens.original.grad[ids.unique()].abs().sum() > 0
+    assert model.lm_head.original.grad.abs().sum() > 0 and model.lm_head.bias_original.grad.abs().sum() > 0
+    out = save_model_dir(load_file(str(tmp_path / "stage0" / "model.safetensors")), tmp_path / "stage0",
+                         tmp_path / "final")
+    assert tool("export_hf", "--input", out, "--output", tmp_path / "exported") == 0
+    from transformers import AutoModelForCausalLM
+
+    plain = AutoModelForCausalLM.from_pretrained(str(tmp_path / "exported")).eval()
+    with torch.no_grad():
+        assert torch.equal(plain(ids).logits[..., :meta.base_vocab_size], base[..., :meta.base_vocab_size])

@@ -31,6 +31,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="new rows: eeve (mean of the token's base pieces; output row of the first piece), "
                              "mean (mean of all base rows + noise, LLaMA-Factory's), random (normal, std "
                              "config.initializer_range, transformers' resize default)")
+    parser.add_argument("--allow-no-new-tokens", action="store_true",
+                        help="accept a tokenizer without new tokens (the base's own): a model directory with no "
+                             "new rows, to train the base vocabulary with the same trainer (no-expansion baseline)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     args = parser.parse_args(argv)
 
@@ -41,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         meta = extend_model(args.base_model, args.base_tokenizer, args.tokenizer, args.output,
                             pad_vocab_to_multiple_of=args.pad_vocab_to_multiple_of, overwrite=args.overwrite,
-                            init=args.init)
+                            init=args.init, allow_no_new_tokens=args.allow_no_new_tokens)
     except (ExtendError, InitError, TokenizerLoadError, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -6,9 +6,9 @@
     results["ko"].bits_per_char             # TextEval; results_json(path, results) is the --output JSON
 """
 
-from megaeeve.eval.evaluate import EvalError, EvalSettings, TextEval, evaluate_model, format_table, results_json
+from megaeeve.eval.evaluate import EvalSettings, TextEval, evaluate_model, format_table, results_json
 from megaeeve.eval.generate import generation_speed, greedy
-from megaeeve.eval.load import default_device, load_any_model
+from megaeeve.eval.load import EvalError, default_device, load_any_model
 from megaeeve.eval.texts import read_texts
 from megaeeve.tokenizer_io import load_hf_tokenizer
 

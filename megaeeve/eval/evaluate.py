@@ -14,11 +14,8 @@ from typing import Any
 from torch import nn
 
 from megaeeve.eval.generate import generation_speed, prefix_id
+from megaeeve.eval.load import EvalError
 from megaeeve.eval.score import sequence_nll
-
-
-class EvalError(ValueError):
-    """The model, tokenizer or settings cannot be evaluated together; the message says why."""
 
 
 @dataclass(frozen=True)

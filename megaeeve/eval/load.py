@@ -11,6 +11,10 @@ from megaeeve.model.checkpoint import META_FILE, load_model_dir
 from megaeeve.model.extend import load_base_model
 
 
+class EvalError(ValueError):
+    """The model, tokenizer or settings cannot be evaluated together; the message says why."""
+
+
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 

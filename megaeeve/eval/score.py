@@ -16,7 +16,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 
@@ -74,7 +73,8 @@ def sequence_nll(model: nn.Module, sequences: list[list[int]], *, vocab_size: in
             scored[row, w.first - 1:len(w.ids) - 1] = True
             docs[row] = w.doc
         logits = model(input_ids=ids.to(device), attention_mask=attention.to(device), use_cache=False).logits
-        picked = logits[scored.to(device)][:, :vocab_size].float()
-        nll = F.cross_entropy(picked, ids.roll(-1, dims=1)[scored].to(device), reduction="none")
-        totals.index_add_(0, docs[scored], nll.double().cpu())
+        logits = logits[..., :vocab_size].float()
+        targets = ids.roll(-1, dims=1).to(device).unsqueeze(-1)
+        nll = torch.logsumexp(logits, -1) - logits.gather(-1, targets).squeeze(-1)
+        totals.index_add_(0, docs[scored], nll[scored.to(device)].double().cpu())
     return totals.tolist()

@@ -4,7 +4,8 @@ Interfaces the trainer relies on:
 
 - ``parameter_roles(model) -> dict[str, str]``: every parameter name -> one of "input_original",
   "input_added", "output_original", "output_added", "body". ``bias_original`` goes with
-  output_original, ``bias_added`` with output_added. Padding rows (vocab rounded up to a multiple)
+  output_original, ``bias_added`` with output_added. A model without new tokens (num_added = 0) has no
+  ``added`` parameters, hence no input_added / output_added roles. Padding rows (vocab rounded up to a multiple)
   are not parameters at all: the embedding returns zeros for padding ids and the head returns -inf
   logits for them (see split.py), so no stage can train or predict them.
 - Model directory (stage-0 output and each stage's final/): ``split_model.safetensors`` with the split
@@ -44,7 +45,7 @@ def parameter_roles(model: nn.Module) -> dict[str, str]:
         for name, _ in module.named_parameters(recurse=False):
             part = "original" if name.endswith("original") else "added"
             roles[f"{prefix}.{name}" if prefix else name] = f"{side}_{part}"
-    if not {"input_added", "output_added"} <= set(roles.values()):
+    if not {"input_original", "output_original"} <= set(roles.values()):
         raise ValueError("model has no split input embedding and lm_head; load it with load_model_dir")
     return {name: roles.get(name, "body") for name, _ in model.named_parameters()}
 

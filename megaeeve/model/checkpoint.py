@@ -51,7 +51,7 @@ class ModelMeta:
     """What a model directory holds beyond the HF config; written as megaeeve_model.json."""
 
     base_vocab_size: int  # ids [0, base_vocab_size) are the base tokenizer's, rows in `original`
-    num_added: int  # ids [base_vocab_size, base_vocab_size + num_added) are new, rows in `added`
+    num_added: int  # ids [base_vocab_size, base_vocab_size + num_added) are new, rows in `added` (none if 0)
     padded_vocab_size: int  # config.vocab_size; ids above the tokenizer are padding (not stored)
     hidden_size: int
     input_embedding: str  # module path of the input embedding, e.g. "model.embed_tokens"
@@ -78,15 +78,15 @@ class ModelMeta:
 
     def split_names(self) -> dict[str, str]:
         """Split parameter name -> role (see megaeeve.model.parameter_roles)."""
-        names = {
-            f"{self.input_embedding}.original": "input_original",
-            f"{self.input_embedding}.added": "input_added",
-            f"{self.output_embedding}.original": "output_original",
-            f"{self.output_embedding}.added": "output_added",
-        }
+        names = {f"{self.input_embedding}.original": "input_original",
+                 f"{self.output_embedding}.original": "output_original"}
+        if self.num_added:
+            names[f"{self.input_embedding}.added"] = "input_added"
+            names[f"{self.output_embedding}.added"] = "output_added"
         if self.lm_head_bias:
             names[f"{self.output_embedding}.bias_original"] = "output_original"
-            names[f"{self.output_embedding}.bias_added"] = "output_added"
+            if self.num_added:
+                names[f"{self.output_embedding}.bias_added"] = "output_added"
         return names
 
 

@@ -25,7 +25,8 @@ def merged_state_dict(split: dict[str, torch.Tensor], meta: ModelMeta) -> dict[s
     if meta.lm_head_bias:
         merged[f"{meta.output_embedding}.bias"] = f"{meta.output_embedding}.bias_"
     for name, prefix in merged.items():
-        original, added = split[f"{prefix}original"], split[f"{prefix}added"]
+        original = split[f"{prefix}original"]
+        added = split.get(f"{prefix}added", original[:0])  # a model without new tokens has none
         padding = original.new_zeros((meta.num_padding, *original.shape[1:]))
         state[name] = torch.cat([original, added, padding])
     return state

@@ -52,10 +52,11 @@ def base_vocab_size_of(tokenizer_dir: Path, base: Tokenizer) -> int:
     return size
 
 
-def check_extension(base: Tokenizer, expanded: Tokenizer, base_vocab_size: int, tokenizer_path: Path) -> int:
+def check_extension(base: Tokenizer, expanded: Tokenizer, base_vocab_size: int, tokenizer_path: Path,
+                    allow_no_new_tokens: bool = False) -> int:
     """Validate that `expanded` keeps every base id's string and appends contiguous ids; return its size."""
     size = expanded.get_vocab_size(with_added_tokens=True)
-    if size <= base_vocab_size:
+    if size < base_vocab_size or (size == base_vocab_size and not allow_no_new_tokens):
         raise ExtendError(f"{tokenizer_path}: {size} tokens, no new tokens after the base's {base_vocab_size}")
     for i in range(base_vocab_size):
         old, new = base.id_to_token(i), expanded.id_to_token(i)
@@ -81,11 +82,14 @@ def _initializer_range(model, base_model: str | Path) -> float:
 
 def extend_model(base_model: str | Path, base_tokenizer: str | Path, tokenizer: str | Path, output: str | Path,
                  pad_vocab_to_multiple_of: int = 64, overwrite: bool = False, model=None,
-                 init: str = "eeve") -> ModelMeta:
+                 init: str = "eeve", allow_no_new_tokens: bool = False) -> ModelMeta:
     """Write the stage-0 model directory `output`; return its ModelMeta.
 
     `model` is the base model already loaded from `base_model` (load_base_model); None loads it here,
     after the tokenizer checks. `init` is one of INIT_METHODS (megaeeve/model/init.py).
+    `allow_no_new_tokens` accepts a tokenizer with no new tokens (the base tokenizer itself): the
+    directory then has no `added` rows, for training the base vocabulary as it is (a no-expansion
+    baseline) with the same trainer.
     """
     tokenizer, output = Path(tokenizer), Path(output)
     if output.exists() and not overwrite:
@@ -102,7 +106,7 @@ def extend_model(base_model: str | Path, base_tokenizer: str | Path, tokenizer: 
         raise ExtendError(f"{tokenizer}: holds {sorted(clash)}, which a model directory reserves")
     base_tok, new_tok = load_tokenizer(base_tokenizer), load_tokenizer(tokenizer)
     base_size = base_vocab_size_of(tokenizer, base_tok)
-    vocab_size = check_extension(base_tok, new_tok, base_size, tokenizer)
+    vocab_size = check_extension(base_tok, new_tok, base_size, tokenizer, allow_no_new_tokens)
     pieces = token_pieces(base_tok, new_tok, range(base_size, vocab_size))  # EEVE's init and distillation's teacher
 
     model = load_base_model(base_model) if model is None else model
@@ -118,23 +122,25 @@ def extend_model(base_model: str | Path, base_tokenizer: str | Path, tokenizer: 
     bias = getattr(out, "bias", None)
 
     num_new = vocab_size - base_size
-    if init == "eeve":
-        added_in, added_out, added_bias = eeve_rows(inp.weight, out.weight, bias, pieces)
-    elif init == "mean":
-        added_in, added_out, added_bias = mean_rows(inp.weight[:base_size], out.weight[:base_size],
-                                                    None if bias is None else bias[:base_size], num_new)
-    else:
-        added_in, added_out, added_bias = random_rows(num_new, hidden, _initializer_range(model, base_model),
-                                                      bias is not None)
     state = {k: v for k, v in model.state_dict().items()
              if k not in {f"{in_path}.weight", f"{out_path}.weight", f"{out_path}.bias"}}
     state[f"{in_path}.original"] = inp.weight[:base_size].float().clone()
-    state[f"{in_path}.added"] = added_in
     state[f"{out_path}.original"] = out.weight[:base_size].float().clone()
-    state[f"{out_path}.added"] = added_out
     if bias is not None:
         state[f"{out_path}.bias_original"] = bias[:base_size].float().clone()
-        state[f"{out_path}.bias_added"] = added_bias
+    if num_new:  # no new tokens: no `added` rows at all
+        if init == "eeve":
+            added_in, added_out, added_bias = eeve_rows(inp.weight, out.weight, bias, pieces)
+        elif init == "mean":
+            added_in, added_out, added_bias = mean_rows(inp.weight[:base_size], out.weight[:base_size],
+                                                        None if bias is None else bias[:base_size], num_new)
+        else:
+            added_in, added_out, added_bias = random_rows(num_new, hidden, _initializer_range(model, base_model),
+                                                          bias is not None)
+        state[f"{in_path}.added"] = added_in
+        state[f"{out_path}.added"] = added_out
+        if bias is not None:
+            state[f"{out_path}.bias_added"] = added_bias
 
     padded = math.ceil(vocab_size / pad_vocab_to_multiple_of) * pad_vocab_to_multiple_of
     config = copy.deepcopy(model.config)

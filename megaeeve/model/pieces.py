@@ -28,7 +28,7 @@ class PieceTable:
     """Every id of the expanded vocabulary as its base pieces (a base id is its own single piece)."""
 
     def __init__(self, pieces: list[list[int]], base_vocab_size: int, device: torch.device | str | None = None):
-        width = max(len(ids) for ids in pieces)
+        width = max((len(ids) for ids in pieces), default=1)  # a no-expansion model has no pieces
         table = torch.zeros(base_vocab_size + len(pieces), width, dtype=torch.long)
         table[:base_vocab_size, 0] = torch.arange(base_vocab_size)
         lengths = torch.ones(len(table), dtype=torch.long)

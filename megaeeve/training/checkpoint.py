@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-from deepspeed.utils import safe_get_full_fp32_param, safe_set_local_fp32_param
+from deepspeed.utils import safe_get_full_fp32_param, safe_get_local_fp32_param, safe_set_local_fp32_param
 from safetensors.torch import save_file
 
 from megaeeve.atomic import atomic_dir, write_json
@@ -127,8 +127,8 @@ def export_final(model: torch.nn.Module, src_dir: Path, out_dir: Path, shard_byt
     each rank checked that its partition of the engine's copy still equals its slice of the input
     bitwise (invariant 2); a LoRA layer's weight gets its merged adapters, W + scaling * B A, in fp32.
     The tensors are cut into shards of at most `shard_bytes`; shard k belongs to rank k % world, which
-    assembles and writes it while the others stream past, so no rank holds more than one shard plus
-    the parameter being gathered. Rank 0 publishes the directory atomically.
+    assembles and writes it; a trainable tensor's partitions are gathered to its owner only, so no rank
+    holds more than one shard plus the parameter being gathered. Rank 0 publishes the directory atomically.
     """
     rank, world = dist.get_rank(), dist.get_world_size()
     adapters = lora_layers(model)
@@ -147,10 +147,9 @@ def export_final(model: torch.nn.Module, src_dir: Path, out_dir: Path, shard_byt
                 for name in names:
                     p = params.get(name)
                     if p is not None and p.requires_grad:
-                        full = safe_get_full_fp32_param(p)  # collective: every rank, same order
+                        full = _gather_fp32_master(p, owner=k % world)  # collective: every rank, same order
                         if mine:
-                            shard[name] = full.detach().cpu().float().contiguous()
-                        del full
+                            shard[name] = full
                         continue
                     if p is not None:
                         held = local_values(p).cpu()
@@ -169,6 +168,19 @@ def export_final(model: torch.nn.Module, src_dir: Path, out_dir: Path, shard_byt
                 if len(shards) > 1:
                     write_index(tmp, shards, sum(n for _, n in sizes))
                 copy_model_files(src_dir, tmp)
+
+
+def _gather_fp32_master(p: torch.nn.Parameter, owner: int) -> torch.Tensor | None:
+    """The full fp32 master of a trainable parameter on rank `owner` only (None elsewhere): each rank sends
+    its zero-padded partition, so no other rank materialises the whole tensor (DeepSpeed's
+    safe_get_full_fp32_param all-reduces a full-size tensor on every rank)."""
+    assert dist.get_world_size(group=p.ds_process_group) == dist.get_world_size(), "ZeRO partitions span the world"
+    local = safe_get_local_fp32_param(p).contiguous()
+    parts = [torch.empty_like(local) for _ in range(dist.get_world_size())] if dist.get_rank() == owner else None
+    dist.gather(local, parts, dst=owner)
+    if parts is None:
+        return None
+    return torch.cat(parts)[: p.ds_numel].view(p.ds_shape).cpu().contiguous()
 
 
 def _merge_lora(layer: torch.nn.Module, weight: torch.Tensor | None) -> torch.Tensor | None:
