@@ -4,12 +4,10 @@ independent computations, and distilling stages on 2 ZeRO-3 ranks in fp32 and bf
 from __future__ import annotations
 
 import json
-import math
 
 import numpy as np
 import pytest
 import torch
-import yaml
 from _model_helpers import expand, save_model, tiny_llama
 from _train_helpers import check_stage, ds_config, make_stage0, metrics, read_log, roles_of, run_config, train_stage
 from _train_helpers import write_prefix
@@ -181,3 +179,72 @@ def test_stage_objective_settings():
         stage_table({1: {"objective": "kd"}})
     with pytest.raises(ConfigTypeError, match="weight must be in"):
         stage_table({1: {"distill": {"weight": 1.5}}})
+
+
+RUNS = [("phi", "fp32"), ("llama", "bf16")]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory, phi2_tokenizer_dir, korean_split, english_docs):
+    """Stage-0 models over phi-2's tokenizer (uneven ZeRO partitions of its 50,295 base rows on 2 ranks) and
+    Korean + English datasets; English holds no new token."""
+    tmp = tmp_path_factory.mktemp("distill-run")
+    models = {arch: make_stage0(tmp, arch, phi2_tokenizer_dir) for arch in ("phi", "llama")}
+    ko = write_prefix(tmp / "ko", models["phi"], korean_split[0][:40])
+    en = write_prefix(tmp / "en", models["phi"], english_docs[:40])
+    sources = [{"prefix": str(ko), "weight": 0.7, "name": "ko"}, {"prefix": str(en), "weight": 0.3, "name": "en"}]
+    return {"tmp": tmp, "models": models, "sources": sources}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch, precision", RUNS, ids=["-".join(r) for r in RUNS])
+def test_distilling_stages_on_zero3_ranks(corpus, arch, precision):
+    """Stage 1 distils (with the hidden-state term), stage 4 mixes both losses: frozen tensors stay bitwise, Adam
+    state covers only the trainable ones (the teacher has none), and the ranks' first eval of the distillation
+    terms equals this process's computation with plain models."""
+    tmp, model = corpus["tmp"], corpus["models"][arch]
+    run_dir, stages = tmp / f"run-{arch}-{precision}", [1, 4]
+    overrides = {1: {"steps": 2, "objective": "distill", "distill": {"hidden_weight": 0.5}},
+                 4: {"steps": 2, "objective": "mixed", "distill": {"weight": 0.5}}}
+    training = {"eval_samples": 4, "checkpoint_every": 0, "report_to": [], "progress_bar": False}
+    cfg = run_config(tmp / f"{arch}-{precision}.yaml", run_dir, model, corpus["sources"], overrides,
+                     run_stages=stages, training=training)
+    ds = ds_config(tmp / f"ds-{precision}.json", bf16=precision == "bf16")
+    for stage in stages:
+        log = tmp / f"{arch}-{precision}-stage{stage}.log"
+        assert train_stage(ds, cfg, stage, log) == 0, read_log(log)
+    chain = {"run_dir": run_dir, "stages": stages, "model": model, "roles": roles_of(model),
+             "bf16": precision == "bf16", "world": 2}
+    for stage in stages:
+        check_stage(chain, stage)
+
+    distilled, mixed = metrics(run_dir / "stage-1"), metrics(run_dir / "stage-4")
+    for r in (r for r in distilled if r["kind"] == "train"):
+        assert r["loss"] == pytest.approx(r["distill_loss"] + 0.5 * r["hidden_loss"], rel=1e-5)
+        assert r["lm_loss"] > 0
+    for r in (r for r in mixed if r["kind"] == "train"):
+        assert r["loss"] == pytest.approx(0.5 * r["lm_loss"] + 0.5 * r["distill_loss"], rel=1e-5)
+        assert "hidden_loss" not in r
+    assert {"eval_loss_ko", "eval_distill_ko", "eval_hidden_ko", "eval_distill_en"} <= set(distilled[-1])
+
+    # The first eval (the stage-0 model), again in this process with plain student and teacher models.
+    from megaeeve.training.config import load_run_config
+    from megaeeve.training.data import stage_data
+
+    run = load_run_config(cfg)
+    meta = read_model_meta(model)
+    valid = stage_data(run, run.stages[1], 2 * 8, meta.base_vocab_size).valid
+    objective = _objective({"dir": model, "meta": meta}, DTYPES[precision], DistillSpec(hidden_weight=0.5))
+    student = load_model_dir(model, dtype=DTYPES[precision])
+    first = distilled[0]
+    assert first["kind"] == "eval" and first["step"] == 0
+    rel = 1e-4 if precision == "fp32" else 2e-2
+    for name in ("ko", "en"):
+        tokens = torch.from_numpy(np.stack([valid[name][i] for i in range(len(valid[name]))]))
+        with torch.no_grad():
+            here = objective(student, tokens).metrics
+        for term, key in (("distill", f"eval_distill_{name}"), ("hidden", f"eval_hidden_{name}"),
+                          ("lm", f"eval_loss_{name}")):
+            assert first[key] == pytest.approx(float(here[term].mean()), rel=rel, abs=1e-7), key
+    assert first["eval_distill_ko"] > 1e3 * first["eval_distill_en"]  # English holds no new token
+    assert first["eval_hidden_en"] == 0  # the same states as the teacher's

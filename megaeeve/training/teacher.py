@@ -28,4 +28,5 @@ def load_teacher(model_dir: Path, ds_config: dict, dtype: torch.dtype, attn_impl
 
     config = {k: v for k, v in ds_config.items() if k not in ("optimizer", "scheduler")}
     engine, *_ = deepspeed.initialize(model=model, config=config)
-    return engine.eval()
+    engine.eval()  # DeepSpeedEngine.eval returns None
+    return engine
