@@ -202,7 +202,7 @@ def dry_run(model_dir: Path, stages: list[Stage], ds_config: dict, worlds: list[
     for stage, plan in zip(stages, plans):
         n, total, opt = plan["trainable"], plan["total"], plan["optimizer_bytes"]
         print(f"\nstage {stage.number}: {stage.description}  (lr {stage.lr:g}, budget "
-              f"{f'{stage.tokens:,} tokens' if stage.tokens else f'{stage.steps} steps'})")
+              f"{f'{stage.tokens:,} tokens' if stage.tokens else f'{stage.steps} steps'}, objective {stage.objective})")
         for role, members in plan["roles"].items():
             listing = ", ".join(f"{x} {shape}" for x, shape in members[:4])
             more = f", ... ({len(members)} tensors)" if len(members) > 4 else ""

@@ -248,3 +248,21 @@ def test_distilling_stages_on_zero3_ranks(corpus, arch, precision):
             assert first[key] == pytest.approx(float(here[term].mean()), rel=rel, abs=1e-7), key
     assert first["eval_distill_ko"] > 1e3 * first["eval_distill_en"]  # English holds no new token
     assert first["eval_hidden_en"] == 0  # the same states as the teacher's
+
+
+def test_dry_run_needs_the_pieces_table_of_a_distilling_stage(monkeypatch, capsys, corpus, tmp_path):
+    import shutil
+
+    from megaeeve.train import main
+
+    old = shutil.copytree(corpus["models"]["phi"], tmp_path / "old-stage0")
+    (old / "new_token_pieces.json").unlink()  # a stage-0 directory written before the table existed
+    ds = ds_config(tmp_path / "ds.json")
+    for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(key, raising=False)
+    for model, objective, code in ((old, "lm", 0), (old, "mixed", 2), (corpus["models"]["phi"], "mixed", 0)):
+        cfg = run_config(tmp_path / "dry.yaml", tmp_path / "run", model, corpus["sources"],
+                         {1: {"objective": objective}}, run_stages=[1])
+        assert main(["--dry-run", "--ds_config", str(ds), "--config", str(cfg)]) == code
+        out = capsys.readouterr()
+        assert (f"objective {objective}" in out.out) if code == 0 else ("new_token_pieces.json is missing" in out.err)
