@@ -19,6 +19,7 @@ from megaeeve.typed import coerce, field_hints
 ROLES = ("input_original", "input_added", "output_original", "output_added", "body")  # the model's own parameters
 LORA = "lora"  # adapters a LoRA stage adds (LoraSpec)
 EMBEDDING_ROLES = frozenset(ROLES) - {"body"}
+OBJECTIVES = ("lm", "distill", "mixed")  # megaeeve/training/objectives.py
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,20 @@ class LoraSpec:
 
 
 @dataclass(frozen=True)
+class DistillSpec:
+    """Chunk-likelihood distillation from the base model, for objectives `distill` and `mixed`
+    (megaeeve/training/objectives.py)."""
+
+    weight: float = 0.5  # mixed: loss = (1 - weight) * lm + weight * (distill + hidden_weight * hidden)
+    temperature: float = 100.0  # chunk probabilities are compared as p ** (1 / temperature) (ALM's default: 100)
+    hidden_weight: float = 0.0  # the hidden-state term at chunk ends (0: not computed)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.weight < 1 or self.temperature <= 0 or self.hidden_weight < 0:
+            raise ValueError(f"distill: weight must be in (0, 1), temperature > 0 and hidden_weight >= 0, got {self}")
+
+
+@dataclass(frozen=True)
 class Stage:
     """One stage: what trains, for how long, how fast."""
 
@@ -59,8 +74,12 @@ class Stage:
     embedding_weight_decay: float = 0.0  # embedding / lm_head rows: none unless asked
     data_weights: Mapping[str, float] | None = None  # per dataset name; None: the run's weights
     lora: LoraSpec | None = None  # adapters for role `lora` (see LoraSpec)
+    objective: str = "lm"  # one of OBJECTIVES: next-token loss, distillation from the base model, or both
+    distill: DistillSpec = DistillSpec()  # settings of `distill` and `mixed`
 
     def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"stage {self.number}: objective {self.objective!r}; objectives are {list(OBJECTIVES)}")
         unknown = set(self.trainable) - {*ROLES, LORA}
         if unknown:
             raise ValueError(f"stage {self.number}: unknown role(s) {sorted(unknown)}; roles are {[*ROLES, LORA]}")

@@ -167,10 +167,11 @@ def stage_plans(model_dir: Path, stages: list[Stage], ds_config: dict | None = N
 
 def check_run(cfg: RunConfig, ds_config: dict, ds_path: Path, stages: list[int], worlds: list[int]) -> None:
     """Everything a stage checks before it loads a model: the stage table, the ds_config against each
-    world size, the model directory, and every data prefix (header against both file sizes, token
-    dtype against the vocabulary)."""
+    world size, the model directory (and its pieces table if a stage distils), and every data prefix
+    (header against both file sizes, token dtype against the vocabulary)."""
     from megaeeve.data.gpt_dataset import document_split
     from megaeeve.model import read_model_meta
+    from megaeeve.model.checkpoint import read_pieces
     from megaeeve.training.data import open_prefix
 
     for number in stages:
@@ -182,6 +183,8 @@ def check_run(cfg: RunConfig, ds_config: dict, ds_path: Path, stages: list[int],
     for warning in found:
         print(f"warning: {warning}", file=sys.stderr)
     meta = read_model_meta(cfg.model)
+    if any(cfg.stages[number].objective != "lm" for number in stages):
+        read_pieces(cfg.model, meta)  # a distilling stage's teacher input
     for source in cfg.data.sources:
         docs = open_prefix(source.prefix)
         dtype = np.dtype(docs.dtype)
@@ -199,7 +202,7 @@ def dry_run(model_dir: Path, stages: list[Stage], ds_config: dict, worlds: list[
     for stage, plan in zip(stages, plans):
         n, total, opt = plan["trainable"], plan["total"], plan["optimizer_bytes"]
         print(f"\nstage {stage.number}: {stage.description}  (lr {stage.lr:g}, budget "
-              f"{f'{stage.tokens:,} tokens' if stage.tokens else f'{stage.steps} steps'})")
+              f"{f'{stage.tokens:,} tokens' if stage.tokens else f'{stage.steps} steps'}, objective {stage.objective})")
         for role, members in plan["roles"].items():
             listing = ", ".join(f"{x} {shape}" for x, shape in members[:4])
             more = f", ... ({len(members)} tensors)" if len(members) > 4 else ""
@@ -222,6 +225,7 @@ def run_stage(cfg: RunConfig, ds_config: dict, ds_path: Path, number: int, overw
     from megaeeve.training.data import stage_data
     from megaeeve.training.engine import freeze_for_stage, initialize_engine, model_dtype
     from megaeeve.training.loop import LoopSettings, LoopState, evaluate, train
+    from megaeeve.training.objectives import stage_objective
     from megaeeve.training.metrics import Metrics, MetricsSettings
     from megaeeve.training.throughput import flops_per_token, peak_tflops
 
@@ -272,6 +276,8 @@ def run_stage(cfg: RunConfig, ds_config: dict, ds_path: Path, number: int, overw
     engine = initialize_engine(model, roles, stage, ds_config, steps, str(ds_path))
     if dtype != torch.float32:
         ckpt.load_fp32_masters(model, src_dir)
+    objective = stage_objective(stage, cfg.model, ds_config, dtype, cfg.training.attn_implementation,
+                                torch.device(engine.device))
     data = stage_data(cfg, stage, steps * batch.global_batch, meta.base_vocab_size)
 
     ckpt_dir = stage_dir / "checkpoints"
@@ -294,14 +300,14 @@ def run_stage(cfg: RunConfig, ds_config: dict, ds_path: Path, number: int, overw
         eval_every=cfg.training.eval_every, checkpoint_every=cfg.training.checkpoint_every,
     )
     try:
-        if not train(engine, data, state, settings, metrics, stop, save):
+        if not train(engine, data, state, settings, metrics, stop, save, objective):
             if rank == 0:
                 print(f"stage {number}: stopped by signal {stop.signum} at step {state.step}; checkpoint saved, "
                       f"exit {REQUEUE_EXIT_CODE} (requeue)", file=sys.stderr)
             return REQUEUE_EXIT_CODE
         if ckpt.latest_tag(ckpt_dir) != f"step{state.step:08d}":
             save(state)
-        final_eval = evaluate(engine, data, batch.micro)
+        final_eval = evaluate(engine, data, batch.micro, objective)
         metrics.log({"kind": "eval", "step": state.step, **final_eval})
         ckpt.export_final(model, src_dir, stage_dir / "final", cfg.training.handoff_shard_mb * 2**20)
         if rank == 0:

@@ -11,8 +11,9 @@ Interfaces the trainer relies on:
 - Model directory (stage-0 output and each stage's final/): ``split_model.safetensors`` with the split
   names (``<input>.original``, ``<input>.added``, ``<lm_head>.original``, ``<lm_head>.added``
   [, ``<lm_head>.bias_original``, ``<lm_head>.bias_added``] + body weights), ``config.json`` (HF,
-  vocab_size = padded size, untied), ``megaeeve_model.json`` (ModelMeta), the expanded tokenizer's
-  files and ``base_tokenizer/tokenizer.json``.
+  vocab_size = padded size, untied), ``megaeeve_model.json`` (ModelMeta), ``new_token_pieces.json``
+  (each new id's base ids: ``read_pieces``, pieces.py), the expanded tokenizer's files and
+  ``base_tokenizer/tokenizer.json``.
 - ``load_model_dir(dir, ds_config=None, dtype=torch.float32) -> nn.Module``: builds the split model
   (eval mode); with ZeRO stage 3 in ds_config, under deepspeed.zero.Init, each rank filling only its
   own partitions from slices of the safetensors file (partition.py).

@@ -6,6 +6,8 @@
                            random embeddings (tools/export_hf.py makes the plain model)
     config.json            the Hugging Face config (vocab_size = padded size, tie_word_embeddings = false)
     megaeeve_model.json    ModelMeta: vocabulary layout, module paths, both tokenizers' fingerprints
+    new_token_pieces.json  each new token's base pieces, written at extension: {"base_vocab_size": B,
+                           "pieces": [[base ids of id B], ...]} (the teacher's input in distillation, pieces.py)
     tokenizer files        the expanded tokenizer as copied from its directory (AutoTokenizer loads them)
     base_tokenizer/        tokenizer.json of the base tokenizer (its identity)
 
@@ -25,7 +27,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from megaeeve.atomic import write_json
+from megaeeve.atomic import atomic_file, write_json
 from megaeeve.model.partition import read_partition
 from megaeeve.model.weights import INDEX_FILE, SINGLE_FILE, open_weights, weight_files
 from megaeeve.model.split import SplitEmbedding, SplitLMHead
@@ -34,8 +36,10 @@ MODEL_FILE = SINGLE_FILE  # stage-0; a hand-off may be sharded (megaeeve.model.w
 META_FILE = "megaeeve_model.json"
 CONFIG_FILE = "config.json"
 BASE_TOKENIZER_DIR = "base_tokenizer"
+PIECES_FILE = "new_token_pieces.json"
 FORMAT = "megaeeve-model/1"
-RESERVED_NAMES = {MODEL_FILE, INDEX_FILE, META_FILE, CONFIG_FILE, BASE_TOKENIZER_DIR, "generation_config.json"}
+RESERVED_NAMES = {MODEL_FILE, INDEX_FILE, META_FILE, CONFIG_FILE, BASE_TOKENIZER_DIR, PIECES_FILE,
+                  "generation_config.json"}
 
 
 class ModelDirError(ValueError):
@@ -101,6 +105,22 @@ def read_model_meta(model_dir: str | Path) -> ModelMeta:
     return ModelMeta(**data)
 
 
+def read_pieces(model_dir: str | Path, meta: ModelMeta) -> list[list[int]]:
+    """The pieces table of a model directory (one list of base ids per new id), checked against `meta`."""
+    path = Path(model_dir) / PIECES_FILE
+    if not path.is_file():
+        raise ModelDirError(f"{path} is missing: the model directory predates the pieces table that distillation "
+                            f"needs; extend the base model again (tools/extend_model.py)")
+    data = json.loads(path.read_text(encoding="utf-8"))
+    pieces = data["pieces"]
+    if data["base_vocab_size"] != meta.base_vocab_size or len(pieces) != meta.num_added:
+        raise ModelDirError(f"{path}: {len(pieces)} tokens after base id {data['base_vocab_size']}, the model has "
+                            f"{meta.num_added} after {meta.base_vocab_size}")
+    if not all(ids and all(0 <= i < meta.base_vocab_size for i in ids) for ids in pieces):
+        raise ModelDirError(f"{path}: a new token has no pieces, or a piece that is not a base id")
+    return pieces
+
+
 def build_split_model(config, meta: ModelMeta, dtype: torch.dtype, ds_config: dict | None = None,
                       attn_implementation: str | None = None) -> nn.Module:
     """The HF model of `config` with the split embedding and head installed, weights uninitialised.
@@ -114,7 +134,7 @@ def build_split_model(config, meta: ModelMeta, dtype: torch.dtype, ds_config: di
     MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]  # import the model's module now: imports break under zero.Init
     with contextlib.ExitStack() as stack:
         stack.enter_context(no_init_weights())
-        if _zero3(ds_config):
+        if is_zero3(ds_config):
             import deepspeed
             from transformers.integrations.deepspeed import prevent_arange_dtype_change
 
@@ -127,7 +147,7 @@ def build_split_model(config, meta: ModelMeta, dtype: torch.dtype, ds_config: di
     return model
 
 
-def _zero3(ds_config: dict | None) -> bool:
+def is_zero3(ds_config: dict | None) -> bool:
     return bool(ds_config) and ds_config.get("zero_optimization", {}).get("stage", 0) == 3
 
 
@@ -144,7 +164,7 @@ def load_model_dir(model_dir: str | Path, ds_config: dict | None = None, dtype: 
     meta = read_model_meta(model_dir)
     config = AutoConfig.from_pretrained(str(model_dir))
     model = build_split_model(config, meta, dtype, ds_config, attn_implementation)
-    _load_weights(model, model_dir, _zero3(ds_config))
+    _load_weights(model, model_dir, is_zero3(ds_config))
     return model.eval()
 
 
@@ -187,7 +207,7 @@ def copy_model_files(src_dir: Path, out_dir: Path) -> None:
 
 
 def write_model_dir(tmp: Path, state_dict: dict[str, torch.Tensor], config, meta: ModelMeta,
-                    tokenizer_dir: Path, base_tokenizer) -> None:
+                    tokenizer_dir: Path, base_tokenizer, pieces: list[list[int]]) -> None:
     """Fill a fresh (temporary) directory with a model directory's files; the caller renames it."""
     save_file({k: v.detach().contiguous() for k, v in state_dict.items()}, str(tmp / MODEL_FILE),
               metadata={"format": "pt"})
@@ -196,4 +216,6 @@ def write_model_dir(tmp: Path, state_dict: dict[str, torch.Tensor], config, meta
         shutil.copy2(tokenizer_dir / name, tmp / name)
     (tmp / BASE_TOKENIZER_DIR).mkdir()
     base_tokenizer.save(str(tmp / BASE_TOKENIZER_DIR / "tokenizer.json"))
+    with atomic_file(tmp / PIECES_FILE, "w") as f:  # one compact line: ~10 bytes a piece
+        json.dump({"base_vocab_size": meta.base_vocab_size, "pieces": pieces}, f, separators=(",", ":"))
     write_json(tmp / META_FILE, dataclasses.asdict(meta))

@@ -107,7 +107,7 @@ def extend_model(base_model: str | Path, base_tokenizer: str | Path, tokenizer: 
     base_tok, new_tok = load_tokenizer(base_tokenizer), load_tokenizer(tokenizer)
     base_size = base_vocab_size_of(tokenizer, base_tok)
     vocab_size = check_extension(base_tok, new_tok, base_size, tokenizer, allow_no_new_tokens)
-    pieces = token_pieces(base_tok, new_tok, range(base_size, vocab_size)) if init == "eeve" else None
+    pieces = token_pieces(base_tok, new_tok, range(base_size, vocab_size))  # EEVE's init and distillation's teacher
 
     model = load_base_model(base_model) if model is None else model
     inp, out = model.get_input_embeddings(), model.get_output_embeddings()
@@ -158,7 +158,7 @@ def extend_model(base_model: str | Path, base_tokenizer: str | Path, tokenizer: 
         tokenizer_files=tokenizer_files, init=init,
     )
     with atomic_dir(output, overwrite=overwrite) as tmp:
-        write_model_dir(tmp, state, config, meta, tokenizer, base_tok)
+        write_model_dir(tmp, state, config, meta, tokenizer, base_tok, pieces)
     return meta
 
 
