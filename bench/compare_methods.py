@@ -57,7 +57,7 @@ import yaml  # noqa: E402
 
 from megaeeve import assets  # noqa: E402
 from megaeeve.atomic import atomic_dir, atomic_file, write_json  # noqa: E402
-from megaeeve.pipeline import Pipeline, PipelineConfig, Step, _tool  # noqa: E402
+from megaeeve.pipeline import Pipeline, PipelineConfig, Step, _command  # noqa: E402
 
 SECTION = "## Method comparison"
 STAGES = 7
@@ -269,9 +269,9 @@ class Compare(Pipeline):
     def eval_step(self, name: str, model_dir: Path, output: Path) -> Step:
         def run() -> None:
             output.parent.mkdir(parents=True, exist_ok=True)
-            self.call(name, _tool("tools/evaluate.py", "--model", model_dir,
-                                  *[x for lang in LANGS for x in ("--text", f"{lang}={self.eval_text(lang)}")],
-                                  "--gen-tokens", 0, "--output", output))
+            self.call(name, _command("evaluate", "--model", model_dir,
+                                     *[x for lang in LANGS for x in ("--text", f"{lang}={self.eval_text(lang)}")],
+                                     "--gen-tokens", 0, "--output", output))
 
         return Step(name, output, run)
 
