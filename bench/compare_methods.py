@@ -31,7 +31,7 @@ resumes. Intermediate stage weights are deleted once evaluated and no longer nee
 keeps them). At the end the script prints the tables, writes compare_methods.json and a PNG plot, and
 replaces the "## Method comparison" section of --results.
 
-Default budget (--scale 1): 7 stages x 3 steps x 1,024 tokens per method on 2 CPU ranks, about 40
+Default budget (--scale 1): 7 stages x 2 steps x 1,024 tokens per method on 2 CPU ranks, about 40
 minutes on 2 cores. --scale N multiplies the steps; --gpu trains bf16 on the visible CUDA devices with
 ds_configs/zero3.json and sequences of 512 tokens (32 sequences per device and step).
 """
@@ -88,10 +88,10 @@ METHODS = (
 class CompareConfig:
     out: Path
     scale: float = 1.0
-    steps_per_stage: int = 3  # at --scale 1
+    steps_per_stage: int = 2  # at --scale 1
     full_lr: float = 1e-4  # (b), (c), (d); about the mean of EEVE's seven stage lrs (9.3e-5)
     same_text_stages: int = 2  # extra stages of (d) up to the same Korean text
-    eval_chars: int = 4000  # held-out characters per language
+    eval_chars: int = 3000  # held-out characters per language
     gpu: bool = False
     keep_weights: bool = False
     seed: int = 1234
