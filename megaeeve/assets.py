@@ -107,6 +107,13 @@ def split_held_out(docs: list[str], every: int = 10) -> tuple[list[str], list[st
     return train, held
 
 
+def unseen(held_out: list[str], train: list[str]) -> list[str]:
+    """Held-out documents that occur nowhere in `train`, each once: text training never sees (konlpy's short
+    lines, such as article headings, repeat across the bills and land on both sides of split_held_out)."""
+    seen = set(train)
+    return [d for d in dict.fromkeys(held_out) if d not in seen]
+
+
 def write_jsonl(docs: list[str], path: str | Path) -> Path:
     """Write documents as JSONL {"text": ...} (the corpus format the tools read)."""
     from megaeeve.atomic import atomic_file

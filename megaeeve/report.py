@@ -1,21 +1,23 @@
 """The run report: what a pipeline run did, as markdown with PNG plots (run_dir/report/).
 
 Reads only the run's own outputs: tokenizer/expansion_report.json, stage-N/metrics.jsonl and DONE,
-the stage-N/final model directories, export/. The frozen-parameter check is recomputed here from the
-weights on disk (stage N-1's final/ against stage N's), independently of the trainer's own bookkeeping.
+stage-N/checkpoints, the model directories, eval/*.json (tools/evaluate.py), export/. The frozen-parameter
+check is recomputed here from the weights on disk, independently of the trainer's own bookkeeping: each
+stage's last DeepSpeed checkpoint against the stage's input. Not final/: the hand-off copies frozen tensors
+from the input by construction, so it could not show one that moved.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
-
 from megaeeve.atomic import atomic_dir
-from megaeeve.model.checkpoint import MODEL_FILE
+from megaeeve.model.weights import open_weights
 
 KOREAN_PROMPT = "대한민국의 모든 국민은"
 ENGLISH_PROMPT = "The import statement"
@@ -38,23 +40,52 @@ def stage_dirs(run_dir: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def frozen_check(src: Path, dst: Path, roles: dict[str, str], trainable_roles: list[str]) -> dict[str, Any]:
-    """Compare two model directories tensor by tensor: frozen roles must be bitwise equal, trainable ones changed."""
-    out = {"frozen_total": 0, "frozen_unchanged": 0, "trainable_total": 0, "trainable_changed": 0, "violations": []}
-    with safe_open(str(src / MODEL_FILE), "pt") as a, safe_open(str(dst / MODEL_FILE), "pt") as b:
+def checkpoint_weights(ckpt_dir: Path) -> tuple[dict[str, torch.Tensor], torch.dtype]:
+    """The latest ZeRO checkpoint in `ckpt_dir`, consolidated (trainable tensors: their fp32 masters; frozen ones:
+    as the engine held them), and the engine's dtype from the ds_config saved with it."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    from megaeeve.training.checkpoint import latest_tag
+    from megaeeve.training.engine import model_dtype
+
+    tag = latest_tag(ckpt_dir)
+    if tag is None:
+        raise FileNotFoundError(f"{ckpt_dir}: no DeepSpeed checkpoint; the frozen-parameter check reads the last one")
+    states = sorted((ckpt_dir / tag).glob("*model_states.pt"))
+    ds_config = torch.load(states[0], map_location="cpu", weights_only=False, mmap=True)["ds_config"]
+    with contextlib.redirect_stdout(io.StringIO()):  # it prints a summary line per call
+        weights = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir))
+    return weights, model_dtype(ds_config)
+
+
+def frozen_check(src: Path, ckpt_dir: Path, roles: dict[str, str], trainable_roles: list[str]) -> dict[str, Any]:
+    """A stage's last checkpoint against its input directory `src`, tensor by tensor: a frozen tensor must equal
+    the input rounded to the engine's dtype (a bf16 engine holds, and saves, frozen tensors in bf16), a
+    trainable one (fp32 master) must have changed."""
+    weights, dtype = checkpoint_weights(ckpt_dir)
+    out = {"frozen_total": 0, "frozen_unchanged": 0, "trainable_total": 0, "trainable_changed": 0, "violations": [],
+           "engine_dtype": str(dtype).removeprefix("torch.")}
+    with open_weights(src) as f:
         for name, role in roles.items():
-            x, y = a.get_tensor(name), b.get_tensor(name)
-            same = x.shape == y.shape and torch.equal(x.to(y.dtype), y)
+            x, y = f.get_tensor(name), weights[name]
             if role in trainable_roles:
                 out["trainable_total"] += 1
-                out["trainable_changed"] += not same
-            else:
-                out["frozen_total"] += 1
-                out["frozen_unchanged"] += same
-                if not same:
-                    out["violations"].append(name)
+                out["trainable_changed"] += not (x.shape == y.shape and torch.equal(x.float(), y.float()))
+                continue
+            same = y.dtype == dtype and x.shape == y.shape and torch.equal(x.to(dtype), y)
+            out["frozen_total"] += 1
+            out["frozen_unchanged"] += same
+            if not same:
+                out["violations"].append(name)
     out["ok"] = out["frozen_unchanged"] == out["frozen_total"] and out["trainable_changed"] == out["trainable_total"]
     return out
+
+
+def read_evals(run_dir: Path) -> dict[str, dict[str, Any]]:
+    """eval/NAME.json (tools/evaluate.py) -> NAME -> text -> numbers, for base and stage-N, in stage order."""
+    found = {p.stem: json.loads(p.read_text(encoding="utf-8"))["texts"] for p in (run_dir / "eval").glob("*.json")
+             if p.stem == "base" or p.stem.removeprefix("stage-").isdigit()}
+    return {name: found[name] for name in sorted(found, key=lambda n: -1 if n == "base" else int(n[len("stage-"):]))}
 
 
 def _pyplot():
@@ -130,26 +161,59 @@ def _plot_losses(stages: list[tuple[int, list[dict[str, Any]]]], out: Path) -> N
     plt.close(fig)
 
 
+def _plot_bits_per_char(evals: dict[str, dict[str, Any]], out: Path) -> None:
+    plt = _pyplot()
+    stages = [n for n in evals if n != "base"]
+    texts = list(evals[stages[0]])
+    fig, axes = plt.subplots(1, len(texts), figsize=(5.5 * len(texts), 4), squeeze=False)
+    for ax, text in zip(axes[0], texts):
+        xs = list(range(len(stages)))
+        ax.plot(xs, [evals[n][text]["bits_per_char"] for n in stages], "o-", label="extended model")
+        if "base" in evals:
+            ax.axhline(evals["base"][text]["bits_per_char"], color="tab:gray", ls="--", label="base model")
+        ax.set_xticks(xs, [n.removeprefix("stage-") for n in stages])
+        ax.set_xlabel("after stage (0: extended, untrained)")
+        ax.set_ylabel("bits per character")
+        ax.set_title(TEXT_LABELS.get(text, text))
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
 def generate(model_path: str, tokenizer_path: str, prompts: list[str], max_new_tokens: int) -> list[str]:
-    """Greedy continuations with plain transformers (gguf files and HF directories both load)."""
-    from transformers import AutoTokenizer
+    """Greedy continuations (any model kind megaeeve.eval loads)."""
+    from megaeeve.eval import greedy, load_any_model, load_hf_tokenizer
 
-    from megaeeve.model.extend import load_base_model
+    return greedy(load_any_model(model_path), load_hf_tokenizer(tokenizer_path), prompts, max_new_tokens)
 
-    model = load_base_model(model_path).eval()
-    path = Path(tokenizer_path)
-    if path.suffix == ".gguf":
-        tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-    else:
-        tok = AutoTokenizer.from_pretrained(str(path))
-    texts = []
-    for prompt in prompts:
-        ids = tok(prompt, return_tensors="pt").input_ids
-        with torch.no_grad():
-            gen = model.generate(ids, max_new_tokens=max_new_tokens, do_sample=False,
-                                 pad_token_id=tok.eos_token_id if tok.eos_token_id is not None else 0)
-        texts.append(tok.decode(gen[0, ids.shape[1]:], skip_special_tokens=True))
-    return texts
+
+def _eval_section(evals: dict[str, dict[str, Any]]) -> list[str]:
+    """Bits/char per model and text, what stage 0 changed on English, generation speed base vs final."""
+    texts = list(next(iter(evals.values())))
+    labels = [TEXT_LABELS.get(t, t) for t in texts]
+    md = ["## Held-out evaluation", "",
+          "Bits per character (lower is better) on held-out documents that occur nowhere in the training text, "
+          "each model with its own tokenizer (tools/evaluate.py; `eval/*.json`).", ""]
+    header = ["model"] + [f"{label}: {what}" for label in labels for what in ("bits/char", "chars/token")]
+    rows = [[name] + [f"{e[t][k]:.4f}" if k == "bits_per_char" else f"{e[t][k]:.2f}"
+                      for t in texts for k in ("bits_per_char", "chars_per_token")] for name, e in evals.items()]
+    md += [_md_table(header, rows), "", "![bits per character](bits_per_char.png)", ""]
+    base, stage0 = evals.get("base", {}).get("english"), evals.get("stage-0", {}).get("english")
+    if base and stage0 and base["tokens"] == stage0["tokens"]:
+        per_token = (stage0["bits_per_char"] - base["bits_per_char"]) * base["chars_per_token"]
+        md += [f"English, stage 0 against the base: {per_token:+.4f} bits per token, with the same token ids and "
+               f"the same logits over the base vocabulary: the only change before training is the probability mass "
+               f"the new rows take, 1 - 2^-{per_token:.4f} = {100 * (1 - 2 ** -per_token):.2f}% "
+               f"(geometric mean over tokens).", ""]
+    final = [n for n in evals if n != "base"][-1]
+    if "base" in evals and evals[final][texts[0]].get("gen_chars_per_s"):
+        md += ["Greedy generation speed, characters per second (one prompt at a time, the same number of new "
+               "tokens for both):", ""]
+        md.append(_md_table(["model"] + labels, [[n] + [f"{evals[n][t]['gen_chars_per_s']:.1f}" for t in texts]
+                                                 for n in ("base", final)]))
+        md.append("")
+    return md
 
 
 def _md_table(header: list[str], rows: list[list[Any]]) -> str:
@@ -159,7 +223,7 @@ def _md_table(header: list[str], rows: list[list[Any]]) -> str:
 
 
 def build_report(run_dir: Path, base_model: str, base_tokenizer: str, max_new_tokens: int = 24) -> Path:
-    """Write run_dir/report/{report.md, tokenizer.png, loss.png, report.json} atomically."""
+    """Write run_dir/report/{report.md, tokenizer.png, loss.png, bits_per_char.png, report.json} atomically."""
     from megaeeve.model import parameter_roles
     from megaeeve.train import meta_model, stage_plans
     from megaeeve.training.config import load_run_config
@@ -174,7 +238,8 @@ def build_report(run_dir: Path, base_model: str, base_tokenizer: str, max_new_to
     for number, d in done:
         previous = cfg.previous_stage(number)
         src = cfg.model if previous is None else cfg.stage_dir(previous) / "final"
-        checks[number] = frozen_check(src, d / "final", roles, list(cfg.stages[number].trainable))
+        checks[number] = frozen_check(src, d / "checkpoints", roles, list(cfg.stages[number].trainable))
+    evals = read_evals(run_dir)
     prompts = [KOREAN_PROMPT, ENGLISH_PROMPT]
     samples = {"base": generate(base_model, base_tokenizer, prompts, max_new_tokens)}
     if (run_dir / "export").is_dir():
@@ -183,6 +248,8 @@ def build_report(run_dir: Path, base_model: str, base_tokenizer: str, max_new_to
     with atomic_dir(run_dir / "report", overwrite=True) as out:
         _plot_tokenizer(expansion, out / "tokenizer.png")
         _plot_losses([(n, _read_jsonl(d / "metrics.jsonl")) for n, d in done], out / "loss.png")
+        if evals:
+            _plot_bits_per_char(evals, out / "bits_per_char.png")
         rounds = expansion["rounds"]
         cpt = expansion.get("chars_per_token") or {}
         md = [f"# megaeeve run report: {run_dir.name}", ""]
@@ -199,13 +266,18 @@ def build_report(run_dir: Path, base_model: str, base_tokenizer: str, max_new_to
         for number, d in done:
             plan, check = plans.get(number, {}), checks[number]
             summary = json.loads((d / "DONE").read_text(encoding="utf-8"))
+            frozen = (f"{check['frozen_unchanged']}/{check['frozen_total']} unchanged" if check["frozen_total"]
+                      else "no frozen tensors")
             rows.append([number, ", ".join(cfg.stages[number].trainable), f"{plan.get('trainable', 0):,}",
-                         f"{plan.get('optimizer_bytes', 0) / 2**20:,.1f}", summary.get("steps"),
-                         f"{check['frozen_unchanged']}/{check['frozen_total']} unchanged",
+                         f"{plan.get('optimizer_bytes', 0) / 2**20:,.1f}", summary.get("steps"), frozen,
                          f"{check['trainable_changed']}/{check['trainable_total']} changed",
                          "ok" if check["ok"] else "FAILED: " + ", ".join(check["violations"][:3])])
         md.append(_md_table(["stage", "trainable roles", "trainable params", "optimizer state MiB", "steps",
                              "frozen tensors", "trainable tensors", "check"], rows))
+        md += ["", "Recomputed from each stage's last DeepSpeed checkpoint against the stage's input: frozen tensors "
+               "equal to the input in the engine's dtype, trainable ones changed."]
+        if evals:
+            md += [""] + _eval_section(evals)
         md += ["", "## Samples (greedy)", ""]
         for i, prompt in enumerate(prompts):
             md.append(f"**Prompt:** {prompt}")
@@ -214,7 +286,7 @@ def build_report(run_dir: Path, base_model: str, base_tokenizer: str, max_new_to
                 md.append(f"- {who}: {texts[i]!r}")
             md.append("")
         (out / "report.md").write_text("\n".join(md) + "\n", encoding="utf-8")
-        (out / "report.json").write_text(json.dumps({"frozen_checks": checks, "samples": samples,
+        (out / "report.json").write_text(json.dumps({"frozen_checks": checks, "evaluation": evals, "samples": samples,
                                                      "stage_plans": plans}, indent=2, ensure_ascii=False) + "\n",
                                          encoding="utf-8")
     return run_dir / "report"

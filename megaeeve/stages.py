@@ -16,8 +16,46 @@ from typing import Any, Mapping
 
 from megaeeve.typed import coerce, field_hints
 
-ROLES = ("input_original", "input_added", "output_original", "output_added", "body")
+ROLES = ("input_original", "input_added", "output_original", "output_added", "body")  # the model's own parameters
+LORA = "lora"  # adapters a LoRA stage adds (LoraSpec)
 EMBEDDING_ROLES = frozenset(ROLES) - {"body"}
+OBJECTIVES = ("lm", "distill", "mixed")  # megaeeve/training/objectives.py
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    """LoRA adapters (PEFT) on the body's `target_modules` for a stage that trains role `lora` instead of
+    `body`; merged into the weights at the stage's hand-off, so the next stage and the export see plain
+    weights."""
+
+    r: int = 16
+    alpha: float = 32.0
+    dropout: float = 0.0
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj")
+    quantize: str | None = None  # "nf4" would be QLoRA: not supported with ZeRO-3 partitioned weights here
+
+    def __post_init__(self) -> None:
+        if self.r < 1 or self.alpha <= 0 or not 0 <= self.dropout < 1:
+            raise ValueError(f"lora: r must be >= 1, alpha > 0 and dropout in [0, 1), got {self}")
+        if not self.target_modules:
+            raise ValueError("lora: target_modules is empty")
+        if self.quantize is not None:
+            raise ValueError(f"lora.quantize: {self.quantize!r} (QLoRA) is not supported: bitsandbytes' 4-bit weights "
+                             "cannot be ZeRO-3 partitions here; use plain LoRA (quantize: null)")
+
+
+@dataclass(frozen=True)
+class DistillSpec:
+    """Chunk-likelihood distillation from the base model, for objectives `distill` and `mixed`
+    (megaeeve/training/objectives.py)."""
+
+    weight: float = 0.5  # mixed: loss = (1 - weight) * lm + weight * (distill + hidden_weight * hidden)
+    temperature: float = 100.0  # chunk probabilities are compared as p ** (1 / temperature) (ALM's default: 100)
+    hidden_weight: float = 0.0  # the hidden-state term at chunk ends (0: not computed)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.weight < 1 or self.temperature <= 0 or self.hidden_weight < 0:
+            raise ValueError(f"distill: weight must be in (0, 1), temperature > 0 and hidden_weight >= 0, got {self}")
 
 
 @dataclass(frozen=True)
@@ -35,13 +73,22 @@ class Stage:
     weight_decay: float = 0.0  # body matrices (biases and norms never decay)
     embedding_weight_decay: float = 0.0  # embedding / lm_head rows: none unless asked
     data_weights: Mapping[str, float] | None = None  # per dataset name; None: the run's weights
+    lora: LoraSpec | None = None  # adapters for role `lora` (see LoraSpec)
+    objective: str = "lm"  # one of OBJECTIVES: next-token loss, distillation from the base model, or both
+    distill: DistillSpec = DistillSpec()  # settings of `distill` and `mixed`
 
     def __post_init__(self) -> None:
-        unknown = set(self.trainable) - set(ROLES)
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"stage {self.number}: objective {self.objective!r}; objectives are {list(OBJECTIVES)}")
+        unknown = set(self.trainable) - {*ROLES, LORA}
         if unknown:
-            raise ValueError(f"stage {self.number}: unknown role(s) {sorted(unknown)}; roles are {list(ROLES)}")
+            raise ValueError(f"stage {self.number}: unknown role(s) {sorted(unknown)}; roles are {[*ROLES, LORA]}")
         if not self.trainable:
             raise ValueError(f"stage {self.number}: trains nothing (empty `trainable`)")
+        if (LORA in self.trainable) != (self.lora is not None):
+            raise ValueError(f"stage {self.number}: `lora` settings and the `lora` role in `trainable` go together")
+        if self.lora is not None and "body" in self.trainable:
+            raise ValueError(f"stage {self.number}: trains the body both fully and through LoRA; choose one")
         if self.lr <= 0:
             raise ValueError(f"stage {self.number}: lr must be > 0, got {self.lr}")
         if (self.steps is None or self.steps <= 0) and (self.tokens is None or self.tokens <= 0):

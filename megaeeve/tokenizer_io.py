@@ -1,4 +1,4 @@
-"""Load tokenizers offline from a tokenizer.json file or a Hugging Face tokenizer directory."""
+"""Load tokenizers offline from a tokenizer.json file, a Hugging Face tokenizer directory or a gguf file."""
 
 from __future__ import annotations
 
@@ -46,6 +46,23 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
             raise TokenizerLoadError(f"{path}: tokenizer has no fast (tokenizers) backend")
         return backend
     raise TokenizerLoadError(f"{path}: no such tokenizer file or directory")
+
+
+def load_hf_tokenizer(path: str | os.PathLike):
+    """The transformers tokenizer of an HF directory or a gguf file, offline: it knows the special tokens
+    (bos, eos) and decodes, which evaluation and generation need beyond the fast `Tokenizer`."""
+    from transformers import AutoTokenizer
+
+    path = Path(path)
+    if not path.exists():
+        raise TokenizerLoadError(f"{path}: no such tokenizer file or directory")
+    try:
+        if path.is_file() and path.suffix == ".gguf":
+            return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    except Exception as e:  # transformers raises many kinds; the first line says which
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise TokenizerLoadError(f"{path}: transformers cannot load a tokenizer from it ({first})") from e
 
 
 def tokenizer_fingerprint(tok: Tokenizer) -> str:

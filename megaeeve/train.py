@@ -40,10 +40,12 @@ from megaeeve.training.engine import check_ds_config
 from megaeeve.training.signals import CONFIG_ERROR_EXIT_CODE, REQUEUE_EXIT_CODE, StopRequest
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ds_config", "--ds-config", required=True, type=Path, help="DeepSpeed JSON (ds_configs/)")
+    p.add_argument("--ds_config", "--ds-config", "--deepspeed_config", "--deepspeed", dest="ds_config", required=True,
+                   type=Path, help="DeepSpeed JSON (ds_configs/); --deepspeed_config / --deepspeed as in "
+                                   "Megatron-DeepSpeed and Hugging Face")
     p.add_argument("--config", type=Path, help="run config (RUN.yaml)")
     p.add_argument("--stage", type=int, help="stage number to train (--dry-run: omit for all stages)")
     p.add_argument("--dry-run", action="store_true",
@@ -104,6 +106,25 @@ def total_steps(stage: Stage, batch: BatchShape, seq_length: int) -> int:
     return int(stage.steps)
 
 
+MIN_STEPS = 100
+
+
+def budget_warnings(stage: Stage, batch: BatchShape, seq_length: int) -> list[str]:
+    """A budget too short for its schedule: a token budget at a large global batch can be a handful of steps
+    (64 nodes x 8 GPUs x micro 4 x accumulation 8 x 2048 tokens = 33.5M tokens a step)."""
+    steps = total_steps(stage, batch, seq_length)
+    tokens_per_step = batch.global_batch * seq_length
+    warnings = []
+    if steps < MIN_STEPS:
+        warnings.append(f"stage {stage.number}: {steps} optimizer step(s) at {batch.world} rank(s) "
+                        f"({tokens_per_step:,} tokens a step); fewer than {MIN_STEPS} leave the warmup + cosine "
+                        f"schedule little room: raise the budget or lower the batch")
+    if stage.warmup_ratio > 0 and round(stage.warmup_ratio * steps) == 0:
+        warnings.append(f"stage {stage.number}: warmup_ratio {stage.warmup_ratio:g} of {steps} step(s) rounds to no "
+                        f"warmup step")
+    return warnings
+
+
 def meta_model(model_dir: Path, ds_config: dict | None = None) -> torch.nn.Module:
     """The split model of a model directory on the meta device: shapes and names, no weights read."""
     from transformers import AutoConfig
@@ -120,15 +141,18 @@ def meta_model(model_dir: Path, ds_config: dict | None = None) -> torch.nn.Modul
 def stage_plans(model_dir: Path, stages: list[Stage], ds_config: dict | None = None) -> list[dict]:
     """Per stage: trainable tensors by role with counts, and optimizer-state bytes (for --dry-run and reports)."""
     from megaeeve.model import parameter_roles
+    from megaeeve.model.lora import add_lora
     from megaeeve.stages import trainable_names
     from megaeeve.training.engine import optimizer_state_bytes
 
-    model = meta_model(model_dir, ds_config)
-    roles = parameter_roles(model)
-    numel = {n: p.numel() for n, p in model.named_parameters()}
-    total = sum(numel.values())
     plans = []
     for stage in stages:
+        model = meta_model(model_dir, ds_config)
+        if stage.lora is not None:
+            add_lora(model, stage.lora)
+        roles = parameter_roles(model)
+        numel = {n: p.numel() for n, p in model.named_parameters()}
+        total = sum(numel.values())
         names = trainable_names(roles, stage)
         n = sum(numel[x] for x in names)
         plans.append({
@@ -143,19 +167,24 @@ def stage_plans(model_dir: Path, stages: list[Stage], ds_config: dict | None = N
 
 def check_run(cfg: RunConfig, ds_config: dict, ds_path: Path, stages: list[int], worlds: list[int]) -> None:
     """Everything a stage checks before it loads a model: the stage table, the ds_config against each
-    world size, the model directory, and every data prefix (header against both file sizes, token
-    dtype against the vocabulary)."""
+    world size, the model directory (and its pieces table if a stage distils), and every data prefix
+    (header against both file sizes, token dtype against the vocabulary)."""
     from megaeeve.data.gpt_dataset import document_split
     from megaeeve.model import read_model_meta
+    from megaeeve.model.checkpoint import read_pieces
     from megaeeve.training.data import open_prefix
 
     for number in stages:
         cfg.previous_stage(number)  # a stage outside run_stages is a ConfigError naming it
-    for warning in check_ds_config(ds_config, str(ds_path)):
-        print(f"warning: {warning}", file=sys.stderr)
+    found = check_ds_config(ds_config, str(ds_path))
     for world in worlds:
-        batch_shape(ds_config, world, str(ds_path))
+        batch = batch_shape(ds_config, world, str(ds_path))
+        found += [w for number in stages for w in budget_warnings(cfg.stages[number], batch, cfg.seq_length)]
+    for warning in found:
+        print(f"warning: {warning}", file=sys.stderr)
     meta = read_model_meta(cfg.model)
+    if any(cfg.stages[number].objective != "lm" for number in stages):
+        read_pieces(cfg.model, meta)  # a distilling stage's teacher input
     for source in cfg.data.sources:
         docs = open_prefix(source.prefix)
         dtype = np.dtype(docs.dtype)
@@ -163,6 +192,15 @@ def check_run(cfg: RunConfig, ds_config: dict, ds_path: Path, stages: list[int],
             raise DataError(f"{source.prefix}.idx: token dtype {dtype.name} cannot hold the model's "
                             f"{meta.padded_vocab_size:,} ids: preprocess it with the expanded tokenizer")
         document_split(len(docs), cfg.data.valid_fraction, str(source.prefix))
+
+
+def check_roles(cfg: RunConfig, stage: Stage, model_dir: Path) -> None:
+    """Refuse, before any process group starts, a stage that names a role the model lacks (stages 1-5
+    train new rows, which a model without new tokens does not have)."""
+    try:
+        stage_plans(model_dir, [stage])
+    except ValueError as e:
+        raise ConfigError(f"{cfg.path}: {e}") from None
 
 
 def dry_run(model_dir: Path, stages: list[Stage], ds_config: dict, worlds: list[int]) -> None:
@@ -173,7 +211,7 @@ def dry_run(model_dir: Path, stages: list[Stage], ds_config: dict, worlds: list[
     for stage, plan in zip(stages, plans):
         n, total, opt = plan["trainable"], plan["total"], plan["optimizer_bytes"]
         print(f"\nstage {stage.number}: {stage.description}  (lr {stage.lr:g}, budget "
-              f"{f'{stage.tokens:,} tokens' if stage.tokens else f'{stage.steps} steps'})")
+              f"{f'{stage.tokens:,} tokens' if stage.tokens else f'{stage.steps} steps'}, objective {stage.objective})")
         for role, members in plan["roles"].items():
             listing = ", ".join(f"{x} {shape}" for x, shape in members[:4])
             more = f", ... ({len(members)} tensors)" if len(members) > 4 else ""
@@ -191,11 +229,13 @@ def run_stage(cfg: RunConfig, ds_config: dict, ds_path: Path, number: int, overw
     import torch.distributed as dist
 
     from megaeeve.model import load_model_dir, parameter_roles, read_model_meta
+    from megaeeve.model.lora import add_lora
     from megaeeve.training import checkpoint as ckpt
     from megaeeve.training.data import stage_data
     from megaeeve.training.engine import freeze_for_stage, initialize_engine, model_dtype
     from megaeeve.training.loop import LoopSettings, LoopState, evaluate, train
-    from megaeeve.training.metrics import Metrics
+    from megaeeve.training.objectives import stage_objective
+    from megaeeve.training.metrics import Metrics, MetricsSettings
     from megaeeve.training.throughput import flops_per_token, peak_tflops
 
     stage = cfg.stages.get(number)
@@ -206,6 +246,7 @@ def run_stage(cfg: RunConfig, ds_config: dict, ds_path: Path, number: int, overw
     src_dir = cfg.model if previous is None else cfg.stage_dir(previous) / "final"
     if previous is not None:
         ckpt.check_predecessor(cfg.stage_dir(previous), src_dir, cfg.model)
+    check_roles(cfg, stage, src_dir)
     completed = (stage_dir / DONE).is_file()
     if completed and not overwrite:
         raise StageError(f"stage {number} is complete ({stage_dir / DONE}); pass --overwrite to train it again")
@@ -221,7 +262,8 @@ def run_stage(cfg: RunConfig, ds_config: dict, ds_path: Path, number: int, overw
             shutil.rmtree(stage_dir)
         dist.barrier()
     batch = batch_shape(ds_config, world, str(ds_path))
-    for warning in check_ds_config(ds_config, str(ds_path)) if rank == 0 else []:
+    found = check_ds_config(ds_config, str(ds_path)) + budget_warnings(stage, batch, cfg.seq_length)
+    for warning in found if rank == 0 else []:
         print(f"warning: {warning}", file=sys.stderr)
     ds_config = {**ds_config, "gradient_accumulation_steps": batch.grad_accum, "train_batch_size": batch.global_batch}
     steps = total_steps(stage, batch, cfg.seq_length)
@@ -235,6 +277,8 @@ def run_stage(cfg: RunConfig, ds_config: dict, ds_path: Path, number: int, overw
     import transformers.modeling_utils  # noqa: F401
 
     model = load_model_dir(src_dir, ds_config, dtype, cfg.training.attn_implementation)
+    if stage.lora is not None:
+        add_lora(model, stage.lora)
     roles = parameter_roles(model)
     trainable = freeze_for_stage(model, roles, stage)
     if cfg.training.activation_checkpointing:
@@ -242,13 +286,16 @@ def run_stage(cfg: RunConfig, ds_config: dict, ds_path: Path, number: int, overw
     engine = initialize_engine(model, roles, stage, ds_config, steps, str(ds_path))
     if dtype != torch.float32:
         ckpt.load_fp32_masters(model, src_dir)
+    objective = stage_objective(stage, cfg.model, ds_config, dtype, cfg.training.attn_implementation,
+                                torch.device(engine.device))
     data = stage_data(cfg, stage, steps * batch.global_batch, meta.base_vocab_size)
 
     ckpt_dir = stage_dir / "checkpoints"
     resumed = ckpt.resume(engine, ckpt_dir)
     state = LoopState(*resumed) if resumed else LoopState(0, 0)
-    metrics = Metrics(stage_dir, rank == 0, cfg.training.tensorboard, cfg.training.progress_bar, steps,
-                      state.step, number)
+    t = cfg.training
+    metrics = Metrics(MetricsSettings(stage_dir, number, steps, state.step, steps_before(cfg, number), t.report_to,
+                                      t.progress_bar, cfg.run_dir.name, t.wandb_project), rank == 0)
     if rank == 0 and resumed:
         print(f"stage {number}: resumed at step {state.step} ({state.consumed_samples} samples consumed)",
               file=sys.stderr)
@@ -263,16 +310,16 @@ def run_stage(cfg: RunConfig, ds_config: dict, ds_path: Path, number: int, overw
         eval_every=cfg.training.eval_every, checkpoint_every=cfg.training.checkpoint_every,
     )
     try:
-        if not train(engine, data, state, settings, metrics, stop, save):
+        if not train(engine, data, state, settings, metrics, stop, save, objective):
             if rank == 0:
                 print(f"stage {number}: stopped by signal {stop.signum} at step {state.step}; checkpoint saved, "
                       f"exit {REQUEUE_EXIT_CODE} (requeue)", file=sys.stderr)
             return REQUEUE_EXIT_CODE
         if ckpt.latest_tag(ckpt_dir) != f"step{state.step:08d}":
             save(state)
-        final_eval = evaluate(engine, data, batch.micro)
+        final_eval = evaluate(engine, data, batch.micro, objective)
         metrics.log({"kind": "eval", "step": state.step, **final_eval})
-        ckpt.export_final(model, src_dir, stage_dir / "final")
+        ckpt.export_final(model, src_dir, stage_dir / "final", cfg.training.handoff_shard_mb * 2**20)
         if rank == 0:
             ckpt.write_done(stage_dir, {"stage": number, "steps": state.step, "consumed_samples": state.consumed_samples,
                                         "source": str(src_dir), "trainable": list(stage.trainable), **final_eval})
@@ -280,6 +327,14 @@ def run_stage(cfg: RunConfig, ds_config: dict, ds_path: Path, number: int, overw
     finally:
         metrics.close()
     return 0
+
+
+def steps_before(cfg: RunConfig, number: int) -> int:
+    """Optimizer steps of the stages before `number` in run_stages (their DONE markers): the offset that
+    makes TensorBoard and wandb steps continue across stages."""
+    before = cfg.run_stages[: cfg.run_stages.index(number)]
+    done = [cfg.stage_dir(n) / DONE for n in before]
+    return sum(json.loads(p.read_text())["steps"] for p in done if p.is_file())
 
 
 def init_distributed(timeout_s: float) -> None:
@@ -295,10 +350,10 @@ def init_distributed(timeout_s: float) -> None:
                          f"{timeout_s:g} s (training.dist_timeout_s): {str(e).splitlines()[0]}") from None
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     # DeepSpeed's ZeRO-3 collectives call torch APIs that warn on every step and every rank.
     warnings.filterwarnings("ignore", message=r"`torch\.distributed\.\w+` is deprecated", category=FutureWarning)
-    args = parse_args(argv)
+    args = parse_args(argv, prog)
     launch_env(args.local_rank)
     try:
         ds_config = read_ds_config(args.ds_config)

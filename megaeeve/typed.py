@@ -49,6 +49,8 @@ def coerce(value: Any, hint: Any, key: str) -> Any:
         if value is None and type(None) in args:
             return None
         options = [a for a in args if a is not type(None)]
+        if len(options) == 1:  # Optional[X]: X's own error says what is wrong
+            return coerce(value, options[0], key)
         for option in options:
             try:
                 return coerce(value, option, key)

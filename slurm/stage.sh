@@ -87,7 +87,7 @@ activate_python
 IFS=$'\t' read -r STAGE_DIR PREV_STAGE PREV_DIR < <(query_run_config stage "$STAGE") \
     || die "could not read $MEGAEEVE_RUN_CONFIG with $PYTHON (is the environment activated? MEGAEEVE_ACTIVATE)"
 [ "$STAGE_DIR" != error ] || die "$PREV_STAGE"
-if [ "$PREV_STAGE" != - ] && { [ ! -f "$PREV_DIR/DONE" ] || [ ! -f "$PREV_DIR/final/split_model.safetensors" ]; }; then
+if [ "$PREV_STAGE" != - ] && { [ ! -f "$PREV_DIR/DONE" ] || [ ! -d "$PREV_DIR/final" ]; }; then
     die "stage $STAGE starts from stage $PREV_STAGE's final weights, but $PREV_DIR has no DONE and final/" \
         "(stage $PREV_STAGE is incomplete or has not run: sbatch slurm/stage.sh $PREV_STAGE, or slurm/pipeline.sh)"
 fi

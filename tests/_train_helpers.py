@@ -15,9 +15,8 @@ import numpy as np
 import torch
 import yaml
 from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-from safetensors.torch import load_file
 
-from megaeeve.model.checkpoint import MODEL_FILE
+from megaeeve.model.weights import load_weights
 from megaeeve.stages import DEFAULT_STAGES
 
 from megaeeve.tokenizer_io import load_tokenizer
@@ -72,7 +71,7 @@ def run_config(path: Path, run_dir: Path, model: Path, sources: list[dict], stag
     raw = {
         "run_dir": str(run_dir), "model": str(model), "seq_length": 32, "seed": 7,
         "data": {"sources": sources, "valid_fraction": 0.2},
-        "training": {"eval_samples": 4, "checkpoint_every": 0, "tensorboard": True, "progress_bar": False},
+        "training": {"eval_samples": 4, "checkpoint_every": 0, "report_to": ["tensorboard"], "progress_bar": False},
         "stages": stages, **extra,
     }
     path.write_text(yaml.safe_dump(raw))
@@ -134,7 +133,7 @@ def read_log(log: Path) -> str:
 
 
 def weights(model_dir: Path) -> dict:
-    return load_file(str(model_dir / MODEL_FILE))
+    return load_weights(model_dir)
 
 
 def metrics(stage_dir: Path) -> list[dict]:

@@ -8,6 +8,7 @@ import torch
 
 from megaeeve.data.blending import blend_indices, blended_dataset, samples_per_dataset
 from megaeeve.data.gpt_dataset import DataError, build_indices, document_split, packed_dataset
+from megaeeve.data.indexed import IndexedDataset
 from megaeeve.data.sampler import micro_batch_indices
 
 
@@ -67,9 +68,20 @@ def test_index_cache_is_reused_and_keyed_by_inputs(dataset, docs, tmp_path):
     assert len(list(tmp_path.iterdir())) == 2 * len(files)
 
 
-def test_split_needs_documents_on_both_sides():
+def test_split_holds_out_documents_from_all_over_the_prefix():
+    """Two corpora concatenated into one prefix: the held-out documents come from both, by a fixed hash."""
+    train, valid = document_split(1000, 0.1, "p")
+    assert len(valid) == 100 and len(train) == 900
+    assert sorted(train.tolist() + valid.tolist()) == list(range(1000))
+    assert valid.tolist() == sorted(valid.tolist()) and train.tolist() == sorted(train.tolist())
+    assert 30 <= int((valid < 500).sum()) <= 70  # about half from each corpus, not the tail of the second
+    again_train, again_valid = document_split(1000, 0.1, "p")
+    assert np.array_equal(valid, again_valid) and np.array_equal(train, again_train)
     train, valid = document_split(10, 0.2, "p")
-    assert train.tolist() == list(range(8)) and valid.tolist() == [8, 9]
+    assert len(valid) == 2 and len(train) == 8
+
+
+def test_split_needs_documents_on_both_sides():
     with pytest.raises(DataError, match="p: 1 document"):
         document_split(1, 0.1, "p")
 
@@ -113,7 +125,8 @@ def test_new_token_bias_raises_the_share_of_new_tokens(tmp_path):
     base = 500
     docs = [list(rng.randint(0, base, size=30)) for _ in range(40)]
     docs += [list(rng.randint(0, base, size=20)) + list(rng.randint(base, base + 50, size=10)) for _ in range(10)]
-    ds = _megatron_dataset(tmp_path / "bias", docs)
+    _megatron_dataset(tmp_path / "bias", docs)
+    ds = IndexedDataset(str(tmp_path / "bias"))
     ids = np.arange(len(docs))
 
     def share(bias: float) -> float:
@@ -127,3 +140,29 @@ def test_new_token_bias_raises_the_share_of_new_tokens(tmp_path):
     assert biased > 2 * plain
     with pytest.raises(DataError, match="base vocabulary"):
         packed_dataset(ds, "bias", ids, "train", 10, 16, seed=0, cache_dir=tmp_path, new_token_bias=1.0)
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 64, 1 << 22])
+def test_new_token_counts_in_one_vectorised_pass_equal_counting_each_document(tmp_path, chunk):
+    """Counted over the .bin in chunks (any chunk size, documents straddling chunk edges, empty documents)
+    against a plain count per document through megatron-core's reader."""
+    rng = np.random.RandomState(2)
+    docs = [list(rng.randint(0, 600, size=rng.randint(0, 40))) for _ in range(60)]
+    reference = _megatron_dataset(tmp_path / "n", docs)
+    counts = IndexedDataset(str(tmp_path / "n")).tokens_at_least(500, chunk=chunk)
+    assert counts.tolist() == [int((reference[i] >= 500).sum()) for i in range(len(docs))]
+
+
+def test_index_cache_build_may_outlast_the_collective_timeout(tmp_path):
+    """Rank 0 builds for 5 s under a 2 s collective timeout: rank 1 waits for the published file, not in a
+    collective, and both read the same arrays."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    worker = Path(__file__).with_name("_index_cache_worker.py")
+    procs = [subprocess.Popen([sys.executable, str(worker), str(rank), str(tmp_path / "store"), str(tmp_path / "cache"),
+                               str(tmp_path / "out")], stderr=subprocess.PIPE, text=True) for rank in range(2)]
+    errors = [p.communicate(timeout=120)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errors
+    assert [(tmp_path / f"out.rank{r}").read_text() for r in range(2)] == [str(list(range(10)))] * 2

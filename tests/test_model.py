@@ -13,10 +13,9 @@ from safetensors.torch import load_file
 from tokenizers import Tokenizer
 
 from megaeeve import assets
-from megaeeve.model import (ExtendError, ModelDirError, extend_model, load_model_dir, parameter_roles,
-                            read_model_meta, save_model_dir)
+from megaeeve.model import ExtendError, extend_model, load_model_dir, parameter_roles, read_model_meta
 from megaeeve.model.checkpoint import MODEL_FILE
-from _model_helpers import KOREAN_ADDED_TOKENS, byte_level, expand, save_model, tiny_llama, tiny_phi
+from _model_helpers import KOREAN_ADDED_TOKENS, byte_level, expand, model_dir_like, save_model, tiny_llama, tiny_phi
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -116,6 +115,34 @@ def test_new_rows_follow_eeve_init(phi):
         assert torch.equal(weights["lm_head.bias_added"][k], base_bias[pieces[0]])
 
 
+@pytest.mark.parametrize("init", ["mean", "random"])
+def test_baseline_inits_keep_base_logits_and_are_recorded(phi, init):
+    from megaeeve.model.init import mean_rows, random_rows
+
+    out = phi["tmp"] / f"stage0-{init}"
+    assert tool("extend_model", "--base-model", phi["base_dir"], "--base-tokenizer", phi["base_tok_dir"],
+                "--tokenizer", phi["expanded_dir"], "--output", out, "--init", init) == 0
+    meta, weights, base = read_model_meta(out), load_file(str(out / MODEL_FILE)), phi["base"]
+    assert meta.init == init and phi["meta"].init == "eeve"
+    n, head = meta.base_vocab_size, base.lm_head
+    if init == "mean":
+        expected = mean_rows(base.model.embed_tokens.weight[:n], head.weight[:n], head.bias[:n], meta.num_added)
+    else:
+        expected = random_rows(meta.num_added, meta.hidden_size, base.config.initializer_range, bias=True)
+    for name, rows in zip(("model.embed_tokens.added", "lm_head.added", "lm_head.bias_added"), expected):
+        assert torch.equal(weights[name], rows), name
+    ids = _ids(n)
+    with torch.no_grad():
+        assert torch.equal(load_model_dir(out)(ids).logits[..., :n], base(ids).logits[..., :n])
+
+
+def test_model_dir_without_init_field_reads_as_eeve(phi, tmp_path):
+    """Directories written before --init existed have no `init` key."""
+    (tmp_path / "megaeeve_model.json").write_text(json.dumps(
+        {k: v for k, v in json.loads((phi["stage0"] / "megaeeve_model.json").read_text()).items() if k != "init"}))
+    assert read_model_meta(tmp_path) == phi["meta"]
+
+
 def test_parameter_roles(phi, llama):
     roles = parameter_roles(phi["split"])
     assert set(roles) == {n for n, _ in phi["split"].named_parameters()}
@@ -168,21 +195,36 @@ def test_export_loads_in_plain_transformers_with_same_logits(case):
     assert generated.max() < meta.vocab_size
 
 
-def test_save_model_dir_round_trip_and_mismatch(phi):
-    state = load_file(str(phi["stage0"] / MODEL_FILE))
-    state["model.embed_tokens.added"] = state["model.embed_tokens.added"] + 1.0
-    out = save_model_dir(state, phi["stage0"], phi["tmp"] / "final")
-    loaded = load_model_dir(out)
-    assert torch.equal(loaded.model.embed_tokens.added, state["model.embed_tokens.added"])
-    assert read_model_meta(out) == phi["meta"]
-    assert (out / "tokenizer.json").read_bytes() == (phi["stage0"] / "tokenizer.json").read_bytes()
-    bad = dict(state, **{"lm_head.added": state["lm_head.added"][:-1]})
-    with pytest.raises(ModelDirError, match="lm_head.added has shape"):
-        save_model_dir(bad, phi["stage0"], phi["tmp"] / "bad")
-    state.pop("lm_head.bias_added")
-    with pytest.raises(ModelDirError, match="missing.*lm_head.bias_added"):
-        save_model_dir(state, phi["stage0"], phi["tmp"] / "bad")
-    assert not (phi["tmp"] / "bad").exists()
+def test_sharded_weights_read_as_one_file(phi):
+    """A directory whose weights are shards with an index (the hand-off of a large model) loads and exports
+    exactly as the single-file one, and plain transformers still refuses it."""
+    import shutil
+
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM
+
+    from megaeeve.model import export_hf
+    from megaeeve.model.weights import load_weights, plan_shards, shard_name, write_index
+
+    state = load_weights(phi["stage0"])
+    sharded = phi["tmp"] / "sharded"
+    shutil.copytree(phi["stage0"], sharded)
+    (sharded / MODEL_FILE).unlink()
+    sizes = [(k, v.numel() * v.element_size()) for k, v in state.items()]
+    shards = plan_shards(sizes, max_bytes=1 << 20)
+    assert len(shards) > 2 and [n for names in shards for n in names] == list(state)
+    for k, names in enumerate(shards):
+        save_file({n: state[n] for n in names}, str(sharded / shard_name(k, len(shards))))
+    write_index(sharded, shards, sum(n for _, n in sizes))
+    again = load_weights(sharded)
+    assert again.keys() == state.keys() and all(torch.equal(again[k], state[k]) for k in state)
+    one, many = load_model_dir(phi["stage0"]), load_model_dir(sharded)
+    for (name, p), (_, q) in zip(one.named_parameters(), many.named_parameters()):
+        assert torch.equal(p, q), name
+    plain = AutoModelForCausalLM.from_pretrained(str(export_hf(sharded, phi["tmp"] / "sharded-hf")))
+    assert torch.equal(plain.lm_head.bias[: phi["meta"].base_vocab_size], state["lm_head.bias_original"])
+    with pytest.raises(OSError):
+        AutoModelForCausalLM.from_pretrained(str(sharded))
 
 
 def _changed_base_id(base: Tokenizer, out_dir: Path, bad_id: int) -> Path:
@@ -211,3 +253,35 @@ def test_errors_leave_no_output(llama, tmp_path, capsys):
     assert tool("extend_model", "--base-model", args[0], "--base-tokenizer", args[1], "--tokenizer", bad_tok,
                 "--output", tmp_path / "out") == 2
     assert "id 1234" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def test_no_new_tokens_is_the_base_model_with_split_rows(phi, tmp_path):
+    """--allow-no-new-tokens: the base tokenizer itself gives a model directory with no `added` rows, whose
+    logits, roles, hand-off and export are the base model's (the no-expansion baseline's stage 0)."""
+    base_tok_dir = phi["base_tok_dir"]
+    args = ("--base-model", phi["base_dir"], "--base-tokenizer", base_tok_dir, "--tokenizer", base_tok_dir)
+    assert tool("extend_model", *args, "--output", tmp_path / "refused") == 2  # no new tokens: refused by default
+    assert tool("extend_model", *args, "--output", tmp_path / "stage0", "--allow-no-new-tokens") == 0
+    meta = read_model_meta(tmp_path / "stage0")
+    assert (meta.base_vocab_size, meta.num_added, meta.padded_vocab_size) == (50295, 0, 50304)
+    assert set(load_file(str(tmp_path / "stage0" / MODEL_FILE))) >= {"lm_head.original", "lm_head.bias_original"}
+    model = load_model_dir(tmp_path / "stage0")
+    roles = parameter_roles(model)
+    assert {v for v in roles.values()} == {"input_original", "output_original", "body"}
+    assert model.model.embed_tokens.added is None and model.lm_head.bias_added is None
+    ids = _ids(meta.base_vocab_size)
+    with torch.no_grad():
+        base, split = phi["base"](ids).logits, model(ids).logits
+    assert torch.equal(split[..., :meta.base_vocab_size], base[..., :meta.base_vocab_size])
+    assert torch.isneginf(split[..., meta.base_vocab_size:]).all()
+    model.train()
+    F.cross_entropy(model(ids).logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten()).backward()
+    assert model.model.embed_tokens.original.grad[ids.unique()].abs().sum() > 0
+    assert model.lm_head.original.grad.abs().sum() > 0 and model.lm_head.bias_original.grad.abs().sum() > 0
+    out = model_dir_like(load_file(str(tmp_path / "stage0" / MODEL_FILE)), tmp_path / "stage0", tmp_path / "final")
+    assert tool("export_hf", "--input", out, "--output", tmp_path / "exported") == 0
+    from transformers import AutoModelForCausalLM
+
+    plain = AutoModelForCausalLM.from_pretrained(str(tmp_path / "exported")).eval()
+    with torch.no_grad():
+        assert torch.equal(plain(ids).logits[..., :meta.base_vocab_size], base[..., :meta.base_vocab_size])

@@ -1,4 +1,5 @@
-"""EEVE initialisation: which base pieces a new token's rows come from, for byte-level and metaspace BPE."""
+"""New-row initialisation: which base pieces a new token's rows come from (EEVE, for byte-level and metaspace
+BPE), and the mean / random baselines."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
 from megaeeve import assets
-from megaeeve.model.init import InitError, eeve_rows, token_pieces
+from megaeeve.model.init import InitError, eeve_rows, mean_rows, random_rows, token_pieces
 
 
 @pytest.fixture(scope="module")
@@ -64,3 +65,23 @@ def test_token_without_base_pieces_is_an_error(metaspace_base):
     n = metaspace_base.get_vocab_size()
     with pytest.raises(InitError, match=f"new token id {n}"):
         token_pieces(metaspace_base, expanded, range(n, n + 1))
+
+
+def test_mean_rows_rule():
+    """LLaMA-Factory's noisy mean: mean of the base rows + N(0, 1/hidden) noise, drawn once per row and side."""
+    base_in, base_out, bias = torch.randn(50, 16), torch.randn(50, 16) + 3, torch.randn(50)
+    rows_in, rows_out, rows_bias = mean_rows(base_in, base_out, bias, 4000)
+    for rows, base in ((rows_in, base_in), (rows_out, base_out)):
+        noise = rows - base.mean(0)
+        assert rows.shape == (4000, 16) and abs(noise.mean()) < 0.01 and abs(noise.std() - 0.25) < 0.01
+    assert not torch.allclose(rows_in - base_in.mean(0), rows_out - base_out.mean(0))
+    assert torch.equal(rows_bias, bias.mean().expand(4000))
+    assert torch.equal(mean_rows(base_in, base_out, None, 4000)[0], rows_in)  # fixed seed: reproducible
+
+
+def test_random_rows_rule():
+    rows_in, rows_out, rows_bias = random_rows(4000, 8, 0.02, bias=True)
+    for rows in (rows_in, rows_out):
+        assert rows.shape == (4000, 8) and abs(rows.mean()) < 0.001 and abs(rows.std() - 0.02) < 0.001
+    assert not torch.equal(rows_in, rows_out) and torch.equal(rows_bias, torch.zeros(4000))
+    assert random_rows(3, 8, 0.02, bias=False)[2] is None

@@ -73,3 +73,28 @@ def test_frozen_original_gets_no_gradient():
     head(emb(torch.tensor([[1, BASE, BASE + 2]])))[..., :BASE + ADDED].logsumexp(-1).sum().backward()
     assert emb.original.grad is None and head.original.grad is None and head.bias_original.grad is None
     assert head.added.grad.abs().sum() > 0 and emb.added.grad[[0, 2]].abs().sum() > 0
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_no_added_rows(bias):
+    """num_added = 0: no `added` parameter at all; values and gradients are those of the base rows."""
+    torch.manual_seed(0)
+    emb, head = SplitEmbedding(BASE, 0, PADDING, HIDDEN, torch.float64), SplitLMHead(BASE, 0, PADDING, HIDDEN, bias,
+                                                                                        torch.float64)
+    assert emb.added is None and head.added is None and head.bias_added is None
+    assert {n for n, _ in head.named_parameters()} == ({"original", "bias_original"} if bias else {"original"})
+    for p in [*emb.parameters(), *head.parameters()]:
+        nn.init.normal_(p)
+    ids = torch.tensor([[0, 3, BASE - 1, BASE + 1], [BASE, 1, 2, 9]])  # BASE.. are padding ids
+    hidden = emb(ids)
+    assert torch.equal(hidden[0, :3], emb.original[[0, 3, BASE - 1]]) and not hidden[0, 3].any()
+    logits = head(hidden.detach().requires_grad_())
+    expected = hidden @ head.original.t() + (head.bias_original if bias else 0)
+    torch.testing.assert_close(logits[..., :BASE], expected)
+    assert logits.shape[-1] == BASE + PADDING and torch.isneginf(logits[..., BASE:]).all()
+    params = [head.original.detach().clone().requires_grad_(),
+              head.bias_original.detach().clone().requires_grad_() if bias else None]
+    h = torch.randn(2, 3, HIDDEN, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(
+        lambda h, w, *b: _SplitLinear.apply(h, w, None, b[0] if b else None, None, PADDING)[..., :BASE],
+        (h, params[0], *([params[1]] if bias else [])))

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 def tiny_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("pipeline") / "tiny"
     proc = subprocess.run([sys.executable, str(REPO / "tools" / "run_pipeline.py"), "--tiny", "--run-dir", str(run_dir),
-                           "--steps-per-stage", "4"], cwd=REPO, capture_output=True, text=True, timeout=1500)
+                           "--steps-per-stage", "4"], cwd=REPO, capture_output=True, text=True, timeout=2400)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     return run_dir, proc.stdout
 
@@ -30,9 +30,11 @@ def test_every_step_ran_and_the_report_shows_it(tiny_run):
         assert (run_dir / f"stage-{n}" / "DONE").is_file()
         assert (run_dir / f"stage-{n}" / "metrics.jsonl").stat().st_size > 0
     report = (run_dir / "report" / "report.md").read_text(encoding="utf-8")
-    for heading in ("## Tokenizer", "## Training", "## Samples"):
+    for heading in ("## Tokenizer", "## Training", "## Held-out evaluation", "## Samples"):
         assert heading in report
-    for png in ("tokenizer.png", "loss.png"):
+    assert "| 6 | input_original, input_added, output_original, output_added, body |" in report
+    assert "no frozen tensors" in report and "0/0" not in report
+    for png in ("tokenizer.png", "loss.png", "bits_per_char.png"):
         data = (run_dir / "report" / png).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
     assert "pipeline complete" in out
@@ -54,6 +56,48 @@ def test_report_numbers_hold_the_invariants(tiny_run):
     assert cpt["english"]["identical_ids"] is True
     assert cpt["held_out"]["expanded_chars_per_token"] > 2 * cpt["held_out"]["base_chars_per_token"]
     assert set(report["samples"]) == {"base", "final"}
+
+
+def test_frozen_check_reads_the_checkpoints_and_catches_a_moved_tensor(tiny_run, tmp_path):
+    """final/ copies frozen tensors from the input, so only the checkpoint can show one that moved."""
+    from _model_helpers import model_dir_like
+
+    from megaeeve.model import parameter_roles
+    from megaeeve.model.weights import load_weights
+    from megaeeve.report import frozen_check
+    from megaeeve.train import meta_model
+
+    run_dir, _ = tiny_run
+    report = json.loads((run_dir / "report" / "report.json").read_text(encoding="utf-8"))
+    assert report["frozen_checks"]["6"]["frozen_total"] == 0
+    assert {c["engine_dtype"] for c in report["frozen_checks"].values()} == {"float32"}
+    state = load_weights(run_dir / "stage-0")
+    state["lm_head.original"][3, 5] += 1e-3  # frozen in stage 1
+    moved = model_dir_like(state, run_dir / "stage-0", tmp_path / "moved")
+    roles = parameter_roles(meta_model(run_dir / "stage-0"))
+    check = frozen_check(moved, run_dir / "stage-1" / "checkpoints", roles, ["input_added"])
+    assert not check["ok"] and check["violations"] == ["lm_head.original"]
+
+
+def test_report_evaluates_every_stage_against_the_base(tiny_run):
+    run_dir, _ = tiny_run
+    names = ["base"] + [f"stage-{n}" for n in range(8)]
+    evals = json.loads((run_dir / "report" / "report.json").read_text(encoding="utf-8"))["evaluation"]
+    assert list(evals) == names
+    for name in names:
+        on_disk = json.loads((run_dir / "eval" / f"{name}.json").read_text(encoding="utf-8"))
+        assert on_disk["texts"] == evals[name]
+        for text in ("held_out", "english"):
+            assert 0 < evals[name][text]["bits_per_char"] < 40 and evals[name][text]["gen_chars_per_s"] > 0
+    base, stage0, final = evals["base"], evals["stage-0"], evals["stage-7"]
+    # English: identical ids, identical base logits; the new rows can only take probability mass.
+    assert stage0["english"]["tokens"] == base["english"]["tokens"]
+    assert stage0["english"]["bits_per_char"] > base["english"]["bits_per_char"]
+    assert stage0["held_out"]["chars_per_token"] > 2 * base["held_out"]["chars_per_token"]
+    assert final["held_out"]["bits_per_char"] < stage0["held_out"]["bits_per_char"]
+    report = (run_dir / "report" / "report.md").read_text(encoding="utf-8")
+    assert f"| stage-7 | {final['held_out']['bits_per_char']:.4f} |" in report
+    assert "English, stage 0 against the base: +" in report
 
 
 def test_export_is_a_plain_transformers_model(tiny_run):

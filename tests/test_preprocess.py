@@ -403,3 +403,15 @@ def test_a_failed_run_says_where_its_finished_shards_are_and_how_to_resume(tmp_p
                            r"shard\(s\): rerunning the same command resumes from them"):
             run(tmp_path, [corpus], gpt2_tokenizer_dir, shard_bytes=shard_bytes)
         assert sorted(p.name for p in work.iterdir())[-2:] == ["part-000001.json", "plan.json"]
+
+
+def test_megatron_spellings_several_json_keys_write_one_dataset_each(tmp_path, gpt2_tokenizer_dir):
+    """--tokenizer-model and several --json-keys, as users type them from Megatron-LM's preprocess_data.py:
+    one dataset per key, PREFIX_KEY_document."""
+    rows = [{"title": f"title {i}", "body": f"body text number {i}"} for i in range(5)]
+    corpus = tmp_path / "two.jsonl"
+    corpus.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run_tool("--input", str(corpus), "--output-prefix", str(tmp_path / "out"), "--tokenizer-model",
+             str(gpt2_tokenizer_dir), "--json-keys", "title", "body", "--append-eod", "--no-progress")
+    for key in ("title", "body"):
+        assert read_docs(tmp_path / f"out_{key}_document") == expected_ids(gpt2_tokenizer_dir, [r[key] for r in rows])

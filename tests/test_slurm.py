@@ -100,7 +100,7 @@ def _run(ws: dict, name: str, stages: dict, **training) -> Path:
     return run_config(ws["tmp"] / f"{name}.yaml", ws["tmp"] / name, ws["stage0"],
                       [{"prefix": str(ws["prefix"]), "weight": 1.0, "name": "mixed"}], stages,
                       run_stages=sorted(stages),
-                      training={"eval_samples": 2, "checkpoint_every": 0, "tensorboard": False, "progress_bar": False,
+                      training={"eval_samples": 2, "checkpoint_every": 0, "report_to": [], "progress_bar": False,
                                 **training})
 
 

@@ -94,7 +94,8 @@ def test_run_config_resolves_paths_and_stages(tmp_path):
     ({"stages": {1: {"lr": "fast"}}}, r"stages\.1\.lr: expected a number, got 'fast'"),
     ({"stages": {1: {"steps": 1.5}}}, r"stages\.1\.steps: expected an integer, got 1\.5"),
     ({"training": {"eval_every": "often"}}, r"training\.eval_every: expected an integer, got 'often'"),
-    ({"training": {"tensorboard": "yes"}}, r"training\.tensorboard: expected true or false, got 'yes'"),
+    ({"training": {"progress_bar": "yes"}}, r"training\.progress_bar: expected true or false, got 'yes'"),
+    ({"training": {"report_to": ["mlflow"]}}, r"training\.report_to: unknown sink\(s\) \['mlflow'\]"),
     ({"data": [{"prefix": "a", "weight": "heavy"}]}, r"data\.sources\[0\]\.weight: expected a number"),
     ({"seq_length": "long"}, r"seq_length: expected an integer, got 'long'"),
     ({"training": {"attn_implementation": "flash"}}, r"training\.attn_implementation: 'flash' is not one of"),
@@ -147,3 +148,25 @@ def test_warmup_then_cosine_to_the_floor():
     assert [round(f(s), 3) for s in (0, 4, 9)] == [0.1, 0.5, 1.0]
     assert f(10) == 1.0 and f(55) == pytest.approx(0.55) and f(100) == pytest.approx(0.1)
     assert all(f(s) >= f(s + 1) for s in range(10, 100))
+
+
+def test_lora_stage_settings_are_checked():
+    table = stage_table({8: {"trainable": "lora", "lr": 1e-4, "lora": {"r": "8", "target_modules": "q_proj"}}})
+    assert table[8].lora.r == 8 and table[8].lora.target_modules == ("q_proj",)
+    with pytest.raises(ValueError, match="go together"):
+        stage_table({8: {"trainable": ["lora"], "lr": 1e-4}})
+    with pytest.raises(ValueError, match="both fully and through LoRA"):
+        stage_table({8: {"trainable": ["lora", "body"], "lr": 1e-4, "lora": {}}})
+    with pytest.raises(ValueError, match="QLoRA"):
+        stage_table({8: {"trainable": ["lora"], "lr": 1e-4, "lora": {"quantize": "nf4"}}})
+
+
+def test_lora_stage_plan_counts_only_the_adapters(split_phi):
+    from megaeeve.model.lora import add_lora
+
+    stage = stage_table({8: {"trainable": ["lora"], "lr": 1e-4, "lora": {"r": 2, "target_modules": ["q_proj"]}}})[8]
+    add_lora(split_phi, stage.lora)
+    roles = parameter_roles(split_phi)
+    names = trainable_names(roles, stage)
+    assert names and all(".lora_A." in n or ".lora_B." in n for n in names)
+    assert sum(split_phi.get_parameter(n).numel() for n in names) == 2 * (2 * 16 + 16 * 2)  # 2 layers, A and B

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from _train_helpers import (REPO, TRAIN, check_stage, ds_config, launch, make_stage0, metrics, read_log, roles_of,
-                            run_config, train_stage, wait, weights, write_prefix)
+from _train_helpers import (REPO, TRAIN, check_stage, ds_config, engine_view, launch, make_stage0, metrics, read_log,
+                            roles_of, run_config, train_stage, wait, weights, write_prefix)
 
 from megaeeve.model import read_model_meta
 from megaeeve.training.signals import REQUEUE_EXIT_CODE
@@ -42,9 +42,9 @@ def corpus(tmp_path_factory, phi2_tokenizer_dir, korean_split, english_docs):
 
 RESUME_STAGE, RESUME_STEPS = 6, 6  # the reference chain's stage 6 is also the uninterrupted run of the resume test
 REFERENCE = ("phi", "fp32", 2)  # the chain the metrics, export, refusal and resume tests read
-TRAINING = {"eval_samples": 4, "checkpoint_every": 2, "progress_bar": False, "peak_tflops": 0.5}
-# Every other cell: one step a stage, the checkpoint at the end only.
-QUICK = {"eval_samples": 2, "checkpoint_every": 0, "progress_bar": False, "tensorboard": False}
+TRAINING = {"eval_samples": 4, "checkpoint_every": 2, "progress_bar": True, "peak_tflops": 0.5}
+# Every other cell: one step a stage, the checkpoint at the end only, final/ in shards of 1 MiB (written by every rank).
+QUICK = {"eval_samples": 2, "checkpoint_every": 0, "progress_bar": False, "report_to": [], "handoff_shard_mb": 1}
 CELLS = [(arch, precision, world) for arch in ("phi", "llama") for precision in ("fp32", "bf16") for world in (2, 3)]
 CHECKPOINTED = ("llama", "bf16", 3)  # activation checkpointing (non-reentrant) with frozen parameters under ZeRO-3
 
@@ -100,8 +100,14 @@ def test_metrics_and_markers(phi_chain):
         assert r["mfu"] == pytest.approx(r["tflops_per_device"] / 0.5)  # training.peak_tflops: 0.5
         assert r["samples_ko"] + r["samples_en"] == 8
     evals = [r for r in records if r["kind"] == "eval"]
-    assert evals and {"eval_loss_ko", "eval_loss_en"} <= set(evals[-1])
+    assert [r["step"] for r in evals] == [0, 2]  # where the stage starts from, and its end
+    assert {"eval_loss_ko", "eval_loss_en"} <= set(evals[-1])
+    # Steps continue across stages for TensorBoard and wandb: stages 1-4 took 2 steps each.
+    assert [r["global_step"] for r in records] == [8 + r["step"] for r in records]
     assert any((stage_dir / "tensorboard").iterdir())
+    # stderr is no terminal here (as in a SLURM .out file): plain progress lines, no carriage returns.
+    log = (phi_chain["cfg"].parent / "phi-fp32-2-stage5.log.rank0").read_text()
+    assert "stage 5 step 2/2 loss" in log and "ETA" in log and "\r" not in log
     assert (stage_dir / "DONE").is_file()
 
 
@@ -251,6 +257,15 @@ def test_dry_run_checks_data_ds_config_and_stage(monkeypatch, capsys, corpus, tm
     code, out, err = _main(monkeypatch, capsys, *dry, "--world-size", "2", "3")
     assert code == 0 and "checks passed" in out and "warning" not in err, err
 
+    short = run_config(tmp_path / "short.yaml", tmp_path / "short-run", corpus["phi"], corpus["sources"],
+                       {1: {"tokens": 5_000, "warmup_ratio": 0.05}}, run_stages=[1])
+    code, _, err = _main(monkeypatch, capsys, "--dry-run", "--ds_config", str(corpus["ds"]), "--config", str(short),
+                         "--world-size", "8")
+    tokens_per_step = 2 * 2 * 8 * 32  # micro x accumulation x ranks x seq_length
+    steps = -(-5_000 // tokens_per_step)
+    assert code == 0 and f"stage 1: {steps} optimizer step(s) at 8 rank(s) ({tokens_per_step:,} tokens a step)" in err
+    assert "rounds to no warmup step" in err
+
     with_lr = tmp_path / "with_lr.json"  # the run config owns learning rates: a ds_config lr is only a warning
     ds = json.loads(corpus["ds"].read_text())
     ds["optimizer"]["params"]["lr"] = 3e-4
@@ -293,3 +308,87 @@ def test_rank_without_peers_stops_naming_the_rendezvous(corpus, tmp_path):
     assert time.monotonic() - start < 90
     log = read_log(tmp_path / "alone.log")
     assert "MASTER_ADDR=127.0.0.1 MASTER_PORT=" in log and "dist_timeout_s" in log and "Traceback" not in log
+
+
+def test_wandb_sink_works_offline(corpus, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    cfg = run_config(tmp_path / "wandb.yaml", tmp_path / "run", corpus["phi"], corpus["sources"], {1: {"steps": 1}},
+                     run_stages=[1], training={"report_to": ["wandb"], "progress_bar": False, "eval_samples": 2})
+    assert train_stage(corpus["ds"], cfg, 1, tmp_path / "wandb.log", world=1) == 0, read_log(tmp_path / "wandb.log")
+    runs = list((tmp_path / "run" / "stage-1" / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(runs) == 1 and runs[0].stat().st_size > 0
+
+
+def test_lora_stage_merges_its_adapters_into_the_frozen_body(corpus, tmp_path):
+    """A custom stage training LoRA adapters (PEFT) on q_proj/v_proj of the tied Llama, 2 ranks: the base weights
+    stay bitwise frozen in the engine (DeepSpeed's zero_to_fp32 view), only the adapters hold Adam state, and
+    final/ holds plain weights W + (alpha / r) B A computed from the engine's adapters."""
+    lora = {"r": 4, "alpha": 8.0, "target_modules": ["q_proj", "v_proj"]}
+    cfg = run_config(tmp_path / "lora.yaml", tmp_path / "run", corpus["llama"], corpus["sources"],
+                     {8: {"trainable": ["lora"], "lr": 1e-2, "steps": 2, "lora": lora}}, run_stages=[8],
+                     training={"eval_samples": 2, "checkpoint_every": 0, "report_to": [], "progress_bar": False})
+    assert train_stage(corpus["ds"], cfg, 8, tmp_path / "lora.log") == 0, read_log(tmp_path / "lora.log")
+    before, after = weights(corpus["llama"]), weights(tmp_path / "run" / "stage-8" / "final")
+    view = engine_view(tmp_path / "run", 8)
+    assert set(after) == set(before)
+    merged = 0
+    for name in before:
+        module = name.removesuffix(".weight")
+        if not module.endswith(("q_proj", "v_proj")):
+            assert torch.equal(after[name], before[name]), name
+            continue
+        assert torch.equal(view[f"{module}.base_layer.weight"], before[name]), f"{name} moved under LoRA"
+        a, b = view[f"{module}.lora_A.default.weight"], view[f"{module}.lora_B.default.weight"]
+        assert b.abs().sum() > 0  # B starts at zero: training moved it
+        torch.testing.assert_close(after[name], before[name] + (8.0 / 4) * (b @ a), rtol=0, atol=1e-6)
+        merged += 1
+    assert merged == 2 * 2  # two layers, two target modules each
+    ckpt = tmp_path / "run" / "stage-8" / "checkpoints"
+    tag = (ckpt / "latest").read_text().strip()
+    states = torch.load(ckpt / tag / "zero_pp_rank_0_mp_rank_00_model_states.pt", weights_only=False)
+    optimized = {n for shapes in states["param_shapes"] for n in shapes}
+    assert optimized and all(".lora_A." in n or ".lora_B." in n for n in optimized)
+
+
+def test_sharded_hand_off_equals_the_single_file(corpus, tmp_path):
+    """Stage 4 (all output rows: phi-2's 50,295-row bias splits unevenly) on 3 ranks, handed off in 1 MiB shards
+    that every rank writes, and as one file: the same tensors, bit for bit."""
+    from megaeeve.model.weights import INDEX_FILE, SINGLE_FILE, weight_files
+
+    finals = {}
+    for label, shard_mb in (("sharded", 1), ("single", 2048)):
+        cfg = run_config(tmp_path / f"{label}.yaml", tmp_path / label, corpus["phi"], corpus["sources"],
+                         {4: {"steps": 1}}, run_stages=[4],
+                         training={"eval_samples": 1, "checkpoint_every": 0, "report_to": [], "progress_bar": False,
+                                   "handoff_shard_mb": shard_mb})
+        log = tmp_path / f"{label}.log"
+        assert train_stage(corpus["ds"], cfg, 4, log, world=3) == 0, read_log(log)
+        finals[label] = tmp_path / label / "stage-4" / "final"
+    assert weight_files(finals["single"]) == [SINGLE_FILE]
+    sharded = weight_files(finals["sharded"])
+    assert sharded[0] == INDEX_FILE and len(sharded) > 4  # an index and shards of three owner ranks
+    a, b = weights(finals["sharded"]), weights(finals["single"])
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_model_without_new_tokens_trains_all_its_parameters(corpus, gpt2_tokenizer_dir, english_docs, tmp_path):
+    """The no-expansion baseline: a stage-0 directory from the base tokenizer itself (no `added` rows)
+    trains every parameter under ZeRO-3 and hands off; a stage naming a new-row role is refused."""
+    from _model_helpers import save_model, tiny_llama
+
+    from megaeeve.model import extend_model
+
+    base = save_model(tiny_llama(), tmp_path / "base")
+    stage0 = tmp_path / "stage0"
+    extend_model(base, gpt2_tokenizer_dir, gpt2_tokenizer_dir, stage0, allow_no_new_tokens=True)
+    en = write_prefix(tmp_path / "en", gpt2_tokenizer_dir, english_docs[:40])
+    roles = ["input_original", "output_original", "body"]
+    stages = {1: {"trainable": roles, "lr": 1e-3, "steps": 2}, 2: {"trainable": ["input_added"], "lr": 1e-3}}
+    cfg = run_config(tmp_path / "run.yaml", tmp_path / "run", stage0, [{"prefix": str(en), "weight": 1.0, "name": "en"}],
+                     stages, default_stages=False, training=TRAINING)
+    assert train_stage(corpus["ds"], cfg, 1, tmp_path / "stage1.log") == 0
+    before, after = weights(stage0), weights(tmp_path / "run" / "stage-1" / "final")
+    assert set(before) == set(after) and not any(".added" in n or "bias_added" in n for n in after)
+    assert all(not torch.equal(before[n], after[n]) for n in roles_of(stage0)), "a parameter did not train"
+    assert train_stage(corpus["ds"], cfg, 2, tmp_path / "stage2.log") == 2
+    assert "input_added" in read_log(tmp_path / "stage2.log")

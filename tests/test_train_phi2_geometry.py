@@ -48,7 +48,8 @@ def test_phi2_widths_bf16_two_ranks_stages_1_to_5(tmp_path, phi2_tokenizer_dir, 
     run_dir = tmp_path / "run"
     cfg = run_config(tmp_path / "run.yaml", run_dir, stage0, [{"prefix": str(ko), "weight": 1.0, "name": "ko"}],
                      {s: {"steps": 1} for s in stages}, run_stages=stages,
-                     training={"eval_samples": 1, "checkpoint_every": 0, "progress_bar": False, "tensorboard": False})
+                     training={"eval_samples": 1, "checkpoint_every": 0, "progress_bar": False, "report_to": [],
+                               "handoff_shard_mb": 256})
     ds = ds_config(tmp_path / "ds.json", micro=1, accum=1, bf16=True)
     chain = {"run_dir": run_dir, "stages": stages, "model": stage0, "roles": roles_of(stage0), "bf16": True, "world": 2}
     for s in stages:

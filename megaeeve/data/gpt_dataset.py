@@ -11,7 +11,11 @@ wasted at sample edges. Three arrays describe the stream, all numpy, cached (see
 Card step 8 ("training data biased to include more texts with new tokens"): with
 `new_token_bias` b > 0, documents are drawn with replacement with probability proportional to
 1 + b * (share of the document's tokens whose id >= base vocabulary size). The share is read
-from the token data itself (once, cached). b = 0 gives plain shuffled epochs.
+from the token data itself in one vectorised pass over the .bin (IndexedDataset.tokens_at_least),
+once, and cached. b = 0 gives plain shuffled epochs.
+
+The held-out documents are chosen by a hash of their index, not as the tail of the file, so a
+prefix made by concatenating corpora holds out documents of each of them.
 """
 
 from __future__ import annotations
@@ -35,26 +39,31 @@ class TokenDocuments(Protocol):
 
     def get(self, idx: int, offset: int = 0, length: int | None = None) -> np.ndarray: ...
 
+    def tokens_at_least(self, threshold: int) -> np.ndarray: ...
+
 
 class DataError(ValueError):
     """The data cannot provide what the run asks for (an empty split, a missing prefix)."""
 
 
+def _mix64(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser: a fixed, well-spread hash of each uint64 (no seed, no state)."""
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
 def document_split(num_documents: int, valid_fraction: float, prefix: str) -> tuple[np.ndarray, np.ndarray]:
-    """(train, valid) document ids: the last `valid_fraction` of the documents are held out."""
+    """(train, valid) document ids, each sorted: the round(N * valid_fraction) documents (at least one) with
+    the smallest hash of their index are held out. Spread over the whole prefix, the same on every run."""
     n_valid = max(1, round(num_documents * valid_fraction))
     if num_documents - n_valid < 1:
         raise DataError(f"{prefix}: {num_documents} document(s) cannot give both a train and a valid split")
     ids = np.arange(num_documents, dtype=np.int64)
-    return ids[:-n_valid], ids[-n_valid:]
-
-
-def new_token_counts(docs: TokenDocuments, base_vocab_size: int) -> np.ndarray:
-    """Per document, how many token ids are >= `base_vocab_size` (one pass over the data)."""
-    return np.fromiter(
-        (int(np.count_nonzero(docs.get(i) >= base_vocab_size)) for i in range(len(docs))),
-        dtype=np.int64, count=len(docs),
-    )
+    keys = _mix64(ids.astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15))
+    valid = np.zeros(num_documents, dtype=bool)
+    valid[np.argpartition(keys, n_valid - 1)[:n_valid]] = True
+    return ids[~valid], ids[valid]
 
 
 def build_indices(
@@ -137,7 +146,7 @@ def packed_dataset(
             raise DataError(f"{prefix}: new_token_bias needs the base vocabulary size")
         counts = cached_arrays(
             cache_dir, "new-tokens", {"prefix": str(prefix), "lengths": data_digest, "base_vocab_size": base_vocab_size},
-            ("counts",), lambda: {"counts": new_token_counts(docs, base_vocab_size)},
+            ("counts",), lambda: {"counts": docs.tokens_at_least(base_vocab_size)},
         )["counts"]
         share = counts[documents] / np.maximum(lengths[documents], 1)
         weights = 1.0 + new_token_bias * share

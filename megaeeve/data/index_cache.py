@@ -1,14 +1,22 @@
-"""Index arrays built once (rank 0) with numpy and cached on disk under a hash of their inputs.
+"""Index arrays built once (global rank 0) with numpy and cached on disk under a hash of their inputs.
 
 Every rank then memory-maps the same files, so a job of many ranks does the index arithmetic once,
 and a rerun with the same inputs (data, seed, sizes) skips it entirely. A change to any input
 changes the hash, so a stale cache is never read.
+
+The cache directory (RUN.yaml `data.cache_dir`, default run_dir/index-cache) must be on a file system
+that every node sees (the run directory usually is). The builder publishes each entry atomically,
+its description file last; the other ranks wait for that file, not in a collective, so a build that
+takes longer than the collective timeout (100 GB of data) does not kill the job, and they say what
+they wait for while they wait.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import sys
+import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -31,25 +39,36 @@ def _is_builder() -> bool:
     return not dist.is_initialized() or dist.get_rank() == 0
 
 
+def _wait_for(marker: Path, poll_s: float = 0.2, report_every_s: float = 60.0) -> None:
+    started = last = time.monotonic()
+    while not marker.exists():
+        time.sleep(poll_s)
+        if time.monotonic() - last >= report_every_s:
+            last = time.monotonic()
+            print(f"rank {dist.get_rank()}: waiting {last - started:.0f} s for {marker}, built by rank 0 "
+                  f"(data.cache_dir must be on a file system all nodes share)", file=sys.stderr, flush=True)
+
+
 def cached_arrays(
     cache_dir: Path, kind: str, description: Mapping[str, Any], names: tuple[str, ...],
     build: Callable[[], dict[str, np.ndarray]],
 ) -> dict[str, np.ndarray]:
-    """Load `names` arrays for `description` from `cache_dir`, building them on rank 0 if absent.
+    """Load `names` arrays for `description` from `cache_dir`, building them on global rank 0 if absent.
 
     Files: {md5}-{kind}-{name}.npy and {md5}-{kind}-description.json, each written atomically,
-    the description last (its presence marks a complete entry). All ranks wait at a barrier
-    and then memory-map the arrays read-only.
+    the description last (its presence marks a complete entry). The other ranks wait for the
+    description file, then every rank memory-maps the arrays read-only.
     """
     cache_dir = Path(cache_dir)
     key = f"{description_hash(description)}-{kind}"
     marker = cache_dir / f"{key}-description.json"
-    if _is_builder() and not marker.exists():
-        arrays = build()
-        for name in names:
-            with atomic_file(cache_dir / f"{key}-{name}.npy") as f:
-                np.save(f, arrays[name], allow_pickle=False)
-        write_json(marker, dict(description))
-    if dist.is_initialized():
-        dist.barrier()
+    if not marker.exists():
+        if _is_builder():
+            arrays = build()
+            for name in names:
+                with atomic_file(cache_dir / f"{key}-{name}.npy") as f:
+                    np.save(f, arrays[name], allow_pickle=False)
+            write_json(marker, dict(description))
+        else:
+            _wait_for(marker)
     return {name: np.load(cache_dir / f"{key}-{name}.npy", mmap_mode="r", allow_pickle=False) for name in names}

@@ -189,6 +189,32 @@ class IndexedDataset:
         start = int(self.sequence_pointers[i]) // self.dtype.itemsize + offset
         return self._tokens[start : start + length]
 
+    def tokens_at_least(self, threshold: int, chunk: int = 1 << 22) -> np.ndarray:
+        """Per sequence, how many of its ids are >= `threshold` (new tokens when it is the base vocabulary
+        size): one streaming pass over .bin, `chunk` tokens at a time, no per-sequence Python loop.
+
+        Memory: one chunk plus O(sequences). A sequence's count is C(end) - C(start), where C(p) counts
+        the hits among tokens [0, p); C is evaluated at every start and end, in file order.
+        """
+        starts = self.sequence_pointers // self.dtype.itemsize
+        points = np.concatenate([starts, starts + self.sequence_lengths])
+        order = np.argsort(points, kind="stable")
+        at = points[order]
+        cumulative = np.empty(len(points), np.int64)
+        total = done = 0
+        for a in range(0, self.num_tokens, chunk):
+            b = min(a + chunk, self.num_tokens)
+            hits = np.cumsum(self._tokens[a:b] >= threshold, dtype=np.int32)
+            upto = int(np.searchsorted(at, b, side="right"))
+            local = at[done:upto] - a  # in [0, b - a]: hits before it in this chunk = hits[local - 1]
+            cumulative[done:upto] = total + np.where(local > 0, hits[np.maximum(local - 1, 0)], 0)
+            total += int(hits[-1])
+            done = upto
+        cumulative[done:] = total
+        values = np.empty_like(cumulative)
+        values[order] = cumulative
+        return values[len(starts):] - values[: len(starts)]
+
     def __getitem__(self, idx: int | slice) -> np.ndarray | list[np.ndarray]:
         if isinstance(idx, slice):
             start, stop, step = idx.indices(len(self))

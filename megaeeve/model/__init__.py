@@ -4,20 +4,21 @@ Interfaces the trainer relies on:
 
 - ``parameter_roles(model) -> dict[str, str]``: every parameter name -> one of "input_original",
   "input_added", "output_original", "output_added", "body". ``bias_original`` goes with
-  output_original, ``bias_added`` with output_added. Padding rows (vocab rounded up to a multiple)
+  output_original, ``bias_added`` with output_added. A model without new tokens (num_added = 0) has no
+  ``added`` parameters, hence no input_added / output_added roles. Padding rows (vocab rounded up to a multiple)
   are not parameters at all: the embedding returns zeros for padding ids and the head returns -inf
   logits for them (see split.py), so no stage can train or predict them.
 - Model directory (stage-0 output and each stage's final/): ``split_model.safetensors`` with the split
   names (``<input>.original``, ``<input>.added``, ``<lm_head>.original``, ``<lm_head>.added``
   [, ``<lm_head>.bias_original``, ``<lm_head>.bias_added``] + body weights), ``config.json`` (HF,
-  vocab_size = padded size, untied), ``megaeeve_model.json`` (ModelMeta), the expanded tokenizer's
-  files and ``base_tokenizer/tokenizer.json``.
+  vocab_size = padded size, untied), ``megaeeve_model.json`` (ModelMeta), ``new_token_pieces.json``
+  (each new id's base ids: ``read_pieces``, pieces.py), the expanded tokenizer's files and
+  ``base_tokenizer/tokenizer.json``.
 - ``load_model_dir(dir, ds_config=None, dtype=torch.float32) -> nn.Module``: builds the split model
   (eval mode); with ZeRO stage 3 in ds_config, under deepspeed.zero.Init, each rank filling only its
   own partitions from slices of the safetensors file (partition.py).
-- ``save_model_dir(state_dict, src_dir, out_dir, overwrite=False)``: atomic model directory from a
-  consolidated state dict whose names and shapes match src_dir's; config, meta and tokenizers are
-  copied from src_dir. Tensors are stored in the dtype given.
+- Weights (weights.py): one ``split_model.safetensors`` or shards with an index, read alike by
+  ``open_weights(dir)`` / ``load_weights(dir)``; a stage's hand-off writes shards from several ranks.
 - ``read_model_meta(dir) -> ModelMeta``.
 - ``extend_model(...)`` (tools/extend_model.py) and ``export_hf(in_dir, out_dir)`` (tools/export_hf.py).
 """
@@ -26,17 +27,17 @@ from __future__ import annotations
 
 from torch import nn
 
-from megaeeve.model.checkpoint import ModelDirError, ModelMeta, load_model_dir, read_model_meta, save_model_dir
+from megaeeve.model.checkpoint import ModelDirError, ModelMeta, load_model_dir, read_model_meta
 from megaeeve.model.export import export_hf
 from megaeeve.model.extend import ExtendError, extend_model
+from megaeeve.model.lora import lora_roles
 from megaeeve.model.split import SplitEmbedding, SplitLMHead
-
-ROLES = ("input_original", "input_added", "output_original", "output_added", "body")
-
+from megaeeve.stages import ROLES
 
 def parameter_roles(model: nn.Module) -> dict[str, str]:
-    """Role of every parameter of a split model (keys as in model.named_parameters())."""
-    roles = {}
+    """Role of every parameter of a split model (keys as in model.named_parameters()): by module class,
+    split embedding rows, LoRA adapters (lora.py), and the body for the rest."""
+    roles = dict(lora_roles(model))
     for prefix, module in model.named_modules():
         side = "input" if isinstance(module, SplitEmbedding) else "output" if isinstance(module, SplitLMHead) else None
         if side is None:
@@ -44,10 +45,10 @@ def parameter_roles(model: nn.Module) -> dict[str, str]:
         for name, _ in module.named_parameters(recurse=False):
             part = "original" if name.endswith("original") else "added"
             roles[f"{prefix}.{name}" if prefix else name] = f"{side}_{part}"
-    if not {"input_added", "output_added"} <= set(roles.values()):
+    if not {"input_original", "output_original"} <= set(roles.values()):
         raise ValueError("model has no split input embedding and lm_head; load it with load_model_dir")
     return {name: roles.get(name, "body") for name, _ in model.named_parameters()}
 
 
 __all__ = ["ROLES", "ExtendError", "ModelDirError", "ModelMeta", "SplitEmbedding", "SplitLMHead", "export_hf",
-           "extend_model", "load_model_dir", "parameter_roles", "read_model_meta", "save_model_dir"]
+           "extend_model", "load_model_dir", "parameter_roles", "read_model_meta"]

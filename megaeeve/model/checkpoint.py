@@ -1,10 +1,13 @@
 """The model directory: stage-0 output and every stage's final/ hand-off.
 
-    split_model.safetensors  split parameter names (e.g. model.embed_tokens.original / .added); not named
-                           model.safetensors, so plain transformers refuses the directory loudly instead of
-                           loading it with random embeddings (tools/export_hf.py makes the plain model)
+    split_model.safetensors  split parameter names (e.g. model.embed_tokens.original / .added), or shards
+                           with split_model.safetensors.index.json (weights.py); not named model.safetensors,
+                           so plain transformers refuses the directory loudly instead of loading it with
+                           random embeddings (tools/export_hf.py makes the plain model)
     config.json            the Hugging Face config (vocab_size = padded size, tie_word_embeddings = false)
     megaeeve_model.json    ModelMeta: vocabulary layout, module paths, both tokenizers' fingerprints
+    new_token_pieces.json  each new token's base pieces, written at extension: {"base_vocab_size": B,
+                           "pieces": [[base ids of id B], ...]} (the teacher's input in distillation, pieces.py)
     tokenizer files        the expanded tokenizer as copied from its directory (AutoTokenizer loads them)
     base_tokenizer/        tokenizer.json of the base tokenizer (its identity)
 
@@ -21,20 +24,22 @@ import shutil
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from megaeeve.atomic import atomic_dir, write_json
+from megaeeve.atomic import atomic_file, write_json
 from megaeeve.model.partition import read_partition
+from megaeeve.model.weights import INDEX_FILE, SINGLE_FILE, open_weights, weight_files
 from megaeeve.model.split import SplitEmbedding, SplitLMHead
 
-MODEL_FILE = "split_model.safetensors"
+MODEL_FILE = SINGLE_FILE  # stage-0; a hand-off may be sharded (megaeeve.model.weights)
 META_FILE = "megaeeve_model.json"
 CONFIG_FILE = "config.json"
 BASE_TOKENIZER_DIR = "base_tokenizer"
+PIECES_FILE = "new_token_pieces.json"
 FORMAT = "megaeeve-model/1"
-RESERVED_NAMES = {MODEL_FILE, META_FILE, CONFIG_FILE, BASE_TOKENIZER_DIR, "generation_config.json"}
+RESERVED_NAMES = {MODEL_FILE, INDEX_FILE, META_FILE, CONFIG_FILE, BASE_TOKENIZER_DIR, PIECES_FILE,
+                  "generation_config.json"}
 
 
 class ModelDirError(ValueError):
@@ -46,7 +51,7 @@ class ModelMeta:
     """What a model directory holds beyond the HF config; written as megaeeve_model.json."""
 
     base_vocab_size: int  # ids [0, base_vocab_size) are the base tokenizer's, rows in `original`
-    num_added: int  # ids [base_vocab_size, base_vocab_size + num_added) are new, rows in `added`
+    num_added: int  # ids [base_vocab_size, base_vocab_size + num_added) are new, rows in `added` (none if 0)
     padded_vocab_size: int  # config.vocab_size; ids above the tokenizer are padding (not stored)
     hidden_size: int
     input_embedding: str  # module path of the input embedding, e.g. "model.embed_tokens"
@@ -59,6 +64,7 @@ class ModelMeta:
     base_tokenizer_fingerprint: str
     tokenizer_fingerprint: str
     tokenizer_files: list[str]  # files of the expanded tokenizer in the directory (export copies them)
+    init: str = "eeve"  # how extension initialised the new rows (megaeeve.model.init.INIT_METHODS); older dirs: eeve
     format: str = FORMAT
 
     @property
@@ -72,15 +78,15 @@ class ModelMeta:
 
     def split_names(self) -> dict[str, str]:
         """Split parameter name -> role (see megaeeve.model.parameter_roles)."""
-        names = {
-            f"{self.input_embedding}.original": "input_original",
-            f"{self.input_embedding}.added": "input_added",
-            f"{self.output_embedding}.original": "output_original",
-            f"{self.output_embedding}.added": "output_added",
-        }
+        names = {f"{self.input_embedding}.original": "input_original",
+                 f"{self.output_embedding}.original": "output_original"}
+        if self.num_added:
+            names[f"{self.input_embedding}.added"] = "input_added"
+            names[f"{self.output_embedding}.added"] = "output_added"
         if self.lm_head_bias:
             names[f"{self.output_embedding}.bias_original"] = "output_original"
-            names[f"{self.output_embedding}.bias_added"] = "output_added"
+            if self.num_added:
+                names[f"{self.output_embedding}.bias_added"] = "output_added"
         return names
 
 
@@ -99,6 +105,22 @@ def read_model_meta(model_dir: str | Path) -> ModelMeta:
     return ModelMeta(**data)
 
 
+def read_pieces(model_dir: str | Path, meta: ModelMeta) -> list[list[int]]:
+    """The pieces table of a model directory (one list of base ids per new id), checked against `meta`."""
+    path = Path(model_dir) / PIECES_FILE
+    if not path.is_file():
+        raise ModelDirError(f"{path} is missing: the model directory predates the pieces table that distillation "
+                            f"needs; extend the base model again (tools/extend_model.py)")
+    data = json.loads(path.read_text(encoding="utf-8"))
+    pieces = data["pieces"]
+    if data["base_vocab_size"] != meta.base_vocab_size or len(pieces) != meta.num_added:
+        raise ModelDirError(f"{path}: {len(pieces)} tokens after base id {data['base_vocab_size']}, the model has "
+                            f"{meta.num_added} after {meta.base_vocab_size}")
+    if not all(ids and all(0 <= i < meta.base_vocab_size for i in ids) for ids in pieces):
+        raise ModelDirError(f"{path}: a new token has no pieces, or a piece that is not a base id")
+    return pieces
+
+
 def build_split_model(config, meta: ModelMeta, dtype: torch.dtype, ds_config: dict | None = None,
                       attn_implementation: str | None = None) -> nn.Module:
     """The HF model of `config` with the split embedding and head installed, weights uninitialised.
@@ -112,7 +134,7 @@ def build_split_model(config, meta: ModelMeta, dtype: torch.dtype, ds_config: di
     MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]  # import the model's module now: imports break under zero.Init
     with contextlib.ExitStack() as stack:
         stack.enter_context(no_init_weights())
-        if _zero3(ds_config):
+        if is_zero3(ds_config):
             import deepspeed
             from transformers.integrations.deepspeed import prevent_arange_dtype_change
 
@@ -125,7 +147,7 @@ def build_split_model(config, meta: ModelMeta, dtype: torch.dtype, ds_config: di
     return model
 
 
-def _zero3(ds_config: dict | None) -> bool:
+def is_zero3(ds_config: dict | None) -> bool:
     return bool(ds_config) and ds_config.get("zero_optimization", {}).get("stage", 0) == 3
 
 
@@ -142,7 +164,7 @@ def load_model_dir(model_dir: str | Path, ds_config: dict | None = None, dtype: 
     meta = read_model_meta(model_dir)
     config = AutoConfig.from_pretrained(str(model_dir))
     model = build_split_model(config, meta, dtype, ds_config, attn_implementation)
-    _load_weights(model, model_dir / MODEL_FILE, _zero3(ds_config))
+    _load_weights(model, model_dir, is_zero3(ds_config))
     return model.eval()
 
 
@@ -150,19 +172,19 @@ def _expected_names(model: nn.Module) -> set[str]:
     return set(model.state_dict().keys())
 
 
-def _load_weights(model: nn.Module, path: Path, zero3: bool) -> None:
-    """Fill every parameter and buffer from `path`. Under ZeRO-3 each rank writes only its own
-    partition, read as a slice of the file (megaeeve.model.partition): nothing is gathered."""
-    with safe_open(str(path), framework="pt") as f, torch.no_grad():
+def _load_weights(model: nn.Module, model_dir: Path, zero3: bool) -> None:
+    """Fill every parameter and buffer from the directory's weights (one file or shards). Under ZeRO-3
+    each rank writes only its own partition, read as a slice (megaeeve.model.partition): nothing is gathered."""
+    with open_weights(model_dir) as f, torch.no_grad():
         in_file, expected = set(f.keys()), _expected_names(model)
         if in_file != expected:
-            raise ModelDirError(f"{path}: tensors do not match the model: missing {sorted(expected - in_file)[:5]}, "
-                                f"unexpected {sorted(in_file - expected)[:5]}")
+            raise ModelDirError(f"{model_dir}: tensors do not match the model: missing "
+                                f"{sorted(expected - in_file)[:5]}, unexpected {sorted(in_file - expected)[:5]}")
         for key, param in model.named_parameters():
             shape = tuple(f.get_slice(key).get_shape())
             want = tuple(getattr(param, "ds_shape", param.shape))
             if shape != want:
-                raise ModelDirError(f"{path}: {key} has shape {shape}, the model expects {want}")
+                raise ModelDirError(f"{model_dir}: {key} has shape {shape}, the model expects {want}")
             if zero3 and hasattr(param, "ds_id"):
                 param.ds_tensor.data.copy_(read_partition(f, key, param))
             else:
@@ -172,38 +194,20 @@ def _load_weights(model: nn.Module, path: Path, zero3: bool) -> None:
                 buf.data.copy_(f.get_tensor(key))
 
 
-def save_model_dir(state_dict: dict[str, torch.Tensor], src_dir: str | Path, out_dir: str | Path,
-                   overwrite: bool = False) -> Path:
-    """Write a model directory atomically from a consolidated state dict (names/shapes as in src_dir).
-
-    Everything but the weights (config, meta, tokenizers) is copied from `src_dir`.
-    """
-    src_dir, out_dir = Path(src_dir), Path(out_dir)
-    read_model_meta(src_dir)
-    with safe_open(str(src_dir / MODEL_FILE), framework="pt") as f:
-        shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
-    missing, unexpected = set(shapes) - set(state_dict), set(state_dict) - set(shapes)
-    if missing or unexpected:
-        raise ModelDirError(f"state dict does not match {src_dir / MODEL_FILE}: missing {sorted(missing)[:5]}, "
-                            f"unexpected {sorted(unexpected)[:5]}")
-    for key, tensor in state_dict.items():
-        if tuple(tensor.shape) != shapes[key]:
-            raise ModelDirError(f"state dict {key} has shape {tuple(tensor.shape)}, {src_dir} has {shapes[key]}")
-    with atomic_dir(out_dir, overwrite=overwrite) as tmp:
-        for entry in src_dir.iterdir():
-            if entry.name == MODEL_FILE:
-                continue
-            if entry.is_dir():
-                shutil.copytree(entry, tmp / entry.name)
-            else:
-                shutil.copy2(entry, tmp / entry.name)
-        save_file({k: v.detach().cpu().contiguous() for k, v in state_dict.items()}, str(tmp / MODEL_FILE),
-                  metadata={"format": "pt"})
-    return out_dir
+def copy_model_files(src_dir: Path, out_dir: Path) -> None:
+    """Everything of a model directory but its weights (config, meta, tokenizers) into `out_dir`."""
+    skip = set(weight_files(src_dir))
+    for entry in src_dir.iterdir():
+        if entry.name in skip:
+            continue
+        if entry.is_dir():
+            shutil.copytree(entry, out_dir / entry.name)
+        else:
+            shutil.copy2(entry, out_dir / entry.name)
 
 
 def write_model_dir(tmp: Path, state_dict: dict[str, torch.Tensor], config, meta: ModelMeta,
-                    tokenizer_dir: Path, base_tokenizer) -> None:
+                    tokenizer_dir: Path, base_tokenizer, pieces: list[list[int]]) -> None:
     """Fill a fresh (temporary) directory with a model directory's files; the caller renames it."""
     save_file({k: v.detach().contiguous() for k, v in state_dict.items()}, str(tmp / MODEL_FILE),
               metadata={"format": "pt"})
@@ -212,4 +216,6 @@ def write_model_dir(tmp: Path, state_dict: dict[str, torch.Tensor], config, meta
         shutil.copy2(tokenizer_dir / name, tmp / name)
     (tmp / BASE_TOKENIZER_DIR).mkdir()
     base_tokenizer.save(str(tmp / BASE_TOKENIZER_DIR / "tokenizer.json"))
+    with atomic_file(tmp / PIECES_FILE, "w") as f:  # one compact line: ~10 bytes a piece
+        json.dump({"base_vocab_size": meta.base_vocab_size, "pieces": pieces}, f, separators=(",", ":"))
     write_json(tmp / META_FILE, dataclasses.asdict(meta))

@@ -12,10 +12,9 @@ import shutil
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
-
 from megaeeve.atomic import atomic_dir
-from megaeeve.model.checkpoint import MODEL_FILE, ModelMeta, read_model_meta
+from megaeeve.model.checkpoint import ModelMeta, read_model_meta
+from megaeeve.model.weights import load_weights
 
 
 def merged_state_dict(split: dict[str, torch.Tensor], meta: ModelMeta) -> dict[str, torch.Tensor]:
@@ -26,7 +25,8 @@ def merged_state_dict(split: dict[str, torch.Tensor], meta: ModelMeta) -> dict[s
     if meta.lm_head_bias:
         merged[f"{meta.output_embedding}.bias"] = f"{meta.output_embedding}.bias_"
     for name, prefix in merged.items():
-        original, added = split[f"{prefix}original"], split[f"{prefix}added"]
+        original = split[f"{prefix}original"]
+        added = split.get(f"{prefix}added", original[:0])  # a model without new tokens has none
         padding = original.new_zeros((meta.num_padding, *original.shape[1:]))
         state[name] = torch.cat([original, added, padding])
     return state
@@ -45,7 +45,7 @@ def export_hf(in_dir: str | Path, out_dir: str | Path, dtype: torch.dtype = torc
     config = AutoConfig.from_pretrained(str(in_dir))
     config.vocab_size = meta.padded_vocab_size
     config.tie_word_embeddings = False
-    state = merged_state_dict(load_file(str(in_dir / MODEL_FILE)), meta)
+    state = merged_state_dict(load_weights(in_dir), meta)
     with no_init_weights():
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=True, assign=True)

@@ -1,4 +1,4 @@
-"""Extend a base causal LM to an expanded tokenizer: split embeddings, EEVE init, stage-0 directory.
+"""Extend a base causal LM to an expanded tokenizer: split embeddings, EEVE (or baseline) init, stage-0 directory.
 
 Works for any Hugging Face causal LM whose embeddings come from get_input_embeddings /
 get_output_embeddings. Tied embeddings are untied (the output rows are a copy), which the result and
@@ -19,7 +19,7 @@ from tokenizers import Tokenizer
 
 from megaeeve.atomic import atomic_dir
 from megaeeve.model.checkpoint import RESERVED_NAMES, ModelMeta, write_model_dir
-from megaeeve.model.init import eeve_rows, token_pieces
+from megaeeve.model.init import INIT_METHODS, eeve_rows, mean_rows, random_rows, token_pieces
 from megaeeve.tokenizer_io import load_tokenizer, tokenizer_fingerprint
 
 EXPANSION_REPORT = "expansion_report.json"
@@ -52,10 +52,11 @@ def base_vocab_size_of(tokenizer_dir: Path, base: Tokenizer) -> int:
     return size
 
 
-def check_extension(base: Tokenizer, expanded: Tokenizer, base_vocab_size: int, tokenizer_path: Path) -> int:
+def check_extension(base: Tokenizer, expanded: Tokenizer, base_vocab_size: int, tokenizer_path: Path,
+                    allow_no_new_tokens: bool = False) -> int:
     """Validate that `expanded` keeps every base id's string and appends contiguous ids; return its size."""
     size = expanded.get_vocab_size(with_added_tokens=True)
-    if size <= base_vocab_size:
+    if size < base_vocab_size or (size == base_vocab_size and not allow_no_new_tokens):
         raise ExtendError(f"{tokenizer_path}: {size} tokens, no new tokens after the base's {base_vocab_size}")
     for i in range(base_vocab_size):
         old, new = base.id_to_token(i), expanded.id_to_token(i)
@@ -72,12 +73,23 @@ def _module_path(model, module) -> str:
     return next(name for name, m in model.named_modules() if m is module)
 
 
+def _initializer_range(model, base_model: str | Path) -> float:
+    std = getattr(model.config.get_text_config(), "initializer_range", None)
+    if std is None:
+        raise ExtendError(f"{base_model}: the config has no initializer_range, which --init random needs")
+    return float(std)
+
+
 def extend_model(base_model: str | Path, base_tokenizer: str | Path, tokenizer: str | Path, output: str | Path,
-                 pad_vocab_to_multiple_of: int = 64, overwrite: bool = False, model=None) -> ModelMeta:
+                 pad_vocab_to_multiple_of: int = 64, overwrite: bool = False, model=None,
+                 init: str = "eeve", allow_no_new_tokens: bool = False) -> ModelMeta:
     """Write the stage-0 model directory `output`; return its ModelMeta.
 
     `model` is the base model already loaded from `base_model` (load_base_model); None loads it here,
-    after the tokenizer checks.
+    after the tokenizer checks. `init` is one of INIT_METHODS (megaeeve/model/init.py).
+    `allow_no_new_tokens` accepts a tokenizer with no new tokens (the base tokenizer itself): the
+    directory then has no `added` rows, for training the base vocabulary as it is (a no-expansion
+    baseline) with the same trainer.
     """
     tokenizer, output = Path(tokenizer), Path(output)
     if output.exists() and not overwrite:
@@ -86,14 +98,16 @@ def extend_model(base_model: str | Path, base_tokenizer: str | Path, tokenizer: 
         raise ExtendError(f"{tokenizer}: not a tokenizer directory (no tokenizer.json)")
     if pad_vocab_to_multiple_of < 1:
         raise ExtendError(f"--pad-vocab-to-multiple-of must be >= 1, got {pad_vocab_to_multiple_of}")
+    if init not in INIT_METHODS:
+        raise ExtendError(f"--init must be one of {', '.join(INIT_METHODS)}, got {init!r}")
     tokenizer_files = sorted(p.name for p in tokenizer.iterdir() if p.is_file())
     clash = RESERVED_NAMES & set(tokenizer_files)
     if clash:
         raise ExtendError(f"{tokenizer}: holds {sorted(clash)}, which a model directory reserves")
     base_tok, new_tok = load_tokenizer(base_tokenizer), load_tokenizer(tokenizer)
     base_size = base_vocab_size_of(tokenizer, base_tok)
-    vocab_size = check_extension(base_tok, new_tok, base_size, tokenizer)
-    pieces = token_pieces(base_tok, new_tok, range(base_size, vocab_size))
+    vocab_size = check_extension(base_tok, new_tok, base_size, tokenizer, allow_no_new_tokens)
+    pieces = token_pieces(base_tok, new_tok, range(base_size, vocab_size))  # EEVE's init and distillation's teacher
 
     model = load_base_model(base_model) if model is None else model
     inp, out = model.get_input_embeddings(), model.get_output_embeddings()
@@ -107,16 +121,26 @@ def extend_model(base_model: str | Path, base_tokenizer: str | Path, tokenizer: 
     tied = out.weight is inp.weight or out.weight.data_ptr() == inp.weight.data_ptr()
     bias = getattr(out, "bias", None)
 
-    added_in, added_out, added_bias = eeve_rows(inp.weight, out.weight, bias, pieces)
+    num_new = vocab_size - base_size
     state = {k: v for k, v in model.state_dict().items()
              if k not in {f"{in_path}.weight", f"{out_path}.weight", f"{out_path}.bias"}}
     state[f"{in_path}.original"] = inp.weight[:base_size].float().clone()
-    state[f"{in_path}.added"] = added_in
     state[f"{out_path}.original"] = out.weight[:base_size].float().clone()
-    state[f"{out_path}.added"] = added_out
     if bias is not None:
         state[f"{out_path}.bias_original"] = bias[:base_size].float().clone()
-        state[f"{out_path}.bias_added"] = added_bias
+    if num_new:  # no new tokens: no `added` rows at all
+        if init == "eeve":
+            added_in, added_out, added_bias = eeve_rows(inp.weight, out.weight, bias, pieces)
+        elif init == "mean":
+            added_in, added_out, added_bias = mean_rows(inp.weight[:base_size], out.weight[:base_size],
+                                                        None if bias is None else bias[:base_size], num_new)
+        else:
+            added_in, added_out, added_bias = random_rows(num_new, hidden, _initializer_range(model, base_model),
+                                                          bias is not None)
+        state[f"{in_path}.added"] = added_in
+        state[f"{out_path}.added"] = added_out
+        if bias is not None:
+            state[f"{out_path}.bias_added"] = added_bias
 
     padded = math.ceil(vocab_size / pad_vocab_to_multiple_of) * pad_vocab_to_multiple_of
     config = copy.deepcopy(model.config)
@@ -126,15 +150,15 @@ def extend_model(base_model: str | Path, base_tokenizer: str | Path, tokenizer: 
     if getattr(config, "quantization_config", None) is not None:  # gguf: the weights are dequantized to fp32
         del config.quantization_config
     meta = ModelMeta(
-        base_vocab_size=base_size, num_added=vocab_size - base_size, padded_vocab_size=padded, hidden_size=hidden,
+        base_vocab_size=base_size, num_added=num_new, padded_vocab_size=padded, hidden_size=hidden,
         input_embedding=in_path, output_embedding=out_path, lm_head_bias=bias is not None, tied_untied=tied,
         base_model_rows=rows,
         base_model=str(base_model), base_tokenizer=str(base_tokenizer),
         base_tokenizer_fingerprint=tokenizer_fingerprint(base_tok), tokenizer_fingerprint=tokenizer_fingerprint(new_tok),
-        tokenizer_files=tokenizer_files,
+        tokenizer_files=tokenizer_files, init=init,
     )
     with atomic_dir(output, overwrite=overwrite) as tmp:
-        write_model_dir(tmp, state, config, meta, tokenizer, base_tok)
+        write_model_dir(tmp, state, config, meta, tokenizer, base_tok, pieces)
     return meta
 
 

@@ -1,7 +1,13 @@
-"""EEVE initialisation of the new rows.
+"""Initialisation of the new rows: EEVE's (the default) and two baselines to compare it with.
 
-A new token's input row is the mean of the base input rows of the pieces the base tokenizer splits the
-token's text into; its output row (and lm_head bias) is the base output row of the first piece.
+- eeve: a new token's input row is the mean of the base input rows of the pieces the base tokenizer splits
+  the token's text into; its output row (and lm_head bias) is the base output row of the first piece.
+- mean: every new row is the mean of all base rows plus normal noise of std 1/sqrt(hidden) (LLaMA-Factory's
+  noisy mean); a new bias entry is the mean base bias.
+- random: normal rows of std config.initializer_range, zero bias (transformers' resize_token_embeddings
+  without mean_resizing).
+
+The baselines draw their noise from a fixed seed, so the same inputs give the same stage-0 directory.
 
 The "text" of a token: a token of the expanded tokenizer's model vocabulary is a string in the same
 alphabet as the base vocabulary (byte-level "Ġì..." or metaspace "▁..."), so the base model
@@ -13,9 +19,14 @@ special tokens.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from tokenizers import Tokenizer
+
+INIT_METHODS = ("eeve", "mean", "random")
+SEED = 0
 
 
 class InitError(ValueError):
@@ -51,3 +62,25 @@ def eeve_rows(base_input: torch.Tensor, base_output: torch.Tensor, base_bias: to
     added_output = base_output.float()[first]
     added_bias = None if base_bias is None else base_bias.float()[first]
     return added_input, added_output, added_bias
+
+
+def _normal(rows: int, cols: int, std: float) -> torch.Tensor:
+    return torch.randn(rows, cols, generator=torch.Generator().manual_seed(SEED)) * std
+
+
+def mean_rows(base_input: torch.Tensor, base_output: torch.Tensor, base_bias: torch.Tensor | None,
+              num_new: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """LLaMA-Factory's noisy mean over the base rows given (pass only the tokenizer's rows, not padding)."""
+    hidden = base_input.shape[1]
+    noise = _normal(2 * num_new, hidden, 1 / math.sqrt(hidden))
+    added_input = base_input.float().mean(0) + noise[:num_new]
+    added_output = base_output.float().mean(0) + noise[num_new:]
+    added_bias = None if base_bias is None else base_bias.float().mean().expand(num_new).clone()
+    return added_input, added_output, added_bias
+
+
+def random_rows(num_new: int, hidden: int, std: float,
+                bias: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """transformers' default for resized embeddings: N(0, initializer_range) rows, zero bias."""
+    rows = _normal(2 * num_new, hidden, std)
+    return rows[:num_new].clone(), rows[num_new:].clone(), torch.zeros(num_new) if bias else None

@@ -5,6 +5,9 @@ no optimizer state and no weight decay, which stays exact under ZeRO-3 sharding.
 builds the merged [vocab, hidden] matrix in a forward pass; the head writes both blocks' logits into
 one buffer (no torch.cat copy).
 
+A model without new tokens (num_added = 0: the base vocabulary trained as it is, e.g. a no-expansion
+baseline) has no `added` parameter at all (None), so no stage can name a new-row role for it.
+
 Padding rows (vocab rounded up to a multiple) are not stored: the embedding returns zeros for a
 padding id and the head returns -inf logits for them, so they can never be predicted. The logits
 keep the padded width because transformers' loss reshapes them with `config.vocab_size`.
@@ -26,7 +29,10 @@ def _split_rows(module: nn.Module, num_original: int, num_added: int, num_paddin
     module.num_padding = num_padding
     module.hidden_size = hidden_size
     module.original = nn.Parameter(torch.empty(num_original, hidden_size, dtype=dtype))
-    module.added = nn.Parameter(torch.empty(num_added, hidden_size, dtype=dtype))
+    if num_added:
+        module.added = nn.Parameter(torch.empty(num_added, hidden_size, dtype=dtype))
+    else:
+        module.register_parameter("added", None)
 
 
 class SplitEmbedding(nn.Module):
@@ -42,9 +48,10 @@ class SplitEmbedding(nn.Module):
         # matrix, and a base id's vector is bitwise the base model's.
         is_original = (input_ids < self.num_original).unsqueeze(-1)
         is_added = (input_ids < self.num_original + self.num_added).unsqueeze(-1)
-        from_original = F.embedding(input_ids.clamp(max=self.num_original - 1), self.original)
-        from_added = F.embedding((input_ids - self.num_original).clamp(0, self.num_added - 1), self.added)
-        out = torch.where(is_original, from_original, from_added)
+        out = F.embedding(input_ids.clamp(max=self.num_original - 1), self.original)
+        if self.added is not None:
+            from_added = F.embedding((input_ids - self.num_original).clamp(0, self.num_added - 1), self.added)
+            out = torch.where(is_original, out, from_added)
         if self.num_padding:
             out = torch.where(is_added, out, torch.zeros((), dtype=out.dtype, device=out.device))
         return out
@@ -72,10 +79,11 @@ class _SplitLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, original, added, bias_original, bias_added, num_padding: int):
         flat = hidden.reshape(-1, hidden.shape[-1])
-        n_orig, n_added = original.shape[0], added.shape[0]
+        n_orig, n_added = original.shape[0], 0 if added is None else added.shape[0]
         out = flat.new_empty(flat.shape[0], n_orig + n_added + num_padding)
         _affine_into(out[:, :n_orig], flat, original, bias_original)
-        _affine_into(out[:, n_orig:n_orig + n_added], flat, added, bias_added)
+        if added is not None:
+            _affine_into(out[:, n_orig:n_orig + n_added], flat, added, bias_added)
         out[:, n_orig + n_added:].fill_(float("-inf"))
         ctx.save_for_backward(flat, original, added)
         ctx.hidden_shape = hidden.shape
@@ -84,13 +92,16 @@ class _SplitLinear(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         flat, original, added = ctx.saved_tensors
-        n_orig, n_added = original.shape[0], added.shape[0]
+        n_orig, n_added = original.shape[0], 0 if added is None else added.shape[0]
         grad = grad.reshape(-1, grad.shape[-1])
         g_orig, g_added = grad[:, :n_orig], grad[:, n_orig:n_orig + n_added]
         need = ctx.needs_input_grad
         grad_hidden = None
         if need[0]:
-            grad_hidden = torch.mm(g_orig, original).addmm_(g_added, added).view(ctx.hidden_shape)
+            grad_hidden = torch.mm(g_orig, original)
+            if added is not None:
+                grad_hidden.addmm_(g_added, added)
+            grad_hidden = grad_hidden.view(ctx.hidden_shape)
         return (grad_hidden,
                 g_orig.t().mm(flat) if need[1] else None,
                 g_added.t().mm(flat) if need[2] else None,
@@ -108,7 +119,7 @@ class SplitLMHead(nn.Module):
         _split_rows(self, num_original, num_added, num_padding, hidden_size, dtype)
         if bias:
             self.bias_original = nn.Parameter(torch.empty(num_original, dtype=dtype))
-            self.bias_added = nn.Parameter(torch.empty(num_added, dtype=dtype))
+            self.bias_added = nn.Parameter(torch.empty(num_added, dtype=dtype)) if num_added else None
         else:
             self.bias_original = self.bias_added = None
 

@@ -5,13 +5,16 @@ moments, scheduler) plus our client state (step, consumed samples, RNG states). 
 the `latest` file only after every rank saved, so a kill -9 mid-save resumes from the one before.
 
 Between stages: never `load_checkpoint` (it fails when the trainable set changes). The stage's
-final weights are consolidated into final/ (a model directory): trainable tensors as their fp32
-masters, frozen tensors copied from the stage's input directory after checking bitwise that the
-engine did not move them. DONE is written last; the next stage starts only from a DONE stage.
+final weights are written as final/ (a model directory, sharded across ranks for large models):
+trainable tensors as their fp32 masters, frozen tensors copied from the stage's input directory
+after checking bitwise that the engine did not move them. DONE is written last; the next stage
+starts only from a DONE stage.
 """
 
 from __future__ import annotations
 
+import contextlib
+import math
 import random
 import shutil
 from pathlib import Path
@@ -20,13 +23,15 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-from deepspeed.utils import safe_get_full_fp32_param, safe_set_local_fp32_param
-from safetensors import safe_open
+from deepspeed.utils import safe_get_full_fp32_param, safe_get_local_fp32_param, safe_set_local_fp32_param
+from safetensors.torch import save_file
 
-from megaeeve.atomic import write_json
-from megaeeve.model import read_model_meta, save_model_dir
-from megaeeve.model.checkpoint import MODEL_FILE
+from megaeeve.atomic import atomic_dir, write_json
+from megaeeve.model import read_model_meta
+from megaeeve.model.checkpoint import copy_model_files
+from megaeeve.model.lora import ADAPTER, file_name, lora_layers, lora_roles
 from megaeeve.model.partition import local_values, read_partition
+from megaeeve.model.weights import SINGLE_FILE, open_weights, plan_shards, shard_name, write_index
 from megaeeve.tokenizer_io import load_tokenizer, tokenizer_fingerprint
 from megaeeve.training.collectives import all_reduce_values
 
@@ -109,42 +114,99 @@ def check_predecessor(stage_dir: Path, final_dir: Path, stage0_dir: Path) -> Non
 def load_fp32_masters(model: torch.nn.Module, src_dir: Path) -> None:
     """Set trainable parameters' fp32 masters to the exact tensors of `src_dir` (the hand-off is fp32,
     the bf16 working copy loaded by load_model_dir is not). Each rank sets its own partition."""
-    with safe_open(str(src_dir / MODEL_FILE), framework="pt") as f:
+    with open_weights(src_dir) as f:
         for name, p in model.named_parameters():
-            if p.requires_grad:
+            if p.requires_grad and name in f.keys():  # LoRA adapters are new: their masters are their init
                 safe_set_local_fp32_param(p, read_partition(f, name, p).float())
 
 
-def export_final(model: torch.nn.Module, src_dir: Path, out_dir: Path) -> None:
-    """Consolidate the stage's weights into `out_dir` (a model directory) on rank 0; all ranks call.
+def export_final(model: torch.nn.Module, src_dir: Path, out_dir: Path, shard_bytes: int) -> None:
+    """Write the stage's weights as the model directory `out_dir`; every rank calls, in step.
 
-    Trainable parameters: their fp32 masters. Frozen parameters and buffers: the input tensors,
-    after each rank checked that its partition of the engine's copy still equals its slice of
-    the input bitwise (invariant 2). Only rank 0 holds the consolidated state dict.
+    Trainable parameters: their fp32 masters. Frozen parameters and buffers: the input tensors, after
+    each rank checked that its partition of the engine's copy still equals its slice of the input
+    bitwise (invariant 2); a LoRA layer's weight gets its merged adapters, W + scaling * B A, in fp32.
+    The tensors are cut into shards of at most `shard_bytes`; shard k belongs to rank k % world, which
+    assembles and writes it; a trainable tensor's partitions are gathered to its owner only, so no rank
+    holds more than one shard plus the parameter being gathered. Rank 0 publishes the directory atomically.
     """
-    rank = dist.get_rank()
-    state: dict[str, torch.Tensor] = {}
-    moved: list[str] = []
-    with safe_open(str(src_dir / MODEL_FILE), framework="pt") as f:
-        for name, p in model.named_parameters():
-            if p.requires_grad:
-                full = safe_get_full_fp32_param(p)  # collective: every rank, same order
-                if rank == 0:
-                    state[name] = full.detach().cpu().float()
-                continue
-            held = local_values(p).cpu()
-            if not torch.equal(held, read_partition(f, name, p)[: held.numel()].to(held.dtype)):
-                moved.append(name)
+    rank, world = dist.get_rank(), dist.get_world_size()
+    adapters = lora_layers(model)
+    params = {file_name(n): p for n, p in model.named_parameters() if n not in lora_roles(model)}
+    with open_weights(src_dir) as src:
+        sizes = [(name, (4 if name in params and params[name].requires_grad else
+                         _itemsize(src.get_slice(name).get_dtype())) * math.prod(src.get_slice(name).get_shape()))
+                 for name in [*params, *(k for k in src.keys() if k not in params)]]
+        shards = plan_shards(sizes, shard_bytes)
+        files = [SINGLE_FILE] if len(shards) == 1 else [shard_name(k, len(shards)) for k in range(len(shards))]
+        with _shared_atomic_dir(out_dir) as tmp:
+            moved: list[str] = []
+            for k, names in enumerate(shards):
+                mine = k % world == rank
+                shard: dict[str, torch.Tensor] = {}
+                for name in names:
+                    p = params.get(name)
+                    if p is not None and p.requires_grad:
+                        full = _gather_fp32_master(p, owner=k % world)  # collective: every rank, same order
+                        if mine:
+                            shard[name] = full
+                        continue
+                    if p is not None:
+                        held = local_values(p).cpu()
+                        if not torch.equal(held, read_partition(src, name, p)[: held.numel()].to(held.dtype)):
+                            moved.append(name)
+                    value = src.get_tensor(name) if mine else None
+                    if name in adapters:
+                        value = _merge_lora(adapters[name], value)
+                    if mine:
+                        shard[name] = value
+                if mine:
+                    save_file(shard, str(tmp / files[k]), metadata={"format": "pt"})
+            if all_reduce_values([float(len(moved))])[0]:
+                raise StageError(f"frozen parameter(s) changed during the stage (rank {rank}: {moved[:5]})")
             if rank == 0:
-                state[name] = f.get_tensor(name)
-        if rank == 0:
-            state.update({k: f.get_tensor(k) for k in f.keys() if k not in state})  # buffers
-    moved_anywhere = all_reduce_values([float(len(moved))])[0]
-    if moved_anywhere:
-        raise StageError(f"frozen parameter(s) changed during the stage (rank {rank}: {moved[:5]})")
-    if rank == 0:
-        save_model_dir(state, src_dir, out_dir, overwrite=True)
-    dist.barrier()
+                if len(shards) > 1:
+                    write_index(tmp, shards, sum(n for _, n in sizes))
+                copy_model_files(src_dir, tmp)
+
+
+def _gather_fp32_master(p: torch.nn.Parameter, owner: int) -> torch.Tensor | None:
+    """The full fp32 master of a trainable parameter on rank `owner` only (None elsewhere): each rank sends
+    its zero-padded partition, so no other rank materialises the whole tensor (DeepSpeed's
+    safe_get_full_fp32_param all-reduces a full-size tensor on every rank)."""
+    assert dist.get_world_size(group=p.ds_process_group) == dist.get_world_size(), "ZeRO partitions span the world"
+    local = safe_get_local_fp32_param(p).contiguous()
+    parts = [torch.empty_like(local) for _ in range(dist.get_world_size())] if dist.get_rank() == owner else None
+    dist.gather(local, parts, dst=owner)
+    if parts is None:
+        return None
+    return torch.cat(parts)[: p.ds_numel].view(p.ds_shape).cpu().contiguous()
+
+
+def _merge_lora(layer: torch.nn.Module, weight: torch.Tensor | None) -> torch.Tensor | None:
+    """W + scaling * B A from the adapters' fp32 masters (collective: every rank calls; `weight` is None on
+    ranks that do not write this tensor)."""
+    a = safe_get_full_fp32_param(layer.lora_A[ADAPTER].weight)
+    b = safe_get_full_fp32_param(layer.lora_B[ADAPTER].weight)
+    if weight is None:
+        return None
+    return (weight.float() + layer.scaling[ADAPTER] * (b.cpu() @ a.cpu())).contiguous()
+
+
+def _itemsize(dtype: str) -> int:
+    return {"F64": 8, "F32": 4, "BF16": 2, "F16": 2, "I64": 8, "I32": 4, "U8": 1, "BOOL": 1}[dtype]
+
+
+@contextlib.contextmanager
+def _shared_atomic_dir(out_dir: Path):
+    """atomic_dir for all ranks: rank 0 makes the temporary directory (on the shared run directory), every
+    rank writes into it, and rank 0 publishes it once all are done."""
+    rank = dist.get_rank()
+    with contextlib.ExitStack() as stack:
+        path = [str(stack.enter_context(atomic_dir(out_dir, overwrite=True))) if rank == 0 else None]
+        dist.broadcast_object_list(path, src=0)
+        yield Path(path[0])
+        dist.barrier()
 
 
 def write_done(stage_dir: Path, summary: dict[str, Any]) -> None:

@@ -15,6 +15,7 @@ from typing import Any, Mapping
 import yaml
 
 from megaeeve.stages import Stage, stage_table
+from megaeeve.training.metrics import SINKS
 from megaeeve.typed import ConfigTypeError, build, coerce
 
 
@@ -34,7 +35,7 @@ class DataSource:
 @dataclass(frozen=True)
 class DataConfig:
     sources: tuple[DataSource, ...]
-    valid_fraction: float = 0.01  # last fraction of each prefix's documents, held out for eval
+    valid_fraction: float = 0.01  # fraction of each prefix's documents held out for eval (chosen by a hash of their index)
     new_token_bias: float = 0.0  # card step 8: 0 = plain epochs; b > 0 samples docs with weight 1 + b * new-token share
     base_vocab_size: int | None = None  # ids >= this are "new"; default: read from the model directory
     cache_dir: Path | None = None  # index cache; default run_dir/index-cache
@@ -48,12 +49,14 @@ class TrainingConfig:
     checkpoint_every: int = 100
     keep_checkpoints: int = 2
     activation_checkpointing: bool = False
-    tensorboard: bool = True
-    progress_bar: bool = True
+    report_to: tuple[str, ...] = ()  # metric sinks besides metrics.jsonl: tensorboard, wandb (optional extras)
+    wandb_project: str = "megaeeve"
+    progress_bar: bool = True  # a tqdm bar on a terminal, plain log lines otherwise (SLURM .out files)
     attn_implementation: str = "sdpa"  # transformers' attention kernel: eager, sdpa, flash_attention_2
     deterministic: bool = False  # deterministic kernels (and cuBLAS workspace): bitwise-exact resume on a GPU
     dist_timeout_s: float = 300.0  # rendezvous and collective timeout: a rank whose peers are gone stops
     peak_tflops: float | None = None  # the device's dense 16-bit peak for MFU (default: known GPUs by name)
+    handoff_shard_mb: int = 2048  # final/ is written in shards of at most this size, one owner rank each
 
 
 @dataclass(frozen=True)
@@ -144,6 +147,9 @@ def _training(raw: Mapping[str, Any], where: str) -> TrainingConfig:
     if cfg.attn_implementation not in ATTENTION:
         raise ConfigError(f"{where}: training.attn_implementation: {cfg.attn_implementation!r} is not one of "
                           f"{list(ATTENTION)}")
+    unknown = set(cfg.report_to) - set(SINKS)
+    if unknown:
+        raise ConfigError(f"{where}: training.report_to: unknown sink(s) {sorted(unknown)}; known: {list(SINKS)}")
     if not cfg.dist_timeout_s > 0:
         raise ConfigError(f"{where}: training.dist_timeout_s must be > 0, got {cfg.dist_timeout_s!r}")
     return cfg
@@ -158,7 +164,7 @@ def parse_run_config(raw: Mapping[str, Any], path: Path) -> RunConfig:
     unknown = set(raw) - known
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: {sorted(known)}")
-    base = path.resolve().parent
+    base = path.absolute().parent  # as the user named it: a symlinked RUN.yaml resolves beside the link
     seq_length = _value(_require(raw, "seq_length", where), int, "seq_length", where)
     if seq_length < 1:
         raise ConfigError(f"{where}: seq_length must be >= 1, got {seq_length}")

@@ -9,13 +9,13 @@ from typing import Any, Callable
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
 from megaeeve.data.sampler import micro_batch_indices
 from megaeeve.training.collectives import all_reduce_values
 from megaeeve.training.config import BatchShape
 from megaeeve.training.data import StageData
 from megaeeve.training.metrics import Metrics
+from megaeeve.training.objectives import Objective
 from megaeeve.training.signals import StopRequest
 from megaeeve.training.throughput import peak_memory_gib
 
@@ -39,18 +39,10 @@ class LoopSettings:
     checkpoint_every: int
 
 
-def lm_loss(engine: Any, tokens: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """Mean next-token cross entropy of `tokens` [batch, seq+1] and the number of predicted tokens."""
-    tokens = tokens.to(engine.device)
-    inputs, labels = tokens[:, :-1], tokens[:, 1:]
-    logits = engine(input_ids=inputs, use_cache=False).logits
-    loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten())
-    return loss, labels.numel()
-
-
-def evaluate(engine: Any, data: StageData, micro: int) -> dict[str, float]:
-    """Held-out loss per dataset. Every rank runs the same number of forward passes (ZeRO-3 gathers
-    parameters collectively); samples past the end are padding with weight 0."""
+def evaluate(engine: Any, data: StageData, micro: int, objective: Objective) -> dict[str, float]:
+    """Held-out metrics per dataset: `eval_loss_<name>` (next-token cross entropy, whatever the objective) and
+    `eval_<term>_<name>` for the objective's other terms. Every rank runs the same number of forward passes
+    (ZeRO-3 gathers parameters collectively); samples past the end are padding with weight 0."""
     rank, world = dist.get_rank(), dist.get_world_size()
     engine.eval()
     out = {}
@@ -58,31 +50,37 @@ def evaluate(engine: Any, data: StageData, micro: int) -> dict[str, float]:
         for name, valid in data.valid.items():
             n = len(valid)
             per_rank = -(-n // world)
-            total = count = 0.0
+            sums: dict[str, float] = {}
+            count = 0.0
             for start in range(0, per_rank, micro):
                 idx = [rank + world * j for j in range(start, min(start + micro, per_rank))]
                 weight = torch.tensor([1.0 if i < n else 0.0 for i in idx], device=engine.device)
-                tokens = torch.from_numpy(np.stack([valid[i if i < n else 0] for i in idx])).to(engine.device)
-                logits = engine(input_ids=tokens[:, :-1], use_cache=False).logits.float()
-                losses = F.cross_entropy(logits.transpose(1, 2), tokens[:, 1:], reduction="none").mean(dim=1)
-                total += float((losses * weight).sum())
+                tokens = torch.from_numpy(np.stack([valid[i if i < n else 0] for i in idx]))
+                for term, values in objective(engine, tokens).metrics.items():
+                    sums[term] = sums.get(term, 0.0) + float((values * weight).sum())
                 count += float(weight.sum())
-            total, count = all_reduce_values([total, count])
-            out[f"eval_loss_{name}"] = total / count
+            terms = sorted(sums)
+            count, *totals = all_reduce_values([count, *(sums[t] for t in terms)])
+            for term, total in zip(terms, totals):
+                out[f"eval_loss_{name}" if term == "lm" else f"eval_{term}_{name}"] = total / count
     engine.train()
     return out
 
 
 def train(engine: Any, data: StageData, state: LoopState, s: LoopSettings, metrics: Metrics,
-          stop: StopRequest, save: Callable[[LoopState], None]) -> bool:
-    """Train until `s.total_steps`; returns False if stopped early by a signal (after a checkpoint)."""
+          stop: StopRequest, save: Callable[[LoopState], None], objective: Objective) -> bool:
+    """Train until `s.total_steps`; returns False if stopped early by a signal (after a checkpoint). An
+    objective of several terms (distillation) also logs each as `<term>_loss`."""
     rank, world = dist.get_rank(), dist.get_world_size()
+    if state.step == 0:  # where the stage starts from: the curves' first point
+        metrics.log({"kind": "eval", "step": 0, **evaluate(engine, data, s.batch.micro, objective)})
     engine.train()
     while state.step < s.total_steps:
         t0 = time.perf_counter()
         lr = float(engine.get_lr()[0])  # the lr this step uses
         loss_sum = tokens_sum = new_sum = 0.0
         checksum = 0
+        term_sums: dict[str, float] = {}
         share_by_dataset = np.zeros(len(data.names))
         for _ in range(s.batch.grad_accum):
             idx = micro_batch_indices(state.consumed_samples, s.batch.micro, rank, world)
@@ -90,16 +88,20 @@ def train(engine: Any, data: StageData, state: LoopState, s: LoopSettings, metri
             tokens = torch.from_numpy(np.stack([t for _, t in items]))
             for k, _ in items:
                 share_by_dataset[k] += 1
-            loss, n = lm_loss(engine, tokens)
+            loss, n, per_sample = objective(engine, tokens)
             engine.backward(loss)
             engine.step()
             state.consumed_samples += s.batch.micro * world
             loss_sum += loss.item() * n
+            for term, values in per_sample.items():
+                term_sums[term] = term_sums.get(term, 0.0) + float(values.sum())
             tokens_sum += n
             new_sum += float((tokens[:, :-1] >= s.base_vocab_size).sum())
             checksum = (checksum * 1_000_003 + int((tokens * torch.arange(1, tokens.shape[1] + 1)).sum())) % (2**31 - 1)
         state.step += 1
-        reduced = all_reduce_values([loss_sum, tokens_sum, new_sum, float(checksum), *share_by_dataset])
+        terms = sorted(term_sums) if len(term_sums) > 1 else []
+        reduced = all_reduce_values([loss_sum, tokens_sum, new_sum, float(checksum), *share_by_dataset,
+                                     *(term_sums[t] for t in terms)])
         elapsed = time.perf_counter() - t0
         if state.step % s.log_every == 0 or state.step == s.total_steps:
             tokens_per_s = reduced[1] / elapsed
@@ -113,10 +115,12 @@ def train(engine: Any, data: StageData, state: LoopState, s: LoopSettings, metri
                 "new_token_share": reduced[2] / reduced[1], "step_time_s": elapsed,
                 "batch_checksum": int(reduced[3]),
                 **{f"samples_{name}": int(reduced[4 + k]) for k, name in enumerate(data.names)},
+                **{f"{term}_loss": total / reduced[1] * s.seq_length  # per-sample means over the step's samples
+                   for term, total in zip(terms, reduced[4 + len(data.names):])},
             }
             metrics.log(record)
         if s.eval_every and state.step % s.eval_every == 0 and state.step < s.total_steps:
-            metrics.log({"kind": "eval", "step": state.step, **evaluate(engine, data, s.batch.micro)})
+            metrics.log({"kind": "eval", "step": state.step, **evaluate(engine, data, s.batch.micro, objective)})
         if stop.agreed():
             save(state)
             return False

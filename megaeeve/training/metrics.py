@@ -1,39 +1,54 @@
-"""Per-step metrics: stage-N/metrics.jsonl, TensorBoard (stage-N/tensorboard/) and a rank-0 tqdm bar.
+"""Per-step metrics: stage-N/metrics.jsonl, the sinks RUN.yaml's `training.report_to` names, and progress.
 
-metrics.jsonl holds one JSON object per logged step (kind "train") or evaluation (kind "eval").
-On resume, records past the resumed step (logged by the interrupted run after its last
-checkpoint) are dropped, so the file reads like one uninterrupted run.
+metrics.jsonl holds one JSON object per logged step (kind "train") or evaluation (kind "eval"),
+with the stage's own `step`, the run's `global_step` (steps of the earlier stages of run_stages
+added) and the wall-clock `time`, so TensorBoard and wandb curves continue across stages. On resume, records past the resumed
+step (logged by the interrupted run after its last checkpoint) are dropped, so the file reads like one
+uninterrupted run. Progress is a tqdm bar on a terminal and one plain line per log otherwise: a
+SLURM .out file gets no carriage-return bars.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from tqdm import tqdm
 
 from megaeeve.atomic import atomic_file
 
+SINKS = ("tensorboard", "wandb")
 
-class Metrics:
-    def __init__(self, stage_dir: Path, enabled: bool, tensorboard: bool, progress_bar: bool,
-                 total_steps: int, start_step: int, stage: int) -> None:
-        self.path = stage_dir / "metrics.jsonl"
-        self.enabled = enabled
-        self.writer = None
-        self.bar = None
-        if not enabled:
-            return
-        stage_dir.mkdir(parents=True, exist_ok=True)
-        self._truncate(start_step)
-        self.file = open(self.path, "a", encoding="utf-8")
-        if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(str(stage_dir / "tensorboard"))
-        if progress_bar:
-            self.bar = tqdm(total=total_steps, initial=start_step, desc=f"stage {stage}", unit="step")
+@dataclass(frozen=True)
+class MetricsSettings:
+    stage_dir: Path
+    stage: int
+    total_steps: int
+    start_step: int  # resumed at (0: a fresh stage)
+    step_offset: int  # steps of the run's earlier stages: global_step = step_offset + step
+    report_to: tuple[str, ...]
+    progress_bar: bool
+    run_name: str
+    wandb_project: str
+
+
+class Sink(Protocol):
+    def log(self, record: dict[str, Any]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class JsonlSink:
+    def __init__(self, path: Path, resumed_at: int) -> None:
+        self.path = path
+        self._truncate(resumed_at)
+        self.file = open(path, "a", encoding="utf-8")
 
     def _truncate(self, step: int) -> None:
         if not self.path.is_file():
@@ -44,25 +59,113 @@ class Metrics:
             f.write("".join(line + "\n" for line in keep))
 
     def log(self, record: dict[str, Any]) -> None:
-        if not self.enabled:
-            return
         self.file.write(json.dumps(record) + "\n")
         self.file.flush()
-        if self.writer is not None:
-            prefix = record["kind"]
-            for key, value in record.items():
-                if isinstance(value, (int, float)) and key != "step":
-                    self.writer.add_scalar(f"{prefix}/{key}", value, record["step"])
-        if self.bar is not None and record["kind"] == "train":
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def _scalars(record: dict[str, Any]) -> dict[str, float]:
+    skip = {"step", "global_step", "kind", "time"}
+    return {f"{record['kind']}/{k}": v for k, v in record.items()
+            if k not in skip and isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+class TensorBoardSink:
+    def __init__(self, log_dir: Path) -> None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            from megaeeve.training.config import ConfigError
+
+            raise ConfigError("training.report_to names tensorboard, which is not installed: "
+                              "pip install 'megaeeve[tensorboard]'") from None
+
+        self.writer = SummaryWriter(str(log_dir))
+
+    def log(self, record: dict[str, Any]) -> None:
+        for key, value in _scalars(record).items():
+            self.writer.add_scalar(key, value, record["global_step"])
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class WandbSink:
+    """One wandb run per stage, grouped by run; its id is fixed by the stage directory, so a requeued stage
+    resumes the same wandb run. WANDB_MODE=offline works without network (`wandb sync` later)."""
+
+    def __init__(self, s: MetricsSettings) -> None:
+        try:
+            import wandb
+        except ImportError:
+            from megaeeve.training.config import ConfigError
+
+            raise ConfigError("training.report_to names wandb, which is not installed: pip install 'megaeeve[wandb]'") \
+                from None
+        run_id = hashlib.sha1(str(s.stage_dir.resolve()).encode()).hexdigest()[:16]
+        self.run = wandb.init(project=s.wandb_project, group=s.run_name, name=f"{s.run_name} stage {s.stage}",
+                              id=run_id, resume="allow", dir=str(s.stage_dir), config={"stage": s.stage})
+
+    def log(self, record: dict[str, Any]) -> None:
+        self.run.log({**_scalars(record), "global_step": record["global_step"]})
+
+    def close(self) -> None:
+        self.run.finish()
+
+
+class Progress:
+    """A tqdm bar on a terminal; otherwise one plain line per logged step, with the ETA."""
+
+    def __init__(self, s: MetricsSettings) -> None:
+        self.s, self.started, self.bar = s, time.monotonic(), None
+        if sys.stderr.isatty():
+            self.bar = tqdm(total=s.total_steps, initial=s.start_step, desc=f"stage {s.stage}", unit="step")
+
+    def log(self, record: dict[str, Any]) -> None:
+        if record["kind"] != "train":
+            if self.bar is None:
+                evals = " ".join(f"{k} {v:.4f}" for k, v in record.items() if k.startswith("eval_loss"))
+                print(f"stage {self.s.stage} step {record['step']}: {evals}", file=sys.stderr, flush=True)
+            return
+        if self.bar is not None:
             self.bar.n = record["step"]
             self.bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{record['tokens_per_s']:.0f}", refresh=False)
             self.bar.refresh()
+            return
+        done = record["step"] - self.s.start_step
+        eta = (time.monotonic() - self.started) / done * (self.s.total_steps - record["step"]) if done else 0.0
+        print(f"stage {self.s.stage} step {record['step']}/{self.s.total_steps} loss {record['loss']:.4f} "
+              f"lr {record['lr']:.3g} tokens/s {record['tokens_per_s']:,.0f} ETA {time.strftime('%H:%M:%S', time.gmtime(eta))}",
+              file=sys.stderr, flush=True)
 
     def close(self) -> None:
-        if not self.enabled:
-            return
-        self.file.close()
-        if self.writer is not None:
-            self.writer.close()
         if self.bar is not None:
             self.bar.close()
+
+
+class Metrics:
+    """Every logged record goes to each sink, on rank 0 only (`enabled`)."""
+
+    def __init__(self, s: MetricsSettings, enabled: bool) -> None:
+        self.s, self.sinks = s, []
+        if not enabled:
+            return
+        s.stage_dir.mkdir(parents=True, exist_ok=True)
+        self.sinks.append(JsonlSink(s.stage_dir / "metrics.jsonl", s.start_step))
+        if "tensorboard" in s.report_to:
+            self.sinks.append(TensorBoardSink(s.stage_dir / "tensorboard"))
+        if "wandb" in s.report_to:
+            self.sinks.append(WandbSink(s))
+        if s.progress_bar:
+            self.sinks.append(Progress(s))
+
+    def log(self, record: dict[str, Any]) -> None:
+        record = {**record, "global_step": self.s.step_offset + record["step"], "time": time.time()}
+        for sink in self.sinks:
+            sink.log(record)
+
+    def close(self) -> None:
+        for sink in self.sinks:
+            sink.close()

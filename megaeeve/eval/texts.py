@@ -1,0 +1,19 @@
+"""Evaluation texts: the documents of one corpus file, read exactly as preprocessing reads them."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+from megaeeve.corpus import CorpusError, expand_inputs, iter_documents
+
+
+def read_texts(path: str | Path, max_docs: int | None = None) -> list[str]:
+    """Documents of `path` in file order (JSONL `text` key, .txt one a line, Parquet/Arrow), the first `max_docs`.
+
+    A bad record, a missing file or a file without documents is a CorpusError naming the file.
+    """
+    docs = list(itertools.islice(iter_documents(expand_inputs([str(path)])), max_docs))
+    if not docs:
+        raise CorpusError(f"{path}: no documents")
+    return docs

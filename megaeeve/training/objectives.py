@@ -1,0 +1,158 @@
+"""A stage's objective (RUN.yaml `stages.N.objective`): next-token loss, distillation from the base model, or both.
+
+Extension costs quality before any training, though the base model already knows the new language through
+its byte pieces. Each new token is a run of consecutive base tokens (its pieces: megaeeve/model/pieces.py), so
+the base model's summed log-likelihood of the pieces is a target for the expanded model's log-likelihood of the
+token, at every position (ALM, Minixhofer, Vulić, Ponti 2025, arXiv 2503.20083, with an exact alignment
+instead of ALM's approximate one):
+
+- `lm`: mean next-token cross entropy.
+- `distill`: ALM's binarised KL between the teacher's and the student's chunk probabilities at every student
+  position, plus an optional hidden-state term at chunk ends (`DistillSpec.hidden_weight`).
+- `mixed`: (1 - weight) * lm + weight * distill.
+
+Packing: the teacher reads the whole student sample with every new id replaced by its pieces, each sample
+right-padded to the micro-batch's longest expansion. Nothing is cut, so every student position has its full
+context on both sides (causal attention: the padding after a sample changes none of its positions).
+
+Every objective returns per-sample means of its terms, `lm` always, so evaluation can weight samples and the
+training loop logs the terms of a distilling stage.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, NamedTuple, Protocol
+
+import torch
+import torch.nn.functional as F
+
+from megaeeve.model.pieces import PieceTable
+from megaeeve.model.split import SplitLMHead
+from megaeeve.stages import DistillSpec, Stage
+
+EPS = 1e-6  # chunk log-probabilities (after the temperature) are clamped to <= -EPS: log(1 - p) stays finite
+
+
+class ObjectiveOutput(NamedTuple):
+    loss: torch.Tensor  # the scalar to backpropagate: mean over the batch
+    tokens: int  # predicted positions
+    metrics: dict[str, torch.Tensor]  # term -> per-sample means [batch], detached; "lm" (cross entropy) always
+
+
+class Objective(Protocol):
+    def __call__(self, model: Any, tokens: torch.Tensor) -> ObjectiveOutput:
+        """`model`: the student (engine or module); `tokens`: samples [batch, seq + 1]."""
+
+
+def token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """log P(label | context) [batch, seq] in fp32, over every column of `logits` [batch, seq, vocab]."""
+    flat = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), reduction="none")
+    return -flat.view(labels.shape)
+
+
+def lm_objective(model: Any, tokens: torch.Tensor) -> ObjectiveOutput:
+    """Mean next-token cross entropy."""
+    tokens = tokens.to(model.device)
+    labels = tokens[:, 1:]
+    nll = -token_logprobs(model(input_ids=tokens[:, :-1], use_cache=False).logits, labels)
+    return ObjectiveOutput(nll.mean(), labels.numel(), {"lm": nll.detach().mean(1)})
+
+
+def _log1mexp(x: torch.Tensor) -> torch.Tensor:
+    """log(1 - exp(x)) for x < 0, accurate on both sides of log(1/2) (Maechler 2012)."""
+    return torch.where(x < -math.log(2), torch.log1p(-x.exp()), torch.log(-torch.expm1(x)))
+
+
+def binarised_kl(teacher: torch.Tensor, student: torch.Tensor, temperature: float) -> torch.Tensor:
+    """temperature * KL(Bernoulli(p_t) || Bernoulli(p_s)), elementwise, for chunk log-probabilities log p
+    scaled by 1 / temperature.
+
+    Chunk likelihoods of different outcomes do not form a distribution, so ALM compares each as the
+    Bernoulli "this chunk comes next" against "it does not". A high temperature lifts every chunk's p
+    towards 1, so improbable chunks count too; in the limit the loss is the generalised KL of the
+    negative log-likelihoods a (teacher) and b (student), b - a + a log(a / b), whose gradient in b is
+    1 - a / b: that of cross entropy while the student is far below the teacher, vanishing at it. The
+    factor `temperature` keeps that scale whatever the temperature (as Hinton et al. scale soft targets).
+    Zero exactly when the two are equal.
+    """
+    t = (teacher / temperature).clamp(max=-EPS)
+    s = (student / temperature).clamp(max=-EPS)
+    return temperature * (t.exp() * (t - s) + -torch.expm1(t) * (_log1mexp(t) - _log1mexp(s)))
+
+
+@contextlib.contextmanager
+def final_states(model: Any, capture: bool) -> Iterator[list[torch.Tensor]]:
+    """While open, the hidden states entering the model's lm_head (any architecture), if `capture`."""
+    states: list[torch.Tensor] = []
+    head = next(m for m in model.modules() if isinstance(m, SplitLMHead))
+    handle = head.register_forward_pre_hook(lambda _, args: states.append(args[0])) if capture else None
+    try:
+        yield states
+    finally:
+        if handle is not None:
+            handle.remove()
+
+
+@dataclass
+class ChunkDistillation:
+    """Objectives `distill` and `mixed` against a frozen teacher (megaeeve/training/teacher.py)."""
+
+    teacher: Any  # the base model: a ZeRO-3 inference engine or a module, logits over the expanded layout
+    table: PieceTable
+    spec: DistillSpec
+    lm_weight: float  # 0 for `distill`, 1 - spec.weight for `mixed`
+    base_vocab_size: int
+
+    def teacher_chunks(self, tokens: torch.Tensor, capture: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Per student position i: the teacher's summed log P(pieces of token i + 1 | pieces before) [batch, seq]
+        in fp32, and (if `capture`) its final hidden state after the last piece of token i [batch, seq, hidden]."""
+        expansion = self.table.expand(tokens)
+        ids, seq = expansion.ids, tokens.shape[1] - 1
+        with torch.no_grad(), final_states(self.teacher, capture) as states:
+            logits = self.teacher(input_ids=ids[:, :-1], use_cache=False).logits[..., :self.base_vocab_size].float()
+            piece = logits.gather(-1, ids[:, 1:, None]).squeeze(-1) - logits.logsumexp(-1)  # predicts ids[:, 1:]
+            # Sum each token's pieces; bucket 0 (the first token, never predicted) and seq + 1 (padding) are dropped.
+            chunks = piece.new_zeros(len(ids), seq + 2).scatter_add_(1, expansion.owner[:, 1:], piece)[:, 1:seq + 1]
+            hidden = None
+            if capture:
+                last = (expansion.ends[:, :seq] - 1).unsqueeze(-1).expand(-1, -1, states[0].shape[-1])
+                hidden = states[0].gather(1, last)
+        return chunks, hidden
+
+    def __call__(self, model: Any, tokens: torch.Tensor) -> ObjectiveOutput:
+        tokens = tokens.to(model.device)
+        labels = tokens[:, 1:]
+        capture = self.spec.hidden_weight > 0
+        with final_states(model, capture) as states:
+            student = token_logprobs(model(input_ids=tokens[:, :-1], use_cache=False).logits, labels)
+        teacher, teacher_states = self.teacher_chunks(tokens, capture)
+        distill = binarised_kl(teacher, student, self.spec.temperature).mean(1)
+        lm = -student.mean(1)
+        metrics = {"lm": lm, "distill": distill}
+        target = distill
+        if capture:  # squared error relative to the teacher's state norm: no scale to tune per model
+            diff = (states[0].float() - teacher_states.float()).square().sum((1, 2))
+            metrics["hidden"] = diff / teacher_states.float().square().sum((1, 2))
+            target = target + self.spec.hidden_weight * metrics["hidden"]
+        loss = self.lm_weight * lm + (1 - self.lm_weight) * target
+        return ObjectiveOutput(loss.mean(), labels.numel(), {k: v.detach() for k, v in metrics.items()})
+
+
+def stage_objective(stage: Stage, model_dir: Path, ds_config: dict, dtype: torch.dtype, attn_implementation: str,
+                    device: torch.device) -> Objective:
+    """The stage's objective; a distilling one loads its teacher from `model_dir`, the run's stage-0 directory."""
+    if stage.objective == "lm":
+        return lm_objective
+    from megaeeve.model import read_model_meta
+    from megaeeve.model.checkpoint import read_pieces
+    from megaeeve.training.teacher import load_teacher
+
+    meta = read_model_meta(model_dir)
+    table = PieceTable(read_pieces(model_dir, meta), meta.base_vocab_size, device)
+    teacher = load_teacher(model_dir, ds_config, dtype, attn_implementation, device)
+    lm_weight = 1 - stage.distill.weight if stage.objective == "mixed" else 0.0
+    return ChunkDistillation(teacher, table, stage.distill, lm_weight, meta.base_vocab_size)
