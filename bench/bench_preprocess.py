@@ -2,17 +2,24 @@
 """Preprocessing throughput and memory, Korean and English side by side, every method in a fresh process.
 
 Methods (same tokenizer: GPT-2's byte-level BPE; same worker count):
-- encode_batch (the limit): `Tokenizer.encode_batch` over the texts already in memory, in the same
-  ~1M-character batches as the pipeline, Rust threads on all workers; nothing read, nothing written.
-- encode_batch_fast: the same with `encode_batch_fast` (no offsets), for reference.
+- encode_batch_fast (the limit: the fastest bare call of the tokenizers library): `Tokenizer.encode_batch_fast`
+  (no offsets) over the texts already in memory, in ~1M-character batches, Rust threads on all workers, each
+  batch's ids taken (`len(e.ids)`); nothing read, nothing written.
+- encode_batch: the same with offsets, for reference.
+- tiktoken encode_batch (the limit of `--tiktoken`): tiktoken's own batch call, the same way.
 - megaeeve: tools/preprocess_data.py on the JSONL file: reading, JSON, tokenizing, writing .bin/.idx,
   hashing, manifest; timed from its first document to its manifest (its `seconds - setup_seconds`):
-  like the limit's timer, this leaves out start-up and loading the tokenizer (about 0.4 s here).
+  like the bare calls' timers, this leaves out start-up and loading the tokenizer.
 - megaeeve --tiktoken: the same with the exact tiktoken path (megaeeve/data/fast_bpe.py).
 - megatron-style: what Megatron-LM's preprocess_data.py does, written here from its description: a
   multiprocessing Pool of workers, `imap` over the file's lines (chunks of 32), one document per
-  `Tokenizer.encode` call, the main process writing the dataset.
-- megatron-lm: Megatron-LM's own tools/preprocess_data.py, when `--megatron-lm PATH` is given.
+  `Tokenizer.encode` call, the main process writing with megatron-core's IndexedDatasetBuilder. Its timer
+  starts once every worker has loaded the tokenizer and the builder exists, as megaeeve's leaves its set-up out.
+- megatron-lm: Megatron-LM's own tools/preprocess_data.py, when `--megatron-lm DIR` is given (a Megatron-LM
+  tree at the tag of the installed megatron-core, e.g. `git archive core_v0.16.1`; run through
+  bench/_megatron_launch.py, see there). Its time is its own processing timer (it prints docs/s over all the
+  documents), which leaves out its start-up but not its workers' tokenizer loading; the start-up column is the
+  rest of its wall time (imports, tokenizer, pool). Its output must be byte-identical to megaeeve's.
 
 Throughput is MB/s of UTF-8 text; every figure is the median of `--repeats` interleaved runs. Peak RSS
 (from wait4) of megaeeve at 1x and 10x the input shows that memory does not grow with the corpus.
@@ -26,6 +33,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -52,8 +60,21 @@ def method_encode(args: argparse.Namespace, fast: bool) -> dict:
     from megaeeve.tokenizer_io import load_tokenizer
 
     tok = load_tokenizer(args.tokenizer)
-    texts = _texts(args.input)
     encode = tok.encode_batch_fast if fast else tok.encode_batch
+    return _time_batches(_texts(args.input), lambda batch: sum(len(e.ids) for e in encode(batch, add_special_tokens=False)))
+
+
+def method_tiktoken(args: argparse.Namespace) -> dict:
+    from megaeeve.data.fast_bpe import tiktoken_encoding
+    from megaeeve.tokenizer_io import load_tokenizer
+
+    encoding = tiktoken_encoding(load_tokenizer(args.tokenizer))
+    count = lambda batch: sum(map(len, encoding.encode_batch(batch, num_threads=args.workers, allowed_special="all")))
+    return _time_batches(_texts(args.input), count)
+
+
+def _time_batches(texts: list[str], count) -> dict:
+    """Tokens and seconds of `count` (texts -> tokens) over ~BATCH_CHARS batches of `texts`."""
     start = time.perf_counter()
     tokens, batch, chars = 0, [], 0
     for text in texts + [None]:
@@ -61,7 +82,7 @@ def method_encode(args: argparse.Namespace, fast: bool) -> dict:
             batch.append(text)
             chars += len(text)
         if batch and (text is None or chars >= BATCH_CHARS):
-            tokens += sum(len(e.ids) for e in encode(batch, add_special_tokens=False))
+            tokens += count(batch)
             batch, chars = [], 0
     return {"seconds": time.perf_counter() - start, "docs": len(texts), "tokens": tokens}
 
@@ -69,11 +90,12 @@ def method_encode(args: argparse.Namespace, fast: bool) -> dict:
 _TOKENIZER = None
 
 
-def _pool_init(path: str) -> None:
+def _pool_init(path: str, ready) -> None:
     global _TOKENIZER
     from megaeeve.tokenizer_io import load_tokenizer
 
     _TOKENIZER = load_tokenizer(path)
+    ready.put(os.getpid())
 
 
 def _pool_encode(line: str) -> list[int]:
@@ -83,39 +105,40 @@ def _pool_encode(line: str) -> list[int]:
 def method_megatron_style(args: argparse.Namespace) -> dict:
     import multiprocessing
 
-    import numpy as np
-
-    from megaeeve.data.indexed import IndexedDatasetWriter
+    from megatron.core.datasets.indexed_dataset import DType, IndexedDatasetBuilder
 
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one document per call, one process per worker
-    start = time.perf_counter()
-    docs = tokens = 0
-    with open(args.input, encoding="utf-8") as f, multiprocessing.Pool(args.workers, _pool_init, (args.tokenizer,)) as pool:
-        writer = IndexedDatasetWriter(args.output, vocab_size=50257)
+    ready = multiprocessing.SimpleQueue()
+    with open(args.input, encoding="utf-8") as f, multiprocessing.Pool(args.workers, _pool_init, (args.tokenizer, ready)) as pool:
+        builder = IndexedDatasetBuilder(args.output + ".bin", dtype=DType.optimal_dtype(50257))
+        for _ in range(args.workers):  # set-up done: every worker has its tokenizer
+            ready.get()
+        start = time.perf_counter()
+        docs = tokens = 0
         for ids in pool.imap(_pool_encode, f, 32):
-            writer.add_document(np.array(ids, dtype=np.int64))
+            builder.add_document(ids, [len(ids)])
             docs += 1
             tokens += len(ids)
-        writer.finalize()
+        builder.finalize(args.output + ".idx")
     return {"seconds": time.perf_counter() - start, "docs": docs, "tokens": tokens}
 
 
 METHODS = {
     "encode_batch": lambda a: method_encode(a, fast=False),
     "encode_batch_fast": lambda a: method_encode(a, fast=True),
+    "tiktoken encode_batch": method_tiktoken,
     "megatron-style": method_megatron_style,
 }
 
 
 # -- the driver ----------------------------------------------------------------------------------------
-def measure(cmd: list[str]) -> tuple[str, float, float, float]:
-    """(stdout, wall s, peak RSS MiB, CPU s) of `cmd`, from wait4 in a small wrapper process.
-
-    Peak RSS is that of the largest process of the tree; CPU is user + system of the whole tree.
+def measure(cmd: list[str], stderr: bool = False) -> tuple[str, float, float, float]:
+    """(stdout, and stderr too when asked; wall s, peak RSS MiB, CPU s) of `cmd`, from wait4 in a small
+    wrapper process. Peak RSS is that of the largest process of the tree; CPU is user + system of the whole tree.
     """
     wrapper = (
         "import os, subprocess, sys, json, time\n"
-        "t = time.perf_counter(); p = subprocess.Popen(sys.argv[1:], stdout=subprocess.PIPE, text=True)\n"
+        f"t = time.perf_counter(); p = subprocess.Popen(sys.argv[1:], stdout=subprocess.PIPE, text=True{', stderr=subprocess.STDOUT' if stderr else ''})\n"
         "out = p.stdout.read(); _, status, ru = os.wait4(p.pid, 0)\n"
         "print(json.dumps({'out': out, 'status': status, 'wall': time.perf_counter() - t, 'rss_kb': ru.ru_maxrss,\n"
         "                  'cpu': ru.ru_utime + ru.ru_stime}))\n"
@@ -140,7 +163,8 @@ def make_corpus(path: Path, lang: str, target_bytes: int) -> tuple[int, int]:
     return copies * len(docs), copies * sum(len(d.encode()) for d in docs)
 
 
-def one_run(method: str, corpus: Path, tokenizer: Path, workers: int, out_dir: Path, megatron_lm: str | None) -> dict:
+def one_run(method: str, corpus: Path, tokenizer: Path, workers: int, out_dir: Path, megatron_lm: str | None,
+            docs: int = 0) -> dict:  # fmt: skip
     prefix = out_dir / f"{method}-{corpus.stem}"
     if method.startswith("megaeeve"):
         out, wall, rss, cpu = measure([sys.executable, str(REPO / "tools/preprocess_data.py"), "--input", str(corpus),
@@ -151,14 +175,24 @@ def one_run(method: str, corpus: Path, tokenizer: Path, workers: int, out_dir: P
         return {"seconds": manifest["seconds"] - manifest["setup_seconds"], "docs": manifest["documents"]["written"],
                 "tokens": manifest["tokens_written"], "rss": rss, "wall": wall, "cpu": cpu}
     if method == "megatron-lm":
-        out, wall, rss, cpu = measure([sys.executable, str(Path(megatron_lm) / "tools/preprocess_data.py"),
-                                  "--input", str(corpus), "--output-prefix", str(prefix),
-                                  "--tokenizer-type", "HuggingFaceTokenizer", "--tokenizer-model", str(tokenizer),
-                                  "--workers", str(workers), "--log-interval", "1000000"])
-        return {"seconds": wall, "docs": None, "tokens": None, "rss": rss, "wall": wall, "cpu": cpu}
+        return megatron_lm_run(corpus, prefix, tokenizer, workers, megatron_lm, docs)
     out, wall, rss, cpu = measure([sys.executable, __file__, "--method", method, "--input", str(corpus),
                               "--tokenizer", str(tokenizer), "--workers", str(workers), "--output", str(prefix)])
     return {**json.loads(out.strip().splitlines()[-1]), "rss": rss, "wall": wall, "cpu": cpu}
+
+
+def megatron_lm_run(corpus: Path, prefix: Path, tokenizer: Path, workers: int, megatron_lm: str, docs: int) -> dict:
+    """Megatron-LM's own preprocess_data.py; its processing time from the docs/s it prints after the last document."""
+    out, wall, rss, cpu = measure([sys.executable, str(REPO / "bench/_megatron_launch.py"),
+                                   str(Path(megatron_lm) / "tools/preprocess_data.py"), "--input", str(corpus),
+                                   "--output-prefix", str(prefix), "--tokenizer-type", "HuggingFaceTokenizer",
+                                   "--tokenizer-model", str(tokenizer), "--workers", str(workers),
+                                   "--log-interval", str(docs)], stderr=True)  # fmt: skip
+    found = re.search(rf"Processed {docs} documents \(([0-9.e+]+) docs/s", out)
+    if not found:
+        raise RuntimeError(f"Megatron-LM printed no final rate:\n{out[-3000:]}")
+    seconds = docs / float(found.group(1))
+    return {"seconds": seconds, "docs": docs, "tokens": None, "rss": rss, "wall": wall, "cpu": cpu, "startup": wall - seconds}
 
 
 def machine() -> str:
@@ -212,7 +246,8 @@ def main() -> int:
 
     from megaeeve import assets
 
-    methods = ["encode_batch", "encode_batch_fast", "megaeeve", "megaeeve --tiktoken", "megatron-style"]
+    methods = ["encode_batch_fast", "encode_batch", "tiktoken encode_batch", "megaeeve", "megaeeve --tiktoken",
+               "megatron-style"]
     if args.megatron_lm:
         methods.append("megatron-lm")
     with tempfile.TemporaryDirectory(prefix="bench-preprocess-") as tmp:
@@ -225,20 +260,26 @@ def main() -> int:
             runs: dict[str, list[dict]] = {m: [] for m in methods}
             for _ in range(args.repeats):  # interleaved, so that load from elsewhere hits every method alike
                 for m in methods:
-                    runs[m].append(one_run(m, corpus, tokenizer, args.workers, tmp_path, args.megatron_lm))
+                    runs[m].append(one_run(m, corpus, tokenizer, args.workers, tmp_path, args.megatron_lm, n_docs))
                     print(f"{lang} {m}: {runs[m][-1]['seconds']:.2f} s", file=sys.stderr, flush=True)
             seconds = {m: statistics.median(r["seconds"] for r in runs[m]) for m in methods}
             cpu = {m: statistics.median(r["cpu"] for r in runs[m]) for m in methods}
             tokens = runs["megaeeve"][0]["tokens"]
             assert all(runs[m][0]["tokens"] in (tokens, None) for m in methods), {m: runs[m][0]["tokens"] for m in methods}
             rss = {m: max(r["rss"] for r in runs[m]) for m in methods}
+            startup = {m: statistics.median(r["wall"] - r["seconds"] for r in runs[m]) for m in methods}
+            if args.megatron_lm:  # the real script must have written exactly what megaeeve wrote
+                for suffix in (".bin", ".idx"):
+                    theirs = tmp_path / f"megatron-lm-{corpus.stem}_text_document{suffix}"
+                    assert theirs.read_bytes() == (tmp_path / f"megaeeve-{corpus.stem}{suffix}").read_bytes(), theirs
             rss10 = None
             if not args.no_rss_10x:
                 big = tmp_path / f"{lang.lower()}-10x.jsonl"
                 make_corpus(big, lang, int(args.mb * 1e7))
                 rss10 = one_run("megaeeve", big, tokenizer, args.workers, tmp_path, None)
                 big.unlink()
-            rows[lang] = dict(docs=n_docs, bytes=n_bytes, tokens=tokens, seconds=seconds, cpu=cpu, rss=rss, rss10=rss10)
+            rows[lang] = dict(docs=n_docs, bytes=n_bytes, tokens=tokens, seconds=seconds, cpu=cpu, rss=rss, rss10=rss10,
+                              startup=startup)
 
     table = render(rows, methods, args)
     print(table)
@@ -252,12 +293,15 @@ def render(rows: dict, methods: list[str], args: argparse.Namespace) -> str:
     out = [SECTION, "",
            f"Machine: {machine()}; other jobs shared the cores (see CPU s). Workers: {args.workers}. "
            f"Tokenizer: GPT-2 byte-level BPE (tokenizers). Median of {args.repeats} interleaved runs, each in a "
-           f"fresh process. Command: `python bench/bench_preprocess.py --mb {args.mb:g} --repeats {args.repeats}`.",
-           "", "MB/s: UTF-8 text per wall second; megaeeve from its first document to its manifest (reading, "
-           "tokenizing, writing, merging, hashing), leaving out start-up and loading the tokenizer as the "
-           "encode_batch timers do. CPU s: user + system seconds of the whole process tree, start-up included "
-           "(about 0.35 s; the limit's process also parses the JSON before its timer starts); it is the measure "
-           "that load from other jobs skews least.", ""]
+           f"fresh process. Command: `python bench/bench_preprocess.py --mb {args.mb:g} --repeats {args.repeats}"
+           + (" --megatron-lm DIR" if "megatron-lm" in methods else "") + "`.",
+           "", "MB/s: UTF-8 text per wall second. megaeeve from its first document to its manifest (reading, "
+           "tokenizing, writing, merging, hashing), leaving out start-up and loading the tokenizer as the bare "
+           "calls' timers do; megatron-style from its first document to its finalized index, its workers "
+           "already started. CPU s: user + system seconds of the whole process tree, start-up included "
+           "(the bare calls' processes also parse the JSON before their timers start); it is the measure "
+           "that load from other jobs skews least. The limit is the fastest bare call: encode_batch_fast "
+           "(tiktoken's encode_batch for `--tiktoken`).", ""]
     for lang in langs:
         r = rows[lang]
         out.append(f"- {lang}: {r['docs']:,} documents, {r['bytes'] / 1e6:.2f} MB of text, {r['tokens']:,} tokens")
@@ -272,17 +316,21 @@ def render(rows: dict, methods: list[str], args: argparse.Namespace) -> str:
         out.append(f"| {m} | " + " | ".join(cells) + " |")
     out += ["", "| ratio (wall throughput; CPU-time ratio in brackets) | " + " | ".join(langs) + " |",
             "|---|" + "---:|" * len(langs)]
-    ratios = [("megaeeve / encode_batch, the limit (target >= 0.90)", "encode_batch"),
-              ("megaeeve --tiktoken / encode_batch", "encode_batch"),
-              ("megaeeve / encode_batch_fast", "encode_batch_fast"),
+    ratios = [("megaeeve / encode_batch_fast, the limit (target >= 0.90)", "encode_batch_fast"),
+              ("megaeeve / encode_batch", "encode_batch"),
+              ("megaeeve --tiktoken / tiktoken encode_batch, its limit", "tiktoken encode_batch"),
               ("megaeeve / megatron-style Pool+imap (target > 1)", "megatron-style")]
     if "megatron-lm" in methods:
-        ratios.append(("megaeeve / Megatron-LM preprocess_data.py (its wall time)", "megatron-lm"))
+        ratios.append(("megaeeve / Megatron-LM preprocess_data.py (its processing timer)", "megatron-lm"))
     for label, ref in ratios:
         ours = label.split(" / ")[0]
         cells = [f"{rows[l]['seconds'][ref] / rows[l]['seconds'][ours]:.2f} "
                  f"({rows[l]['cpu'][ref] / rows[l]['cpu'][ours]:.2f})" for l in langs]
         out.append(f"| {label} | " + " | ".join(cells) + " |")
+    out += ["", "Start-up, wall seconds outside the timer (interpreter, imports, tokenizer, workers; median):", "",
+            "| method | " + " | ".join(langs) + " |", "|---|" + "---:|" * len(langs)]
+    for m in methods:
+        out.append(f"| {m} | " + " | ".join(f"{rows[l]['startup'][m]:.2f}" for l in langs) + " |")
     out += ["", "Peak RSS (wait4 maxrss of the largest process):", "",
             "| run | " + " | ".join(langs) + " |", "|---|" + "---:|" * len(langs)]
     out.append("| megaeeve, 1x input | " + " | ".join(f"{rows[l]['rss']['megaeeve']:.0f} MiB" for l in langs) + " |")

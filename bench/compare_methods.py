@@ -31,7 +31,7 @@ resumes. Intermediate stage weights are deleted once evaluated and no longer nee
 keeps them). At the end the script prints the tables, writes compare_methods.json and a PNG plot, and
 replaces the "## Method comparison" section of --results.
 
-Default budget (--scale 1): 7 stages x 3 steps x 1,024 tokens per method on 2 CPU ranks, about 40
+Default budget (--scale 1): 7 stages x 2 steps x 1,024 tokens per method on 2 CPU ranks, about 40
 minutes on 2 cores. --scale N multiplies the steps; --gpu trains bf16 on the visible CUDA devices with
 ds_configs/zero3.json and sequences of 512 tokens (32 sequences per device and step).
 """
@@ -57,7 +57,7 @@ import yaml  # noqa: E402
 
 from megaeeve import assets  # noqa: E402
 from megaeeve.atomic import atomic_dir, atomic_file, write_json  # noqa: E402
-from megaeeve.pipeline import Pipeline, PipelineConfig, Step, _tool  # noqa: E402
+from megaeeve.pipeline import Pipeline, PipelineConfig, Step, _command  # noqa: E402
 
 SECTION = "## Method comparison"
 STAGES = 7
@@ -88,10 +88,10 @@ METHODS = (
 class CompareConfig:
     out: Path
     scale: float = 1.0
-    steps_per_stage: int = 3  # at --scale 1
+    steps_per_stage: int = 2  # at --scale 1
     full_lr: float = 1e-4  # (b), (c), (d); about the mean of EEVE's seven stage lrs (9.3e-5)
     same_text_stages: int = 2  # extra stages of (d) up to the same Korean text
-    eval_chars: int = 4000  # held-out characters per language
+    eval_chars: int = 3000  # held-out characters per language
     gpu: bool = False
     keep_weights: bool = False
     seed: int = 1234
@@ -269,9 +269,9 @@ class Compare(Pipeline):
     def eval_step(self, name: str, model_dir: Path, output: Path) -> Step:
         def run() -> None:
             output.parent.mkdir(parents=True, exist_ok=True)
-            self.call(name, _tool("tools/evaluate.py", "--model", model_dir,
-                                  *[x for lang in LANGS for x in ("--text", f"{lang}={self.eval_text(lang)}")],
-                                  "--gen-tokens", 0, "--output", output))
+            self.call(name, _command("evaluate", "--model", model_dir,
+                                     *[x for lang in LANGS for x in ("--text", f"{lang}={self.eval_text(lang)}")],
+                                     "--gen-tokens", 0, "--output", output))
 
         return Step(name, output, run)
 

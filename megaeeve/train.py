@@ -40,8 +40,8 @@ from megaeeve.training.engine import check_ds_config
 from megaeeve.training.signals import CONFIG_ERROR_EXIT_CODE, REQUEUE_EXIT_CODE, StopRequest
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ds_config", "--ds-config", "--deepspeed_config", "--deepspeed", dest="ds_config", required=True,
                    type=Path, help="DeepSpeed JSON (ds_configs/); --deepspeed_config / --deepspeed as in "
@@ -194,6 +194,15 @@ def check_run(cfg: RunConfig, ds_config: dict, ds_path: Path, stages: list[int],
         document_split(len(docs), cfg.data.valid_fraction, str(source.prefix))
 
 
+def check_roles(cfg: RunConfig, stage: Stage, model_dir: Path) -> None:
+    """Refuse, before any process group starts, a stage that names a role the model lacks (stages 1-5
+    train new rows, which a model without new tokens does not have)."""
+    try:
+        stage_plans(model_dir, [stage])
+    except ValueError as e:
+        raise ConfigError(f"{cfg.path}: {e}") from None
+
+
 def dry_run(model_dir: Path, stages: list[Stage], ds_config: dict, worlds: list[int]) -> None:
     """Per stage: trainable parameters (by role, with counts) and optimizer-state bytes per rank for each
     world size. Builds the model on the meta device: no weights are read and nothing is distributed."""
@@ -237,6 +246,7 @@ def run_stage(cfg: RunConfig, ds_config: dict, ds_path: Path, number: int, overw
     src_dir = cfg.model if previous is None else cfg.stage_dir(previous) / "final"
     if previous is not None:
         ckpt.check_predecessor(cfg.stage_dir(previous), src_dir, cfg.model)
+    check_roles(cfg, stage, src_dir)
     completed = (stage_dir / DONE).is_file()
     if completed and not overwrite:
         raise StageError(f"stage {number} is complete ({stage_dir / DONE}); pass --overwrite to train it again")
@@ -340,10 +350,10 @@ def init_distributed(timeout_s: float) -> None:
                          f"{timeout_s:g} s (training.dist_timeout_s): {str(e).splitlines()[0]}") from None
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     # DeepSpeed's ZeRO-3 collectives call torch APIs that warn on every step and every rank.
     warnings.filterwarnings("ignore", message=r"`torch\.distributed\.\w+` is deprecated", category=FutureWarning)
-    args = parse_args(argv)
+    args = parse_args(argv, prog)
     launch_env(args.local_rank)
     try:
         ds_config = read_ds_config(args.ds_config)

@@ -75,3 +75,15 @@ def tiny_llama(vocab_size: int = 50257, seed: int = 0, tied: bool = True):
 def save_model(model, out_dir: Path) -> Path:
     model.save_pretrained(str(out_dir))
     return out_dir
+
+
+def model_dir_like(state: dict, src_dir: Path, out_dir: Path) -> Path:
+    """A model directory with `src_dir`'s config, meta and tokenizers and the weights `state` (one file)."""
+    from safetensors.torch import save_file
+
+    from megaeeve.model.checkpoint import MODEL_FILE, copy_model_files
+
+    out_dir.mkdir(parents=True)
+    copy_model_files(Path(src_dir), out_dir)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(out_dir / MODEL_FILE))
+    return out_dir

@@ -9,7 +9,9 @@ import sys
 
 import pytest
 
-from megaeeve.corpus import CorpusError, Shard, expand_inputs, iter_documents, iter_records, iter_texts, plan_shards
+from megaeeve.corpus import (
+    CorpusError, Shard, expand_inputs, iter_documents, iter_records, iter_texts, plan_shards, sample_documents,
+)
 
 
 def write_lines(path, lines: list[bytes], newline: bytes = b"\n", trailing: bool = True) -> None:
@@ -176,3 +178,22 @@ def test_a_corrupt_compressed_file_is_an_error_naming_it(tmp_path, english_docs)
     ]:
         with pytest.raises(CorpusError, match=rf"{name}: {message}.*--skip-bad cannot help"):
             _read_cut(tmp_path / name, data)
+
+
+def test_sample_is_deterministic_spread_over_the_corpus_and_whole_when_small(tmp_path):
+    """The intermediate tokenizer's training text: about sample_bytes, taken from every part of the inputs."""
+    docs = [f"문서 {i:05d} " + "가나다 " * (i % 7) for i in range(6000)]
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl.gz"
+    a.write_text("".join(json.dumps({"text": d}, ensure_ascii=False) + "\n" for d in docs[:4000]), encoding="utf-8")
+    b.write_bytes(gzip.compress("".join(json.dumps({"text": d}) + "\n" for d in docs[4000:]).encode()))
+    budget = 40_000
+    sample = list(sample_documents([str(a), str(b)], budget, parts=8))
+    assert sample == list(sample_documents([str(a), str(b)], budget, parts=8))
+    size = sum(len(d.encode()) for d in sample)
+    longest = max(len(d.encode()) for d in docs)
+    assert budget <= size <= budget + 9 * longest
+    assert set(sample) <= set(docs) and len(set(sample)) == len(sample)
+    numbers = sorted(int(d.split()[1]) for d in sample)
+    assert numbers[0] == 0 and numbers[-1] >= 4000  # from the first range to the compressed file
+    assert max(b - a for a, b in zip(numbers, numbers[1:])) < 1000  # taken all along, not only at the start
+    assert list(sample_documents([str(a), str(b)], 10**9)) == docs  # smaller than the sample: read whole

@@ -5,19 +5,16 @@ from __future__ import annotations
 import json
 import math
 import runpy
-import shutil
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import save_file
 
 from megaeeve import assets
 from megaeeve.eval import EvalSettings, evaluate_model, load_any_model, load_hf_tokenizer, read_texts
 from megaeeve.eval.score import sequence_nll, windows
 from megaeeve.model import export_hf, extend_model, read_model_meta
-from megaeeve.model.checkpoint import MODEL_FILE
-from _model_helpers import expand, save_model, tiny_llama, tiny_phi
+from _model_helpers import expand, model_dir_like, save_model, tiny_llama, tiny_phi
 
 REPO = Path(__file__).resolve().parents[1]
 CONTEXT = 64  # max_position_embeddings of the tiny models
@@ -104,9 +101,7 @@ def final_and_export(tmp_path_factory, phi2_tokenizer_dir) -> tuple[Path, Path]:
     torch.manual_seed(0)
     for name in ("model.embed_tokens.added", "lm_head.added", "lm_head.bias_added"):
         state[name] = state[name] + torch.randn_like(state[name])
-    final = tmp / "final"
-    shutil.copytree(tmp / "stage-0", final)
-    save_file({k: v.contiguous() for k, v in state.items()}, str(final / MODEL_FILE))
+    final = model_dir_like(state, tmp / "stage-0", tmp / "final")
     return final, export_hf(final, tmp / "export")
 
 

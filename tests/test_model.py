@@ -15,7 +15,7 @@ from tokenizers import Tokenizer
 from megaeeve import assets
 from megaeeve.model import ExtendError, extend_model, load_model_dir, parameter_roles, read_model_meta
 from megaeeve.model.checkpoint import MODEL_FILE
-from _model_helpers import KOREAN_ADDED_TOKENS, byte_level, expand, save_model, tiny_llama, tiny_phi
+from _model_helpers import KOREAN_ADDED_TOKENS, byte_level, expand, model_dir_like, save_model, tiny_llama, tiny_phi
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -122,7 +122,7 @@ def test_baseline_inits_keep_base_logits_and_are_recorded(phi, init):
     out = phi["tmp"] / f"stage0-{init}"
     assert tool("extend_model", "--base-model", phi["base_dir"], "--base-tokenizer", phi["base_tok_dir"],
                 "--tokenizer", phi["expanded_dir"], "--output", out, "--init", init) == 0
-    meta, weights, base = read_model_meta(out), load_file(str(out / "model.safetensors")), phi["base"]
+    meta, weights, base = read_model_meta(out), load_file(str(out / MODEL_FILE)), phi["base"]
     assert meta.init == init and phi["meta"].init == "eeve"
     n, head = meta.base_vocab_size, base.lm_head
     if init == "mean":
@@ -264,7 +264,7 @@ def test_no_new_tokens_is_the_base_model_with_split_rows(phi, tmp_path):
     assert tool("extend_model", *args, "--output", tmp_path / "stage0", "--allow-no-new-tokens") == 0
     meta = read_model_meta(tmp_path / "stage0")
     assert (meta.base_vocab_size, meta.num_added, meta.padded_vocab_size) == (50295, 0, 50304)
-    assert set(load_file(str(tmp_path / "stage0" / "model.safetensors"))) >= {"lm_head.original", "lm_head.bias_original"}
+    assert set(load_file(str(tmp_path / "stage0" / MODEL_FILE))) >= {"lm_head.original", "lm_head.bias_original"}
     model = load_model_dir(tmp_path / "stage0")
     roles = parameter_roles(model)
     assert {v for v in roles.values()} == {"input_original", "output_original", "body"}
@@ -278,8 +278,7 @@ def test_no_new_tokens_is_the_base_model_with_split_rows(phi, tmp_path):
     F.cross_entropy(model(ids).logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten()).backward()
     assert model.model.embed_tokens.original.grad[ids.unique()].abs().sum() > 0
     assert model.lm_head.original.grad.abs().sum() > 0 and model.lm_head.bias_original.grad.abs().sum() > 0
-    out = save_model_dir(load_file(str(tmp_path / "stage0" / "model.safetensors")), tmp_path / "stage0",
-                         tmp_path / "final")
+    out = model_dir_like(load_file(str(tmp_path / "stage0" / MODEL_FILE)), tmp_path / "stage0", tmp_path / "final")
     assert tool("export_hf", "--input", out, "--output", tmp_path / "exported") == 0
     from transformers import AutoModelForCausalLM
 

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 def tiny_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("pipeline") / "tiny"
     proc = subprocess.run([sys.executable, str(REPO / "tools" / "run_pipeline.py"), "--tiny", "--run-dir", str(run_dir),
-                           "--steps-per-stage", "4"], cwd=REPO, capture_output=True, text=True, timeout=1500)
+                           "--steps-per-stage", "4"], cwd=REPO, capture_output=True, text=True, timeout=2400)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     return run_dir, proc.stdout
 
@@ -60,9 +60,10 @@ def test_report_numbers_hold_the_invariants(tiny_run):
 
 def test_frozen_check_reads_the_checkpoints_and_catches_a_moved_tensor(tiny_run, tmp_path):
     """final/ copies frozen tensors from the input, so only the checkpoint can show one that moved."""
-    from safetensors.torch import load_file
+    from _model_helpers import model_dir_like
 
-    from megaeeve.model import parameter_roles, save_model_dir
+    from megaeeve.model import parameter_roles
+    from megaeeve.model.weights import load_weights
     from megaeeve.report import frozen_check
     from megaeeve.train import meta_model
 
@@ -70,9 +71,9 @@ def test_frozen_check_reads_the_checkpoints_and_catches_a_moved_tensor(tiny_run,
     report = json.loads((run_dir / "report" / "report.json").read_text(encoding="utf-8"))
     assert report["frozen_checks"]["6"]["frozen_total"] == 0
     assert {c["engine_dtype"] for c in report["frozen_checks"].values()} == {"float32"}
-    state = load_file(str(run_dir / "stage-0" / "model.safetensors"))
+    state = load_weights(run_dir / "stage-0")
     state["lm_head.original"][3, 5] += 1e-3  # frozen in stage 1
-    moved = save_model_dir(state, run_dir / "stage-0", tmp_path / "moved")
+    moved = model_dir_like(state, run_dir / "stage-0", tmp_path / "moved")
     roles = parameter_roles(meta_model(run_dir / "stage-0"))
     check = frozen_check(moved, run_dir / "stage-1" / "checkpoints", roles, ["input_added"])
     assert not check["ok"] and check["violations"] == ["lm_head.original"]

@@ -137,6 +137,17 @@ def test_bad_input_is_an_error_by_default_and_counted_with_skip_bad(tmp_path, gp
     assert read_docs(prefix) == expected_ids(gpt2_tokenizer_dir, good)
 
 
+def test_a_lone_surrogate_escape_is_invalid_utf8(tmp_path, gpt2_tokenizer_dir):
+    """{"text": "\\ud800"} parses to a string no UTF-8 encoder takes: was a TypeError from the tokenizer."""
+    path = tmp_path / "s.jsonl"
+    path.write_text('{"text": "ok"}\n{"text": "a\\ud800"}\n{"text": "pair \\ud83d\\ude00 fine"}\n', encoding="utf-8")
+    with pytest.raises(PreprocessError, match=r"s\.jsonl:2: invalid_utf8: lone surrogate \\ud800"):
+        run(tmp_path, [path], gpt2_tokenizer_dir)
+    manifest, prefix = run(tmp_path, [path], gpt2_tokenizer_dir, skip_bad=True)
+    assert manifest["documents"]["skipped_by_reason"]["invalid_utf8"] == 1
+    assert read_docs(prefix) == expected_ids(gpt2_tokenizer_dir, ["ok", "pair \U0001F600 fine"], eod=False)
+
+
 def test_formats_globs_and_multiple_files(tmp_path, phi2_tokenizer_dir, korean_split, english_docs):
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -239,6 +250,40 @@ def test_tiktoken_path_gives_identical_ids(tmp_path, gpt2_tokenizer_dir, phi2_to
         assert Path(f"{tt}{suffix}").read_bytes() == Path(f"{hf}{suffix}").read_bytes()
     with pytest.raises(PreprocessError, match="not a plain special token.*without --tiktoken"):
         run(tmp_path, [korean_jsonl], phi2_tokenizer_dir, name="phi2", tiktoken=True)
+
+
+def test_tiktoken_refuses_merges_where_ids_differ():
+    """Merges a+b, b+c, a+bc on "abc": Hugging Face stops at [ab, c], tiktoken would go on to [abc]. Was accepted."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    from megaeeve.data.fast_bpe import NotEligible, byte_symbols, tiktoken_encoding
+
+    byte_of = byte_symbols()
+    vocab = {ch: i for i, ch in enumerate(sorted(byte_of, key=byte_of.get))}
+    vocab.update({"ab": 256, "bc": 257, "abc": 258})
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[("a", "b"), ("b", "c"), ("a", "bc")]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    assert tok.encode("abc").tokens == ["ab", "c"]
+    with pytest.raises(NotEligible, match=r"token 'abc' tokenizes to \['ab', 'c'\]"):
+        tiktoken_encoding(tok)
+
+
+def test_tiktoken_gives_identical_ids_on_an_expanded_gpt2(korean_split, english_docs):
+    from megaeeve import assets
+    from megaeeve.data.fast_bpe import tiktoken_batch_encoder
+    from megaeeve.vocab.family import detect_family
+    from megaeeve.vocab.intermediate import target_candidates, train_intermediate
+    from megaeeve.vocab.merge import build_target
+    from megaeeve.vocab.scripts import parse_script
+
+    base, hangul = assets.gpt2_tokenizer(), parse_script("hangul")
+    family = detect_family(base)
+    intermediate = train_intermediate(base, family, korean_split[0], 2000)
+    target = build_target(base, family, hangul, target_candidates(intermediate, base, family, hangul)).tokenizer
+    docs = korean_split[0] + korean_split[1] + english_docs + ["한국어Hello 가나다라마바사 ㄱㄴ 읽었다", "a<|endoftext|>한"]
+    ids = tiktoken_batch_encoder(target, 2)(docs)
+    assert ids == [e.ids for e in target.encode_batch(docs, add_special_tokens=False)]
+    assert max(max(i) for i in ids) > 50257  # the new tokens are used
 
 
 def test_vocabulary_over_65536_is_written_as_int32(tmp_path, english_docs):
@@ -358,3 +403,15 @@ def test_a_failed_run_says_where_its_finished_shards_are_and_how_to_resume(tmp_p
                            r"shard\(s\): rerunning the same command resumes from them"):
             run(tmp_path, [corpus], gpt2_tokenizer_dir, shard_bytes=shard_bytes)
         assert sorted(p.name for p in work.iterdir())[-2:] == ["part-000001.json", "plan.json"]
+
+
+def test_megatron_spellings_several_json_keys_write_one_dataset_each(tmp_path, gpt2_tokenizer_dir):
+    """--tokenizer-model and several --json-keys, as users type them from Megatron-LM's preprocess_data.py:
+    one dataset per key, PREFIX_KEY_document."""
+    rows = [{"title": f"title {i}", "body": f"body text number {i}"} for i in range(5)]
+    corpus = tmp_path / "two.jsonl"
+    corpus.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run_tool("--input", str(corpus), "--output-prefix", str(tmp_path / "out"), "--tokenizer-model",
+             str(gpt2_tokenizer_dir), "--json-keys", "title", "body", "--append-eod", "--no-progress")
+    for key in ("title", "body"):
+        assert read_docs(tmp_path / f"out_{key}_document") == expected_ids(gpt2_tokenizer_dir, [r[key] for r in rows])

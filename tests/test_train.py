@@ -369,3 +369,26 @@ def test_sharded_hand_off_equals_the_single_file(corpus, tmp_path):
     assert sharded[0] == INDEX_FILE and len(sharded) > 4  # an index and shards of three owner ranks
     a, b = weights(finals["sharded"]), weights(finals["single"])
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_model_without_new_tokens_trains_all_its_parameters(corpus, gpt2_tokenizer_dir, english_docs, tmp_path):
+    """The no-expansion baseline: a stage-0 directory from the base tokenizer itself (no `added` rows)
+    trains every parameter under ZeRO-3 and hands off; a stage naming a new-row role is refused."""
+    from _model_helpers import save_model, tiny_llama
+
+    from megaeeve.model import extend_model
+
+    base = save_model(tiny_llama(), tmp_path / "base")
+    stage0 = tmp_path / "stage0"
+    extend_model(base, gpt2_tokenizer_dir, gpt2_tokenizer_dir, stage0, allow_no_new_tokens=True)
+    en = write_prefix(tmp_path / "en", gpt2_tokenizer_dir, english_docs[:40])
+    roles = ["input_original", "output_original", "body"]
+    stages = {1: {"trainable": roles, "lr": 1e-3, "steps": 2}, 2: {"trainable": ["input_added"], "lr": 1e-3}}
+    cfg = run_config(tmp_path / "run.yaml", tmp_path / "run", stage0, [{"prefix": str(en), "weight": 1.0, "name": "en"}],
+                     stages, default_stages=False, training=TRAINING)
+    assert train_stage(corpus["ds"], cfg, 1, tmp_path / "stage1.log") == 0
+    before, after = weights(stage0), weights(tmp_path / "run" / "stage-1" / "final")
+    assert set(before) == set(after) and not any(".added" in n or "bias_added" in n for n in after)
+    assert all(not torch.equal(before[n], after[n]) for n in roles_of(stage0)), "a parameter did not train"
+    assert train_stage(corpus["ds"], cfg, 2, tmp_path / "stage2.log") == 2
+    assert "input_added" in read_log(tmp_path / "stage2.log")

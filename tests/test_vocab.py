@@ -17,6 +17,7 @@ from megaeeve.vocab import ExpandConfig, ExpansionError, UnsupportedTokenizer, e
 from megaeeve.vocab.count import count_corpus
 from megaeeve.vocab.family import detect_family
 from megaeeve.vocab.merge import build_target
+from megaeeve.vocab.refine import Threshold, refine
 from megaeeve.vocab.scripts import parse_script
 from tests.conftest import PYTHON, REPO
 
@@ -70,16 +71,31 @@ def test_build_target_reaches_each_piece_with_merges_only_after_base_ones():
     assert tokens == [family.text_piece(" 한국어")] + base.encode("는").tokens + ["ĠKorean"]
 
 
+def test_thresholds_follow_the_card_words(tmp_path):
+    """Tokens seen "less than" the threshold go, one seen exactly threshold times stays; a missing character is
+    added when seen "more than" the threshold (was: at least)."""
+    base = assets.gpt2_tokenizer()
+    family = detect_family(base)
+    docs = [" 한국"] * 3 + [" 대학"] * 2 + ["가"] * 3 + ["나"] * 4  # threshold 3
+    corpus = assets.write_jsonl(docs, tmp_path / "count.jsonl")
+    result = refine(base, family, HANGUL, [family.text_piece(" 한국"), family.text_piece(" 대학")], [str(corpus)],
+                    Threshold(count=3), progress=False, log=lambda *a: None)  # fmt: skip
+    selected = {n.text for n in result.target.new if n.kind == "selected"}
+    assert selected == {" 한국", "나"}  # " 대학" (2) dropped, "가" (exactly 3) not added, "나" (4) added
+    assert result.rounds[0].added == ["나"] and " 대학" in result.rounds[0].dropped
+    assert result.counts.token_counts[result.target.tokenizer.token_to_id(family.text_piece(" 한국"))] == 3
+
+
 def test_counts_sum_over_mpi_ranks(tmp_path, korean_jsonl):
     """`mpiexec -n 2`: each rank counts part of the corpus, the totals equal a one-process count."""
     tok = assets.gpt2_tokenizer()
     tok.save(str(tmp_path / "tok.json"))
-    single = count_corpus(tok, [str(korean_jsonl)], HANGUL, batch_chars=4096, progress=False)
+    single = count_corpus(tok, [str(korean_jsonl)], HANGUL, batch_bytes=4096, progress=False)
     script = (
         "import sys, numpy as np; from tokenizers import Tokenizer; from mpi4py import MPI;"
         "from megaeeve.vocab.count import count_corpus; from megaeeve.vocab.scripts import parse_script;"
         f"c = count_corpus(Tokenizer.from_file({str(tmp_path / 'tok.json')!r}), [{str(korean_jsonl)!r}],"
-        " parse_script('hangul'), batch_chars=4096, progress=False);"
+        " parse_script('hangul'), batch_bytes=4096, progress=False);"
         f"MPI.COMM_WORLD.Get_rank() == 0 and np.savez({str(tmp_path / 'mpi.npz')!r}, tokens=c.token_counts,"
         " chars=np.array([c.char_counts.get(ch, 0) for ch in sys.argv[1]]), docs=c.documents)"
     )
@@ -105,6 +121,7 @@ def _assert_no_output(out: Path) -> None:
     [
         ("empty", CorpusError, "has no documents"),
         ("invalid_utf8", CorpusError, r"bad\.jsonl:3: invalid_utf8"),
+        ("lone_surrogate", CorpusError, r"s\.jsonl:2: invalid_utf8: lone surrogate"),  # was a TypeError in training
         ("cut_zst", CorpusError, r"ko\.jsonl\.zst: truncated zstd stream"),  # counted on, found while counting
         ("threshold", ExpansionError, "nothing to add.*minimum frequency 1000000"),
         ("wordpiece", UnsupportedTokenizer, "'WordPiece'"),
@@ -118,6 +135,9 @@ def test_bad_input_clear_error_no_output(case, error, message, tmp_path, phi2_to
     elif case == "invalid_utf8":  # found while counting, after the intermediate tokenizer is trained
         (tmp_path / "bad.jsonl").write_bytes(b'{"text": "\xec\x95\x88"}\n{"text": "ok"}\n{"text": "\xec\x95"}\n')
         count = [str(tmp_path / "bad.jsonl")]
+    elif case == "lone_surrogate":  # found while training the intermediate tokenizer
+        (tmp_path / "s.jsonl").write_bytes(b'{"text": "\xed\x95\x9c"}\n{"text": "\\udc00"}\n')
+        corpus = [str(tmp_path / "s.jsonl")]
     elif case == "cut_zst":  # a partial download: was read as a shorter corpus
         import zstandard
 
@@ -172,6 +192,7 @@ def test_cli_damaged_compressed_corpus_is_one_error_line(tmp_path, phi2_tokenize
 
 
 @pytest.mark.parametrize("flag, value", [("--workers", "-1"), ("--workers", "0"), ("--intermediate-vocab-size", "0"),
+                                         ("--intermediate-sample-bytes", "0"),
                                          ("--min-frequency", "-5"), ("--min-frequency-per-million", "0")])
 def test_cli_numeric_flags_out_of_range_are_usage_errors(tmp_path, flag, value):
     proc = subprocess.run(

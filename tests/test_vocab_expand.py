@@ -162,11 +162,38 @@ def test_report_rounds_and_frequencies_match_a_recount(expanded, korean_split):
     chars = collections.Counter(c for d in korean_split[0] for c in d)
     for token in report["new_tokens"]:
         assert token["frequency"] == counts[token["id"]], token
-        if token["kind"] == "selected":  # frequent enough itself, or a frequent single character
-            assert token["frequency"] >= limit or chars[token["text"]] >= limit, token
+        if token["kind"] == "selected":  # frequent enough itself, or a single character seen more than limit times
+            assert token["frequency"] >= limit or chars[token["text"]] > limit, token
     vocab, family = new.get_vocab(), detect_family(new)
-    missing_chars = [c for c, n in chars.items() if HANGUL.contains(c) and n >= limit and family.text_piece(c) not in vocab]
+    missing_chars = [c for c, n in chars.items() if HANGUL.contains(c) and n > limit and family.text_piece(c) not in vocab]
     assert set(missing_chars) <= set(report["unreachable"])  # ㆍ (U+318D): see test_vocab.py
+
+
+def test_every_new_token_is_frequent_or_accounted_for_and_dropped_ones_are_gone(expanded):
+    """At or above the threshold, or a single character seen more than threshold times (step 6), or a bridge
+    listed with its count and the selected tokens it serves; no round's `dropped` names a final token.
+    Was: bridges skipped the threshold unlisted, and `dropped` named tokens that came back as bridges."""
+    _, out, _ = expanded
+    report = load_json(out / "expansion_report.json")
+    limit = report["settings"]["resolved_min_frequency"]
+    final = {t["text"] or t["token"]: t for t in report["new_tokens"]}
+    selected = {t for t, entry in final.items() if entry["kind"] == "selected"}
+    low = [t for t in report["new_tokens"] if t["frequency"] < limit]
+    for t in low:
+        if t["kind"] == "bridge":
+            assert t["serves"] and set(t["serves"]) <= selected, t
+        else:
+            assert len(t["text"]) == 1 and t["character_frequency"] > limit, t
+    bridges = sum(t["kind"] == "bridge" for t in low)
+    assert report["below_threshold"] == {"tokens": len(low), "bridges": bridges, "characters": len(low) - bridges}
+    rounds = report["rounds"]
+    assert not {d for r in rounds for d in r["dropped"]} & set(final)
+    for i, r in enumerate(rounds):  # a rare piece kept as a bridge stays one, or leaves in a later round's dropped
+        later = {d for r2 in rounds[i + 1 :] for d in r2["dropped"]}
+        assert all(k in later or final[k]["kind"] == "bridge" for k in r["kept_as_bridges"])
+    kept = {k for r in rounds for k in r["kept_as_bridges"]}
+    if "phi2" in str(out):
+        assert kept and bridges  # the paths are exercised
 
 
 @pytest.mark.parametrize("expanded", ["phi2"], indirect=True)

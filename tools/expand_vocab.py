@@ -1,75 +1,15 @@
 #!/usr/bin/env python
 """Expand a base tokenizer with target-language tokens, refined by frequency (EEVE steps 1-7).
 
-    python tools/expand_vocab.py --base-tokenizer DIR --corpus ko.jsonl --output out/tok
-    mpiexec -n 4 python tools/expand_vocab.py ...   # counting split over 4 ranks, counts summed
+The same as `megaeeve expand-vocab`; the code is megaeeve/cli/expand_vocab.py.
 """
 
-from __future__ import annotations
-
-import argparse
-import os
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from megaeeve.argtypes import positive_float, positive_int  # noqa: E402
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--base-tokenizer", required=True, help="HF tokenizer directory or tokenizer.json")
-    p.add_argument("--corpus", nargs="+", required=True, help="target-language corpus (files, dirs, globs)")
-    p.add_argument("--output", required=True, help="output directory (written atomically)")
-    p.add_argument("--intermediate-vocab-size", type=positive_int, default=40_000)
-    freq = p.add_mutually_exclusive_group()
-    freq.add_argument("--min-frequency", type=positive_int, default=None, help="absolute count (default 6000)")
-    freq.add_argument("--min-frequency-per-million", type=positive_float, default=None, help="rate per million tokens")
-    p.add_argument("--count-corpus", nargs="+", default=None, help="corpus to count on (default: --corpus)")
-    p.add_argument("--workers", type=positive_int, default=os.cpu_count(), help="counting processes, threads for training (default: all cores)")
-    p.add_argument("--script", default="hangul", help="target script: a name or ranges U+AC00-U+D7AF,...")
-    p.add_argument("--held-out", nargs="+", default=[], help="held-out target-language text for chars/token")
-    p.add_argument("--english", nargs="+", default=[], help="non-target text that must tokenize as by the base (default: CPython's pydoc topics)")
-    p.add_argument("--overwrite", action="store_true")
-    p.add_argument("--no-progress", action="store_true")
-    return p.parse_args(argv)
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    # The tokenizers thread pool reads these once, at first use: set them before importing it.
-    os.environ["TOKENIZERS_PARALLELISM"] = "true" if args.workers > 1 else "false"
-    os.environ["RAYON_NUM_THREADS"] = str(args.workers)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-
-    from megaeeve.corpus import CorpusError
-    from megaeeve.tokenizer_io import TokenizerLoadError
-    from megaeeve.vocab import ExpandConfig, ExpansionError, expand_vocab
-
-    cfg = ExpandConfig(
-        base_tokenizer=args.base_tokenizer,
-        corpus=args.corpus,
-        output=args.output,
-        intermediate_vocab_size=args.intermediate_vocab_size,
-        min_frequency=args.min_frequency if args.min_frequency is not None else 6_000,
-        min_frequency_per_million=args.min_frequency_per_million,
-        count_corpus=args.count_corpus,
-        script=args.script,
-        held_out=args.held_out,
-        english=args.english,
-        workers=args.workers,
-        overwrite=args.overwrite,
-        progress=not args.no_progress,
-    )
-    try:
-        expand_vocab(cfg)
-    except (CorpusError, TokenizerLoadError, ExpansionError, FileExistsError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
-
+from megaeeve.cli.expand_vocab import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,43 +1,15 @@
+#!/usr/bin/env python
 """Export a megaeeve model directory (stage-0 or a stage's final/) to a plain Hugging Face model directory.
 
-    python tools/export_hf.py --input runs/NAME/stage-7/final --output exported/
+The same as `megaeeve export`; the code is megaeeve/cli/export_hf.py.
 """
 
-from __future__ import annotations
-
-import argparse
-import os
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-DTYPES = ("float32", "bfloat16", "float16")
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--input", required=True, help="megaeeve model directory")
-    parser.add_argument("--output", required=True, help="Hugging Face model directory to create")
-    parser.add_argument("--dtype", choices=DTYPES, default="float32", help="dtype of the exported weights")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
-    args = parser.parse_args(argv)
-
-    import torch
-
-    from megaeeve.model import ModelDirError, export_hf, read_model_meta
-
-    try:
-        export_hf(args.input, args.output, dtype=getattr(torch, args.dtype), overwrite=args.overwrite)
-    except (ModelDirError, FileExistsError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    meta = read_model_meta(args.input)
-    print(f"wrote {args.output}: vocab_size {meta.padded_vocab_size} ({meta.vocab_size} tokens, "
-          f"{meta.num_padding} zero padding rows suppressed in generation_config)")
-    return 0
-
+from megaeeve.cli.export_hf import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

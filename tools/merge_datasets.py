@@ -1,33 +1,15 @@
 #!/usr/bin/env python
 """Concatenate MMIDIDX datasets (same dtype), in the order given, into one; streaming, atomic.
 
-Every input is checked as the reader checks it before anything is written; a bad one is named, exit 2.
+The same as `megaeeve merge`; the code is megaeeve/cli/merge_datasets.py.
 """
 
-from __future__ import annotations
-
-import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from megaeeve.data.indexed import IndexedDatasetError, merge_datasets  # noqa: E402
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--input", nargs="+", required=True, metavar="PREFIX", help="dataset prefixes (PREFIX.bin/.idx)")
-    p.add_argument("--output-prefix", required=True)
-    args = p.parse_args(argv)
-    try:
-        out = merge_datasets(args.input, args.output_prefix)
-    except (IndexedDatasetError, ValueError, OSError) as e:  # bad or unreadable input, unwritable output
-        print(f"merge_datasets.py: error: {e}", file=sys.stderr)
-        return 2
-    print(f"{args.output_prefix}: {out.document_count - 1} documents, {out.sequence_count} sequences ({out.dtype})")
-    return 0
-
+from megaeeve.cli.merge_datasets import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,63 +1,15 @@
 #!/usr/bin/env python
 """Tokenize JSONL / text / Parquet / Arrow corpora into one Megatron MMIDIDX dataset (PREFIX.bin/.idx).
 
-Uses every core (the tokenizer's Rust threads); under `mpiexec -n K` / `srun` the ranks split the input
-and rank 0 assembles one dataset, byte-identical to a single-process run. Also writes
-PREFIX.manifest.json (inputs with sha256, tokenizer hash, documents read / written / skipped by reason,
-tokens). A rerun after a crash or error reuses the finished shards; replacing a finished dataset needs
---overwrite. Bad input is one `error: FILE...` line, exit 2.
+The same as `megaeeve preprocess`; the code is megaeeve/cli/preprocess_data.py.
 """
 
-from __future__ import annotations
-
-import argparse
-import os
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from megaeeve.argtypes import positive_float, positive_int  # noqa: E402
-from megaeeve.corpus import DEFAULT_MAX_CHARS  # noqa: E402
-from megaeeve.data.preprocess import PreprocessConfig, PreprocessError, preprocess  # noqa: E402
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--input", nargs="+", required=True, help="files, directories or globs (quote globs)")
-    p.add_argument("--output-prefix", required=True, help="writes PREFIX.bin, PREFIX.idx, PREFIX.manifest.json")
-    p.add_argument("--tokenizer", required=True, help="a tokenizer.json file or a Hugging Face tokenizer directory")
-    p.add_argument("--json-keys", default="text", metavar="KEY", help="JSON key / table column of the text (default: text)")
-    p.add_argument("--append-eod", action="store_true", help="end every document with the EOD token")
-    p.add_argument("--eod-token", help="EOD token string (default: the tokenizer directory's eos_token)")
-    p.add_argument("--workers", type=positive_int, help="tokenizer threads per rank (default: the rank's share of the cores)")
-    p.add_argument("--skip-bad", action="store_true",
-                   help="skip bad records and count them by reason in the manifest (default: stop with file:line)")
-    p.add_argument("--max-chars", type=positive_int, default=DEFAULT_MAX_CHARS, help="longer documents are bad (too_long)")
-    p.add_argument("--shard-mb", type=positive_float, default=64, help="input split unit, and what a rerun redoes at most")
-    p.add_argument("--tiktoken", action="store_true",
-                   help="encode with tiktoken (same ids, faster) for GPT-2-style byte-level BPE; refused otherwise")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing dataset at the output prefix")
-    p.add_argument("--no-progress", action="store_true")
-    args = p.parse_args(argv)
-    cfg = PreprocessConfig(
-        inputs=args.input, output_prefix=args.output_prefix, tokenizer=args.tokenizer, json_key=args.json_keys,
-        append_eod=args.append_eod, eod_token=args.eod_token, workers=args.workers, skip_bad=args.skip_bad,
-        max_chars=args.max_chars, shard_bytes=max(1, int(args.shard_mb * (1 << 20))), progress=not args.no_progress,
-        tiktoken=args.tiktoken, overwrite=args.overwrite,
-    )
-    os.environ["TOKENIZERS_PARALLELISM"] = "true"  # encode_batch_fast on all `--workers` threads
-    try:
-        manifest = preprocess(cfg)
-    except PreprocessError as e:
-        print(f"preprocess_data.py: error: {e}", file=sys.stderr)
-        return 2
-    if manifest is not None:
-        d = manifest["documents"]
-        print(f"{cfg.output_prefix}: {d['written']} documents, {manifest['tokens_written']} tokens ({manifest['dtype']});"
-              f" {d['skipped']} skipped, {manifest['blank_lines']} blank lines; {manifest['seconds']} s")
-    return 0
-
+from megaeeve.cli.preprocess_data import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

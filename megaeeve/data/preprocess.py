@@ -37,7 +37,7 @@ import numpy as np
 
 from megaeeve.atomic import write_json
 from megaeeve.corpus import (
-    DEFAULT_MAX_CHARS, SKIP_REASONS, CorpusError, Record, Shard, expand_inputs, iter_texts, plan_shards,
+    DEFAULT_MAX_CHARS, SKIP_REASONS, CorpusError, Record, Shard, expand_inputs, iter_batches, plan_shards,
 )
 from megaeeve.data.indexed import (
     IndexedDataset, IndexedDatasetError, IndexedDatasetWriter, bin_path, check_output_prefix, dtype_for_vocab, exists,
@@ -46,6 +46,7 @@ from megaeeve.data.indexed import (
 from megaeeve.tokenizer_io import load_tokenizer, tokenizer_fingerprint
 
 MANIFEST_FORMAT = "megaeeve-preprocess/1"
+BATCH_BYTES_PER_WORKER = 1 << 17
 EXAMPLES_PER_REASON = 3
 MPI_ENV_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "MPI_LOCALNRANKS")
 
@@ -65,7 +66,7 @@ class PreprocessConfig:
     workers: int | None = None  # tokenizer threads per rank; default: this rank's share of the cores
     skip_bad: bool = False
     max_chars: int = DEFAULT_MAX_CHARS
-    batch_chars: int | None = None  # characters per encode_batch_fast call; default 64K per worker thread
+    batch_bytes: int | None = None  # input bytes per encode call; default BATCH_BYTES_PER_WORKER per worker thread
     shard_bytes: int = 64 << 20
     progress: bool = True
     tiktoken: bool = False  # exact tiktoken path for GPT-2-style byte-level BPE (fast_bpe.py); refused otherwise
@@ -140,25 +141,6 @@ def resolve_eod(tokenizer_path: str, tok, eod_token: str | None) -> int:
 
 
 # -- one shard -----------------------------------------------------------------------------------------
-def _batches(shard: Shard, cfg: PreprocessConfig, batch_chars: int) -> Iterator[list[str | Record]]:
-    """The shard's items (document texts and `Record`s of non-documents) in batches of ~batch_chars.
-
-    Enough text per batch to keep every worker thread busy, small enough that the few batches in flight
-    (texts, then tokenizers' Encoding objects, ~100 bytes a token) stay a fixed, modest amount of memory.
-    """
-    batch: list[str | Record] = []
-    chars = 0
-    for item in iter_texts(shard, cfg.json_key, cfg.max_chars):
-        batch.append(item)
-        if isinstance(item, str):
-            chars += len(item)
-        if chars >= batch_chars or len(batch) >= 65536:
-            yield batch
-            batch, chars = [], 0
-    if batch:
-        yield batch
-
-
 @dataclass
 class _Encoded:
     encodings: list  # per document in order: a tokenizers.Encoding, or the ids themselves (tiktoken)
@@ -178,14 +160,15 @@ def batch_encoder(tok, cfg: PreprocessConfig, workers: int) -> Callable[[list[st
     return lambda texts: tok.encode_batch_fast(texts, add_special_tokens=False)
 
 
-def _encode(batches: Iterator[list[str | Record]], encode: Callable[[list[str]], list], cfg: PreprocessConfig) -> Iterator[_Encoded]:
+def _encode(
+    batches: Iterator[tuple[list[str], list[Record]]], encode: Callable[[list[str]], list], cfg: PreprocessConfig
+) -> Iterator[_Encoded]:
     """Only the encoding runs here (Rust threads, GIL released), back to back; ids are taken elsewhere."""
-    for batch in batches:
-        texts = [item for item in batch if isinstance(item, str)]
-        bad = [item for item in batch if not isinstance(item, str) and item.reason != "blank_line"]
+    for texts, records in batches:
+        bad = [r for r in records if r.reason != "blank_line"]
         if bad and not cfg.skip_bad:
             raise bad[0].error()
-        yield _Encoded(encode(texts) if texts else [], len(batch) - len(texts) - len(bad), bad)
+        yield _Encoded(encode(texts) if texts else [], len(records) - len(bad), bad)
 
 
 def _prefetched(items: Iterator[Any], depth: int = 2) -> Iterator[Any]:
@@ -232,36 +215,47 @@ def _prefetched(items: Iterator[Any], depth: int = 2) -> Iterator[Any]:
             items.close()
 
 
+def _flatten(encodings: list, plain_ids: bool, eod: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """(all token ids, per-document lengths) of a batch, the EOD id after each document when given.
+
+    `len(encoding)` costs no list, and each `.ids` list is consumed as soon as it is made (the bare
+    `sum(len(e.ids) ...)` does as much): no batch-wide list of lists to build, walk and free.
+    """
+    lengths = np.fromiter(map(len, encodings), np.int64, len(encodings))
+    ids = encodings if plain_ids else (e.ids for e in encodings)
+    tokens = np.fromiter(itertools.chain.from_iterable(ids), np.int64, int(lengths.sum()))
+    if eod is None:
+        return tokens, lengths
+    return np.insert(tokens, np.cumsum(lengths), eod), lengths + 1
+
+
 def encode_shard(
     shard: Shard, encode: Callable[[list[str]], list], cfg: PreprocessConfig, eod: int | None,
     writer: IndexedDatasetWriter, workers: int, bar=None,
 ) -> Counts:
     """Tokenize the records of one shard into `writer`; returns what happened to each record."""
     counts = Counts()
-    batch_chars = cfg.batch_chars or (1 << 16) * workers
-    for enc in _prefetched(_encode(_prefetched(_batches(shard, cfg, batch_chars)), encode, cfg), depth=1):
+    # Enough text per batch to keep every worker thread busy, small enough that the few batches in flight
+    # (texts, then tokenizers' Encoding objects, ~100 bytes a token) stay a fixed, modest amount of memory.
+    batches = iter_batches(shard, cfg.json_key, cfg.max_chars, cfg.batch_bytes or BATCH_BYTES_PER_WORKER * workers)
+    for enc in _prefetched(_encode(_prefetched(batches), encode, cfg), depth=1):
         counts.blank_lines += enc.blank_lines
         for rec in enc.bad:
             counts.skip(rec)
         if not enc.encodings:
             continue
-        ids = enc.encodings if cfg.tiktoken else [e.ids for e in enc.encodings]
+        tokens, lengths = _flatten(enc.encodings, cfg.tiktoken, eod)
         enc = None  # free the Encoding objects now, not after the next batch arrives
-        if eod is not None:
-            for doc in ids:
-                doc.append(eod)
-        lengths = np.fromiter(map(len, ids), np.int64, len(ids))
-        total = int(lengths.sum())
-        tokens = np.fromiter(itertools.chain.from_iterable(ids), np.int64, total)
+        total = len(tokens)
         try:
             writer.add_documents(tokens, lengths)
         except ValueError as e:
             raise PreprocessError(f"{shard.path}: {e}") from e
-        counts.documents_read += len(ids)
-        counts.documents_written += len(ids)
+        counts.documents_read += len(lengths)
+        counts.documents_written += len(lengths)
         counts.tokens_written += total
         if bar is not None:
-            bar.update(len(ids))
+            bar.update(len(lengths))
             bar.tokens += total
             bar.set_postfix_str(f"{bar.tokens / max(bar.format_dict['elapsed'], 1e-9):,.0f} tokens/s", refresh=False)
     return counts

@@ -49,7 +49,7 @@ class TrainingConfig:
     checkpoint_every: int = 100
     keep_checkpoints: int = 2
     activation_checkpointing: bool = False
-    report_to: tuple[str, ...] = ("tensorboard",)  # metric sinks besides metrics.jsonl: tensorboard, wandb
+    report_to: tuple[str, ...] = ()  # metric sinks besides metrics.jsonl: tensorboard, wandb (optional extras)
     wandb_project: str = "megaeeve"
     progress_bar: bool = True  # a tqdm bar on a terminal, plain log lines otherwise (SLURM .out files)
     attn_implementation: str = "sdpa"  # transformers' attention kernel: eager, sdpa, flash_attention_2
@@ -164,7 +164,7 @@ def parse_run_config(raw: Mapping[str, Any], path: Path) -> RunConfig:
     unknown = set(raw) - known
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: {sorted(known)}")
-    base = path.resolve().parent
+    base = path.absolute().parent  # as the user named it: a symlinked RUN.yaml resolves beside the link
     seq_length = _value(_require(raw, "seq_length", where), int, "seq_length", where)
     if seq_length < 1:
         raise ConfigError(f"{where}: seq_length must be >= 1, got {seq_length}")

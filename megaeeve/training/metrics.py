@@ -74,7 +74,13 @@ def _scalars(record: dict[str, Any]) -> dict[str, float]:
 
 class TensorBoardSink:
     def __init__(self, log_dir: Path) -> None:
-        from torch.utils.tensorboard import SummaryWriter
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            from megaeeve.training.config import ConfigError
+
+            raise ConfigError("training.report_to names tensorboard, which is not installed: "
+                              "pip install 'megaeeve[tensorboard]'") from None
 
         self.writer = SummaryWriter(str(log_dir))
 

@@ -18,7 +18,7 @@ import numpy as np
 from tokenizers import Tokenizer
 from tqdm import tqdm
 
-from megaeeve.corpus import CorpusError, Shard, iter_records, plan_shards
+from megaeeve.corpus import CorpusError, Shard, iter_batches, plan_shards
 from megaeeve.vocab.scripts import Script
 
 MPI_ENV = ("PMI_SIZE", "PMI_RANK", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK")
@@ -44,28 +44,20 @@ def mpi_world() -> Any | None:
     return MPI.COMM_WORLD if MPI.COMM_WORLD.Get_size() > 1 else None
 
 
-def _batches(shard: Shard, batch_chars: int) -> Iterator[list[str]]:
-    batch: list[str] = []
-    size = 0
-    for rec in iter_records(shard):
-        if rec.text is None:
-            if rec.reason == "blank_line":
-                continue
-            raise rec.error()
-        batch.append(rec.text)
-        size += len(rec.text)
-        if size >= batch_chars:
-            yield batch
-            batch, size = [], 0
-    if batch:
-        yield batch
+def _batches(shard: Shard, batch_bytes: int) -> Iterator[list[str]]:
+    for texts, records in iter_batches(shard, batch_bytes=batch_bytes):
+        for rec in records:
+            if rec.reason != "blank_line":
+                raise rec.error()
+        if texts:
+            yield texts
 
 
-def _count_shard(tok: Tokenizer, script: Script, shard: Shard, batch_chars: int) -> Counts:
+def _count_shard(tok: Tokenizer, script: Script, shard: Shard, batch_bytes: int) -> Counts:
     token_counts = np.zeros(tok.get_vocab_size(with_added_tokens=True), dtype=np.int64)
     char_counts: dict[str, int] = {}
     docs = chars = 0
-    for batch in _batches(shard, batch_chars):
+    for batch in _batches(shard, batch_bytes):
         encodings = tok.encode_batch_fast(batch, add_special_tokens=False)
         ids = np.concatenate([np.asarray(e.ids, dtype=np.int64) for e in encodings])
         token_counts += np.bincount(ids, minlength=len(token_counts))
@@ -79,13 +71,13 @@ def _count_shard(tok: Tokenizer, script: Script, shard: Shard, batch_chars: int)
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(tokenizer_json: str, script: Script, batch_chars: int) -> None:
+def _init_worker(tokenizer_json: str, script: Script, batch_bytes: int) -> None:
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one thread per process: the processes use the cores
-    _WORKER.update(tok=Tokenizer.from_str(tokenizer_json), script=script, batch_chars=batch_chars)
+    _WORKER.update(tok=Tokenizer.from_str(tokenizer_json), script=script, batch_bytes=batch_bytes)
 
 
 def _worker_count(shard: Shard) -> Counts:
-    return _count_shard(_WORKER["tok"], _WORKER["script"], shard, _WORKER["batch_chars"])
+    return _count_shard(_WORKER["tok"], _WORKER["script"], shard, _WORKER["batch_bytes"])
 
 
 def _add(total: Counts, part: Counts) -> None:
@@ -102,7 +94,7 @@ def count_corpus(
     files: Sequence[str],
     script: Script,
     workers: int = 1,
-    batch_chars: int = 1 << 18,
+    batch_bytes: int = 1 << 18,
     progress: bool = True,
     desc: str = "counting",
 ) -> Counts:
@@ -118,7 +110,7 @@ def count_corpus(
         if workers > 1 and len(shards) > 1:
             # spawn: the tokenizers library's thread pool does not survive fork
             ctx = multiprocessing.get_context("spawn")
-            with ctx.Pool(min(workers, len(shards)), _init_worker, (tok.to_str(), script, batch_chars)) as pool:
+            with ctx.Pool(min(workers, len(shards)), _init_worker, (tok.to_str(), script, batch_bytes)) as pool:
                 parts = pool.imap_unordered(_worker_count, shards)
                 for part in parts:
                     _add(total, part)
@@ -126,7 +118,7 @@ def count_corpus(
                     bar.set_postfix(tokens_per_s=f"{total.tokens / (time.perf_counter() - start):,.0f}")
         else:
             for shard in shards:
-                _add(total, _count_shard(tok, script, shard, batch_chars))
+                _add(total, _count_shard(tok, script, shard, batch_bytes))
                 bar.update(total.documents - bar.n)
     except CorpusError as e:
         if comm is None:

@@ -5,18 +5,18 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 from tokenizers import Tokenizer
 
 from megaeeve.assets import english_documents
 from megaeeve.atomic import atomic_dir, write_json
-from megaeeve.corpus import CorpusError, expand_inputs, iter_documents
+from megaeeve.corpus import CorpusError, expand_inputs, iter_documents, sample_documents
 from megaeeve.tokenizer_io import TokenizerLoadError, load_tokenizer, tokenizer_fingerprint
-from megaeeve.vocab.count import mpi_world
-from megaeeve.vocab.family import detect_family
+from megaeeve.vocab.count import Counts, mpi_world
+from megaeeve.vocab.family import Family, detect_family
 from megaeeve.vocab.intermediate import target_candidates, train_intermediate
-from megaeeve.vocab.merge import ExpansionError
+from megaeeve.vocab.merge import ExpansionError, NewPiece
 from megaeeve.vocab.refine import Refined, Threshold, refine
 from megaeeve.vocab.scripts import parse_script
 
@@ -29,6 +29,9 @@ class ExpandConfig:
     corpus: list[str]  # target-language corpus for the intermediate tokenizer
     output: str
     intermediate_vocab_size: int = 40_000
+    # Text the intermediate tokenizer trains on: its trainer holds a count of every distinct word in memory,
+    # so a 100 GB corpus is sampled (corpus.sample_documents); counting (steps 4-7) reads all of it, streamed.
+    intermediate_sample_bytes: int = 256_000_000
     min_frequency: int | None = 6_000
     min_frequency_per_million: float | None = None  # replaces min_frequency when set
     count_corpus: list[str] | None = None  # defaults to `corpus`
@@ -60,13 +63,23 @@ def load_base(path: str) -> tuple[Any, Tokenizer]:
     return hf, backend
 
 
-def _documents(files: Sequence[str], what: str) -> Iterator[str]:
-    """Documents of `files`; an error if there are none (an empty corpus is a mistake, not a no-op)."""
-    n = 0
-    for doc in iter_documents(files):
-        n += 1
+@dataclass
+class _Tally:
+    documents: int = 0
+    chars: int = 0
+
+
+def _documents(
+    files: Sequence[str], what: str, docs: Iterable[str] | None = None, tally: _Tally | None = None
+) -> Iterator[str]:
+    """Documents of `files` (or `docs` read from them), counted into `tally`; an error if there are none (an
+    empty corpus is a mistake, not a no-op)."""
+    tally = tally or _Tally()
+    for doc in iter_documents(files) if docs is None else docs:
+        tally.documents += 1
+        tally.chars += len(doc)
         yield doc
-    if n == 0:
+    if tally.documents == 0:
         raise CorpusError(f"{what} {', '.join(files)} has no documents")
 
 
@@ -85,6 +98,26 @@ def chars_per_token(base: Tokenizer, target: Tokenizer, docs: list[str]) -> dict
         "expanded_chars_per_token": round(chars / tb, 4) if tb else None,
         "identical_ids": all(x.ids == y.ids for x, y in zip(a, b)),
     }
+
+
+def _token_entry(n: NewPiece, counts: Counts, family: Family) -> dict[str, Any]:
+    """A new token in the report: its count; a bridge also names the selected tokens it serves, a single
+    character also gives its character count (step 6 keeps it on that)."""
+    entry: dict[str, Any] = {
+        "id": n.id, "token": n.piece, "text": n.text, "kind": n.kind, "frequency": int(counts.token_counts[n.id])
+    }
+    if n.text is not None and len(n.text) == 1:
+        entry["character_frequency"] = counts.char_counts.get(n.text, 0)
+    if n.kind == "bridge":
+        entry["serves"] = [family.piece_text(p) or p for p in n.serves]
+    return entry
+
+
+def _below_threshold(new_tokens: list[dict[str, Any]], threshold: int) -> dict[str, int]:
+    """How many new tokens are emitted fewer than `threshold` times: bridges, and characters kept by step 6."""
+    low = [t for t in new_tokens if t["frequency"] < threshold]
+    bridges = sum(t["kind"] == "bridge" for t in low)
+    return {"tokens": len(low), "bridges": bridges, "characters": len(low) - bridges}
 
 
 def _write(out: Path, hf: Any, result: Refined, report: dict[str, Any], probe: list[str]) -> None:
@@ -130,9 +163,14 @@ def expand_vocab(cfg: ExpandConfig, log=print) -> dict[str, Any]:
     # Without --english, the English text bundled with Python: the "same ids as the base" check always runs.
     english = list(_documents(expand_inputs(cfg.english), "English corpus")) if cfg.english else english_documents()
 
-    say(f"training the intermediate {family.name} BPE ({cfg.intermediate_vocab_size} tokens) on {len(corpus)} file(s)")
+    say(
+        f"training the intermediate {family.name} BPE ({cfg.intermediate_vocab_size} tokens) on {len(corpus)} file(s),"
+        f" at most about {cfg.intermediate_sample_bytes:,} bytes of text"
+    )
+    sample = _Tally()
+    docs = _documents(corpus, "corpus", sample_documents(corpus, cfg.intermediate_sample_bytes), sample)
     intermediate = train_intermediate(
-        base, family, _documents(corpus, "corpus"), cfg.intermediate_vocab_size, show_progress=cfg.progress and rank == 0
+        base, family, docs, cfg.intermediate_vocab_size, show_progress=cfg.progress and rank == 0
     )
     candidates = target_candidates(intermediate, base, family, script)
     if not candidates:
@@ -147,6 +185,7 @@ def expand_vocab(cfg: ExpandConfig, log=print) -> dict[str, Any]:
 
     target = result.target
     vocab_size = target.tokenizer.get_vocab_size(with_added_tokens=True)
+    new_tokens = [_token_entry(n, result.counts, family) for n in target.new]
     report: dict[str, Any] = {
         "base_tokenizer": {
             "path": str(cfg.base_tokenizer),
@@ -160,12 +199,14 @@ def expand_vocab(cfg: ExpandConfig, log=print) -> dict[str, Any]:
             "corpus": corpus,
             "count_corpus": count_files,
             "intermediate_vocab_size": cfg.intermediate_vocab_size,
+            "intermediate_sample_bytes": cfg.intermediate_sample_bytes,
             "min_frequency": cfg.min_frequency if cfg.min_frequency_per_million is None else None,
             "min_frequency_per_million": cfg.min_frequency_per_million,
             "resolved_min_frequency": result.threshold,
             "script": {"name": script.name, "ranges": [f"U+{a:04X}-U+{b:04X}" for a, b in script.ranges]},
             "intermediate_candidates": len(candidates),
         },
+        "intermediate_training_text": {"documents": sample.documents, "chars": sample.chars},
         "counting_corpus": {
             "documents": result.counts.documents,
             "chars": result.counts.chars,
@@ -174,16 +215,8 @@ def expand_vocab(cfg: ExpandConfig, log=print) -> dict[str, Any]:
         "rounds": [asdict(r) for r in result.rounds],
         # Selected tokens no chain of safe merges reaches (their merges could fire on other scripts).
         "unreachable": [t for r in result.rounds for t in r.unreachable],
-        "new_tokens": [
-            {
-                "id": n.id,
-                "token": n.piece,
-                "text": n.text,
-                "kind": n.kind,
-                "frequency": int(result.counts.token_counts[n.id]),
-            }
-            for n in target.new
-        ],
+        "new_tokens": new_tokens,
+        "below_threshold": _below_threshold(new_tokens, result.threshold),
         "chars_per_token": {
             "held_out": {**chars_per_token(base, target.tokenizer, held), "source": ", ".join(cfg.held_out)}
             if held

@@ -48,13 +48,15 @@ def train_intermediate(
 
 
 def target_candidates(intermediate: Tokenizer, base: Tokenizer, family: Family, script: Script) -> list[str]:
-    """Pieces of `intermediate` that are whole target-language text and not in the base vocabulary."""
+    """Pieces of `intermediate` that are whole target-language text and not in the base vocabulary, in the
+    order it learned them (its ids: the alphabet, then one token per merge, most frequent pair first)."""
     base_vocab = base.get_vocab(with_added_tokens=True)
+    learned = intermediate.get_vocab(with_added_tokens=False)
     found = []
-    for piece in intermediate.get_vocab(with_added_tokens=False):
+    for piece in learned:
         if piece in base_vocab:
             continue
         text = family.piece_text(piece)
         if text is not None and script.is_target_text(text):
             found.append(piece)
-    return sorted(found)
+    return sorted(found, key=learned.__getitem__)

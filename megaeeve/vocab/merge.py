@@ -9,13 +9,18 @@ text holding a target-language character, so any other text keeps the base segme
 
 A piece whose base segmentation has more than two parts needs intermediate pieces (e.g. the first two
 bytes of a Hangul syllable, or the syllable itself); those are added as *bridge* pieces, marked as such
-in the report. Pieces are built shortest first, so characters exist before the words that use them.
+in the report.
+
+Pieces are built in the order given: the intermediate tokenizer's merge order (most frequent first; its
+characters come before the words made of them). Each piece's merges rank after those of the pieces before
+it, so where two pieces overlap in a word (" 대한" and "한민" in " 대한민국"), the one the intermediate
+tokenizer learned first wins, as it would in that tokenizer.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from tokenizers import Tokenizer
 
@@ -33,6 +38,7 @@ class NewPiece:
     piece: str  # as spelled in the BPE vocabulary
     text: str | None  # None for a bridge that is a partial character
     kind: str  # "selected" (frequency-refined) or "bridge" (needed to reach a selected piece)
+    serves: tuple[str, ...] = ()  # selected pieces whose tokenization passes through this one
 
 
 @dataclass
@@ -58,10 +64,11 @@ def base_size(base: Tokenizer) -> int:
 class _Builder:
     """Plans new vocabulary entries and merges, simulating BPE to know each word's current pieces."""
 
-    def __init__(self, base: Tokenizer, family: Family, script: Script):
+    def __init__(self, base: Tokenizer, family: Family, script: Script, banned: frozenset[str]):
         self.base = base
         self.family = family
         self.script = script
+        self.banned = banned  # pieces no chain may create (they left the vocabulary in an earlier round)
         self.vocab = base.get_vocab(with_added_tokens=False)
         self.next_id = base_size(base)
         self.ranks: dict[tuple[str, str], int] = {}  # new merges only; all rank after base merges
@@ -74,8 +81,11 @@ class _Builder:
             self._base_pieces[run] = [t.value for t in self.base.model.tokenize(run)]
         return self._base_pieces[run]
 
-    def segment(self, word: str, extra: dict[tuple[str, str], int], extra_chars: set[str]) -> list[str]:
-        """Pieces of `word` under base merges, then new merges (committed and `extra`) by rank."""
+    def segment(
+        self, word: str, extra: dict[tuple[str, str], int], extra_chars: set[str], formed: set[str] | None = None
+    ) -> list[str]:
+        """Pieces of `word` under base merges, then new merges (committed and `extra`) by rank; `formed`
+        collects the new pieces it passes through."""
         pieces: list[str] = []
         run = ""
         for ch in word:
@@ -88,6 +98,8 @@ class _Builder:
                 run += ch
         if run:
             pieces += self._base_segment(run)
+        if formed is not None:
+            formed.update(p for p in pieces if p in self.new)
         while len(pieces) > 1:
             best = None
             for i in range(len(pieces) - 1):
@@ -99,6 +111,8 @@ class _Builder:
                 break
             i = best[1]
             pieces[i : i + 2] = [pieces[i] + pieces[i + 1]]
+            if formed is not None:
+                formed.add(pieces[i])
         return pieces
 
     def _choose(self, pieces: list[str]) -> tuple[str, str] | None:
@@ -108,9 +122,11 @@ class _Builder:
         options = []
         for i in range(len(pieces) - 1):
             joined = pieces[i] + pieces[i + 1]
-            if (joined in self.vocab and joined not in self.new) or not self.family.merge_is_safe(
-                joined, self.script
-            ):  # a merge must never produce a base piece: base merges would then see it
+            if (
+                (joined in self.vocab and joined not in self.new)  # base merges would then see it
+                or joined in self.banned
+                or not self.family.merge_is_safe(joined, self.script)
+            ):
                 continue
             data = self.family.piece_bytes(joined)
             mid_char = 0x80 <= data[0] < 0xC0
@@ -159,11 +175,25 @@ class _Builder:
         return True
 
 
-def build_target(base: Tokenizer, family: Family, script: Script, pieces: list[str]) -> TargetTokenizer:
-    """The base tokenizer extended by `pieces` (vocabulary spellings), shortest first, deterministic."""
-    builder = _Builder(base, family, script)
-    order = sorted(set(pieces), key=lambda p: (len(family.piece_bytes(p)), p))
-    unreachable = [p for p in order if not builder.add(p)]
+    def served(self) -> list[NewPiece]:
+        """The new pieces by id, each with the selected pieces whose tokenization passes through it."""
+        serves: dict[str, list[str]] = {}
+        for n in self.new.values():
+            if n.kind == "selected":
+                formed: set[str] = set()
+                self.segment(n.piece, {}, set(), formed)
+                for p in formed - {n.piece}:
+                    serves.setdefault(p, []).append(n.piece)
+        return [replace(n, serves=tuple(sorted(serves.get(n.piece, ())))) for n in sorted(self.new.values(), key=lambda n: n.id)]
+
+
+def build_target(
+    base: Tokenizer, family: Family, script: Script, pieces: list[str], banned: frozenset[str] = frozenset()
+) -> TargetTokenizer:
+    """The base tokenizer extended by `pieces` (vocabulary spellings), built in their order (see above),
+    creating none of the `banned` pieces."""
+    builder = _Builder(base, family, script, banned)
+    unreachable = [p for p in dict.fromkeys(pieces) if not builder.add(p)]
     spec = json.loads(base.to_str())
     model = spec["model"]
     # Added tokens outside the model vocabulary (phi-2's whitespace runs) become model entries too, at
@@ -176,7 +206,7 @@ def build_target(base: Tokenizer, family: Family, script: Script, pieces: list[s
     as_strings = bool(model["merges"]) and isinstance(model["merges"][0], str)
     model["merges"] = list(model["merges"]) + [f"{a} {b}" if as_strings else [a, b] for a, b in builder.merges]
     tok = Tokenizer.from_str(json.dumps(spec, ensure_ascii=False))
-    new = sorted(builder.new.values(), key=lambda n: n.id)
+    new = builder.served()
     if tok.get_vocab(with_added_tokens=True) != {**base.get_vocab(with_added_tokens=True), **builder.vocab}:
         raise ExpansionError("internal: base ids moved in the target tokenizer")
     for n in new:  # the real BPE must agree with the plan: each new piece is one token on its own

@@ -1,0 +1,74 @@
+"""Evaluate a model on named texts: bits per character / byte, characters per token, generation speed.
+
+    python tools/evaluate.py --model DIR_OR_GGUF [--tokenizer DIR] --text NAME=FILE [--text NAME=FILE ...] \
+        [--max-docs N] [--output eval.json]
+
+--model: a base Hugging Face directory or .gguf file, a megaeeve model directory (stage-0, stage-N/final)
+or an export. FILE: JSONL (`text` key) or .txt (one document a line), read as preprocess_data reads it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def parse_texts(specs: list[str]) -> dict[str, str]:
+    from megaeeve.eval import EvalError
+
+    texts: dict[str, str] = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            raise EvalError(f"--text {spec!r}: expected NAME=FILE")
+        if name in texts:
+            raise EvalError(f"--text {spec!r}: the name {name!r} is given twice")
+        texts[name] = path
+    return texts
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0], epilog=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="HF model directory, .gguf file, megaeeve model directory "
+                                                        "or export")
+    parser.add_argument("--tokenizer", help="tokenizer directory or .gguf file (default: the model's)")
+    parser.add_argument("--text", action="append", required=True, metavar="NAME=FILE",
+                        help="a named text to evaluate on (repeatable)")
+    parser.add_argument("--max-docs", type=int, help="only the first N documents of each text")
+    parser.add_argument("--output", type=Path, help="write the results as JSON")
+    parser.add_argument("--context", type=int, help="window length in tokens (default: max_position_embeddings)")
+    parser.add_argument("--batch-tokens", type=int, default=2048, help="padded tokens per forward pass")
+    parser.add_argument("--gen-tokens", type=int, default=32,
+                        help="tokens generated per prompt for the speed measurement (0: skip it)")
+    parser.add_argument("--device", help="torch device (default: cuda when present, else cpu)")
+    args = parser.parse_args(argv)
+    if args.max_docs is not None and args.max_docs < 1:
+        parser.error("--max-docs must be at least 1")
+
+    from megaeeve.atomic import write_json
+    from megaeeve.corpus import CorpusError
+    from megaeeve.eval import (EvalError, EvalSettings, evaluate_model, format_table, load_any_model,
+                               load_hf_tokenizer, read_texts, results_json)
+    from megaeeve.model import ExtendError, ModelDirError
+    from megaeeve.tokenizer_io import TokenizerLoadError
+
+    try:
+        texts = {name: read_texts(path, args.max_docs) for name, path in parse_texts(args.text).items()}
+        tokenizer = load_hf_tokenizer(args.tokenizer or args.model)
+        model = load_any_model(args.model, device=args.device)
+        settings = EvalSettings(context=args.context, batch_tokens=args.batch_tokens, gen_tokens=args.gen_tokens)
+        results = evaluate_model(model, tokenizer, texts, settings)
+    except (CorpusError, EvalError, ExtendError, ModelDirError, TokenizerLoadError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"model {args.model}")
+    print(format_table(results))
+    if args.output:
+        write_json(args.output, results_json(args.model, results))
+    return 0
+

@@ -1,0 +1,53 @@
+"""Run the whole EEVE pipeline on the bundled default (or your own model and text) and write a report.
+
+    megaeeve pipeline                                  # SmolLM2-135M + konlpy Korean + pydoc English
+    megaeeve pipeline --tiny                           # tiny random Phi model, a few minutes
+    megaeeve pipeline --base-model DIR --corpus 'ko/*.jsonl' --english en.jsonl --run-dir runs/mine
+
+Steps (each a directory under --run-dir; existing ones are skipped, so a rerun with the same options resumes):
+corpus -> [base] -> tokenizer -> stage-0 -> data -> run.yaml -> stage-1..7 -> export -> eval -> report.
+Training uses every GPU when torch sees one (ds_configs/zero3.json, bf16), else 2 CPU processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+
+from megaeeve.pipeline import Pipeline, PipelineConfig, PipelineError, tiny_config
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0], epilog=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run-dir", type=Path, default=None, help="default: runs/default (runs/tiny with --tiny)")
+    p.add_argument("--tiny", action="store_true", help="tiny random Phi model with phi-2's tokenizer")
+    p.add_argument("--base-model", help="Hugging Face model directory or .gguf file (default: SmolLM2-135M)")
+    p.add_argument("--base-tokenizer", help="base tokenizer (default: the base model's)")
+    p.add_argument("--corpus", nargs="+", help="your target-language text: JSONL / txt / Parquet / Arrow files, dirs "
+                                              "or globs (default: konlpy's Korean); a held-out split is made from it")
+    p.add_argument("--english", nargs="+", help="your English replay text, as --corpus (default: CPython's pydoc)")
+    p.add_argument("--steps-per-stage", type=int)
+    p.add_argument("--seq-length", type=int)
+    p.add_argument("--nproc", type=int, help="training processes (default: every GPU, else 2 CPU processes)")
+    p.add_argument("--intermediate-vocab-size", type=int)
+    p.add_argument("--min-frequency", type=int)
+    p.add_argument("--ds-config", type=Path, help="default: ds_configs/zero3.json on GPUs, zero3_cpu.json on CPU")
+    args = p.parse_args(argv)
+    if args.tiny and args.base_model:
+        p.error("--tiny and --base-model exclude each other")
+    run_dir = args.run_dir or Path("runs") / ("tiny" if args.tiny else "default")
+    cfg = tiny_config(run_dir) if args.tiny else PipelineConfig(run_dir=run_dir)
+    overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in vars(args).items()
+                 if v is not None and k in {f.name for f in dataclasses.fields(PipelineConfig)} and k != "run_dir"}
+    cfg = dataclasses.replace(cfg, **overrides)
+    try:
+        Pipeline(cfg).run()
+    except PipelineError as e:  # the failing tool has printed its own error above
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    return 0
+
