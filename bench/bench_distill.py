@@ -4,8 +4,8 @@
 
 The default pipeline's inputs on SmolLM2-135M (Korean and English corpora, the expanded tokenizer, stage-0,
 the datasets: reused when --out already holds them), then one stage trained from stage-0 once per objective
-(RUN.yaml `stages.N.objective`) with the same batches, budget and schedule on 2 CPU ranks (ZeRO-3, fp32).
-tools/evaluate.py measures held-out Korean and English bits per character of the base, stage-0 and each
+(RUN.yaml `stages.N.objective`) with the same batches, budget and schedule (ZeRO-3: 2 CPU ranks in fp32, or
+every GPU in bf16, as the pipeline chooses). `megaeeve evaluate` measures held-out Korean and English bits per character of the base, stage-0 and each
 result. Break-even is the base's Korean bits/char: the table shows how far each objective moves from stage-0
 at the same training tokens, and what a step costs (the teacher's forward runs on every micro-batch).
 Prints a table and writes OUT/distill.json; a step whose output exists is skipped, so a rerun resumes.
@@ -24,7 +24,7 @@ sys.path.insert(0, str(REPO))
 import yaml  # noqa: E402
 
 from megaeeve.atomic import atomic_file, write_json  # noqa: E402
-from megaeeve.pipeline import EVAL_TEXTS, Pipeline, PipelineConfig, _tool  # noqa: E402
+from megaeeve.pipeline import EVAL_TEXTS, Pipeline, PipelineConfig, _command  # noqa: E402
 
 INPUTS = ("corpus", "base", "tokenizer", "stage-0", "data-ko", "data-en", "run.yaml")
 
@@ -47,8 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     def evaluate(name: str, model: Path | str, tokenizer: Path | str) -> dict:
         out = pipe.root / "distill" / f"eval-{name}.json"
         if not out.exists():
-            pipe.call(f"eval-{name}", _tool("tools/evaluate.py", "--model", model, "--tokenizer", tokenizer,
-                                            *texts, "--gen-tokens", 0, "--output", out))
+            pipe.call(f"eval-{name}", _command("evaluate", "--model", model, "--tokenizer", tokenizer,
+                                               *texts, "--gen-tokens", 0, "--output", out))
         return {text: r["bits_per_char"] for text, r in json.loads(out.read_text())["texts"].items()}
 
     rows = {"base": {**evaluate("base", pipe.base_model, pipe.base_tokenizer), "step_s": None},
