@@ -4,10 +4,10 @@
 
 The default pipeline's inputs on SmolLM2-135M (Korean and English corpora, the expanded tokenizer, stage-0,
 the datasets: reused when --out already holds them), then one stage trained from stage-0 once per objective
-(RUN.yaml `stages.N.objective`) with the same batches, budget and schedule on 2 CPU ranks (ZeRO-3, fp32).
-tools/evaluate.py measures held-out Korean and English bits per character of the base, stage-0 and each
-result. Break-even is the base's Korean bits/char: the table shows how much of stage-0's gap each objective
-closes at the same training tokens, and what a step costs (the teacher's forward runs on every micro-batch).
+(RUN.yaml `stages.N.objective`) with the same batches, budget and schedule (ZeRO-3: 2 CPU ranks in fp32, or
+every GPU in bf16, as the pipeline chooses). `megaeeve evaluate` measures held-out Korean and English bits per character of the base, stage-0 and each
+result. Break-even is the base's Korean bits/char: the table shows how far each objective moves from stage-0
+at the same training tokens, and what a step costs (the teacher's forward runs on every micro-batch).
 Prints a table and writes OUT/distill.json; a step whose output exists is skipped, so a rerun resumes.
 """
 
@@ -24,7 +24,7 @@ sys.path.insert(0, str(REPO))
 import yaml  # noqa: E402
 
 from megaeeve.atomic import atomic_file, write_json  # noqa: E402
-from megaeeve.pipeline import EVAL_TEXTS, Pipeline, PipelineConfig, _tool  # noqa: E402
+from megaeeve.pipeline import EVAL_TEXTS, Pipeline, PipelineConfig, _command  # noqa: E402
 
 INPUTS = ("corpus", "base", "tokenizer", "stage-0", "data-ko", "data-en", "run.yaml")
 
@@ -47,8 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     def evaluate(name: str, model: Path | str, tokenizer: Path | str) -> dict:
         out = pipe.root / "distill" / f"eval-{name}.json"
         if not out.exists():
-            pipe.call(f"eval-{name}", _tool("tools/evaluate.py", "--model", model, "--tokenizer", tokenizer,
-                                            *texts, "--gen-tokens", 0, "--output", out))
+            pipe.call(f"eval-{name}", _command("evaluate", "--model", model, "--tokenizer", tokenizer,
+                                               *texts, "--gen-tokens", 0, "--output", out))
         return {text: r["bits_per_char"] for text, r in json.loads(out.read_text())["texts"].items()}
 
     rows = {"base": {**evaluate("base", pipe.base_model, pipe.base_tokenizer), "step_s": None},
@@ -74,11 +74,10 @@ def main(argv: list[str] | None = None) -> int:
     base, start = rows["base"]["held_out"], rows["stage-0"]["held_out"]
     print(f"stage {args.stage}, {args.steps} steps from stage-0; Korean bits/char: base {base:.3f} (break-even), "
           f"stage-0 {start:.3f}")
-    print(f"{'model':10s} {'ko bits/char':>12s} {'gap closed':>10s} {'en bits/char':>12s} {'s/step':>7s}")
+    print(f"{'model':10s} {'ko bits/char':>12s} {'vs stage-0':>10s} {'en bits/char':>12s} {'s/step':>7s}")
     for name, r in rows.items():
-        closed = (start - r["held_out"]) / (start - base)
         step_s = "" if r["step_s"] is None else f"{r['step_s']:.2f}"
-        print(f"{name:10s} {r['held_out']:12.3f} {closed:10.1%} {r['english']:12.3f} {step_s:>7s}")
+        print(f"{name:10s} {r['held_out']:12.3f} {r['held_out'] - start:+10.3f} {r['english']:12.3f} {step_s:>7s}")
     write_json(pipe.root / "distill.json", {"stage": args.stage, "steps": args.steps, "results": rows})
     return 0
 
