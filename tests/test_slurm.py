@@ -44,12 +44,11 @@ def _cluster_up(conf: Path) -> bool:
                                             timeout=30).stdout.count("UP") > 0
 
 
-def _start_cluster(directory: Path, *args: str) -> None:
-    if (directory / "cluster.env").exists():  # a stale cluster from an aborted session
-        subprocess.run([str(CLUSTER / "stop.sh"), "--dir", str(directory)], capture_output=True, timeout=120)
+def _start_cluster(directory: Path, *args: str) -> subprocess.CompletedProcess:
     done = subprocess.run([str(CLUSTER / "start.sh"), "--dir", str(directory), *args], capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 0, f"slurm/cluster/start.sh failed:\n{done.stdout}\n{done.stderr}"
+    return done
 
 
 def _stop_cluster(directory: Path) -> None:
@@ -271,6 +270,31 @@ def test_stage_without_predecessor_is_refused_and_stops_the_chain(cluster, works
     assert _wait_job(env, jobs["2"], timeout=60)["JobState"] == "FAILED"
     assert _wait_job(env, jobs["3"], timeout=60)["JobState"] == "CANCELLED"  # afterok can never be satisfied
     assert not (run_dir / "stage-2").exists() and not (run_dir / "stage-3").exists()
+
+
+def test_start_replaces_a_stopped_cluster_and_refuses_a_running_one(tmp_path):
+    """A cluster directory left by a killed run (daemons gone, pid files recycled) must not block the next start."""
+    directory = tmp_path / "cluster"
+    started = _start_cluster(directory, "--port", "6847")
+    try:
+        again = subprocess.run([str(CLUSTER / "start.sh"), "--dir", str(directory), "--port", "6847"],
+                               capture_output=True, text=True, timeout=120)
+        assert again.returncode == 1 and "already holds a running cluster" in again.stderr, again.stderr
+        assert _cluster_up(directory / "slurm.conf")
+    finally:
+        _stop_cluster(directory)
+    assert not directory.exists(), started.stdout
+    # What a copied machine or a reboot leaves: the files, and pid files naming dead or unrelated processes.
+    (directory / "munge").mkdir(parents=True)
+    (directory / "cluster.env").write_text(f"NODES=1\nPREFIX=mev0\nNODE_NAMES=({os.uname().nodename})\n")
+    (directory / "slurmctld.pid").write_text(f"{os.getpid()}\n")  # this pytest: must survive the clean-up
+    (directory / "munge" / "munged.pid").write_text("4194999\n")
+    try:
+        restarted = _start_cluster(directory, "--port", "6847")
+        assert "holds a stopped cluster" in restarted.stderr
+        assert _cluster_up(directory / "slurm.conf")
+    finally:
+        _stop_cluster(directory)
 
 
 @pytest.fixture(scope="module")

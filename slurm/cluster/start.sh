@@ -39,7 +39,17 @@ if [ "$NODES" -ge 2 ]; then
     done
 fi
 if [ -f "$DIR/cluster.env" ]; then
-    echo "start.sh: $DIR already holds a cluster; stop it first: $(dirname "$0")/stop.sh --dir $DIR" >&2; exit 1
+    # A cluster whose daemons are all gone (a reboot, a killed CI run, a copied machine) is only files: clean it up.
+    for pidfile in "$DIR"/*.pid "$DIR"/munge/munged.pid; do
+        comm=$( [ -f "$pidfile" ] && cat "/proc/$(cat "$pidfile")/comm" 2>/dev/null || true)
+        if [[ "$comm" == slurm* || "$comm" == munged ]]; then   # a recycled pid running something else is gone
+            echo "start.sh: $DIR already holds a running cluster ($(basename "$pidfile") alive); stop it first:" \
+                "$(dirname "$0")/stop.sh --dir $DIR" >&2
+            exit 1
+        fi
+    done
+    echo "start.sh: $DIR holds a stopped cluster (no daemon alive); removing it" >&2
+    "$(dirname "$0")/stop.sh" --dir "$DIR" >&2
 fi
 
 CTL_HOST=$(hostname -s)

@@ -20,6 +20,7 @@ stop_pidfile() {  # TERM the daemon named by a pid file, then KILL it after 10 s
     local pid
     [ -f "$1" ] || return 0
     pid=$(cat "$1")
+    case $(cat "/proc/$pid/comm" 2>/dev/null) in slurm*|munged) ;; *) return 0 ;; esac  # gone, or a recycled pid
     kill "$pid" 2>/dev/null || return 0
     for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.2; done
     kill -9 "$pid" 2>/dev/null || true
