@@ -10,18 +10,22 @@ Methods, each trained by megaeeve/train.py (DeepSpeed ZeRO-3) from the real pret
                  small noise; tools/extend_model.py --init mean), all parameters trained
   (d) no-expand  the base tokenizer (no new tokens; extend_model --allow-no-new-tokens), all parameters
                  trained: plain continued pretraining
+  (e) eeve-distill  as (a), RUN.yaml `schedule: eeve+distill`: stages 1-3 learn the new rows by distilling the
+                 base model's likelihoods (megaeeve/training/objectives.py), stages 4-7 as (a)
 
 Every method trains seven stages of the same number of steps (the same tokens, the same seeds, so
 (a) and (b) see the very same batches in each stage); each stage is a fresh engine with a 10% warmup
 and a cosine decay to 10% of its lr, the schedule of the default pipeline's EEVE stages. (a) uses
 EEVE's roles and lrs per stage; (b), (c), (d) train all parameters at --full-lr in every stage (their
 "one stage" is cut into seven so that every method is measured at the same points, each at the end of
-a decayed schedule). The same Korean text costs (d) about 2.7x more tokens, so (d) then trains
+a decayed schedule; (e) sees (a)'s batches). The same Korean text costs (d) about 2.7x more tokens, so (d) then trains
 --same-text-stages more stages until it has seen as many Korean training tokens' worth of text as the
 others (same text; the blend then holds proportionally more English for it too).
 
 After stage 0 and every stage, tools/evaluate.py measures bits per character on held-out Korean and
-English text (the same characters for every tokenizer). Korean: konlpy's corpora plus five Debian
+English text (the same characters for every tokenizer). Training FLOPs come from each step's metrics (the
+student's, plus the teacher's forward in (e)); break-even is the first point where Korean bits/char falls
+below the base model's (stage 0 of (d), which is the base model). Korean: konlpy's corpora plus five Debian
 packages (bench/korean_debian.py: gimp-help-ko, texlive-lang-korean, firefox-esr-l10n-ko,
 thunderbird-l10n-ko, libreoffice-l10n-ko), every 10th document of each source held out; English:
 CPython's pydoc topics, likewise split. The tokenizer is expanded on the Korean training split only.
@@ -73,7 +77,8 @@ class Method:
     label: str
     stage0: str  # directory name under --out
     data: str  # dataset directory under --out (tokenized with this method's tokenizer)
-    roles: list[str] | None  # None: the EEVE stage table
+    roles: list[str] | None  # None: a preset stage table
+    schedule: str = "eeve"  # the preset (megaeeve.stages.SCHEDULES) when roles is None
 
 
 METHODS = (
@@ -81,6 +86,7 @@ METHODS = (
     Method("full-eeve", "(b) all parameters, EEVE init", "stage-0", "data", ALL_ROLES),
     Method("full-mean", "(c) all parameters, mean init", "stage-0-mean", "data", ALL_ROLES),
     Method("no-expand", "(d) no expansion (base tokenizer)", "stage-0-base", "data-base", BASE_ROLES),
+    Method("eeve-distill", "(e) EEVE, stages 1-3 distilled", "stage-0", "data", None, "eeve+distill"),
 )
 
 
@@ -242,6 +248,7 @@ class Compare(Pipeline):
         }
         schedule = {"warmup_ratio": 0.1, "min_lr_ratio": 0.1}
         if m.roles is None:
+            run["schedule"] = m.schedule
             run["stages"] = {n: {"steps": s, **schedule} for n in range(1, STAGES + 1)}
         else:
             steps = [s] * STAGES
@@ -313,17 +320,19 @@ def round_robin(groups: list[list[str]], chars: int, max_doc_chars: int = 2000) 
 
 
 # -- results -----------------------------------------------------------------------------------------
-def _stage_numbers(stage_dir: Path) -> dict:
-    """Tokens per dataset and training seconds of one finished stage, from its metrics."""
+def _stage_numbers(stage_dir: Path, world: int) -> dict:
+    """Tokens per dataset, training seconds and FLOPs of one finished stage, from its metrics (every step
+    logged: the bench's runs keep log_every 1)."""
     samples = {lang: 0 for lang in LANGS}
-    train_s = 0.0
+    train_s = flops = 0.0
     for line in (stage_dir / "metrics.jsonl").read_text().splitlines():
         rec = json.loads(line)
         if rec.get("kind") == "train":
             train_s += rec["step_time_s"]
+            flops += rec["tflops_per_device"] * 1e12 * world * rec["step_time_s"]  # the step's FLOPs, teacher included
             for lang in LANGS:
                 samples[lang] += rec.get(f"samples_{lang}", 0)
-    return {"samples": samples, "train_s": train_s}
+    return {"samples": samples, "train_s": train_s, "flops": flops}
 
 
 def collect(cmp: Compare) -> dict:
@@ -341,28 +350,46 @@ def collect(cmp: Compare) -> dict:
         if not cmp.eval_file(m.stage0).exists():
             continue
         first = json.loads(cmp.eval_file(m.stage0).read_text())
-        points = [{"stage": 0, "tokens": 0, "ko_chars_seen": 0, "en_chars_seen": 0, "train_s": 0.0,
+        points = [{"stage": 0, "tokens": 0, "ko_chars_seen": 0, "en_chars_seen": 0, "train_s": 0.0, "flops": 0.0,
                    **_eval_numbers(first)}]
         tokens = {lang: 0 for lang in LANGS}
-        train_s = 0.0
+        train_s = flops = 0.0
         for n in range(1, cmp.stage_count(m) + 1):
             stage_dir = cmp.method_dir(m) / f"stage-{n}"
             if not cmp.eval_file(m.key, n).exists():
                 break
-            numbers = _stage_numbers(stage_dir)
+            numbers = _stage_numbers(stage_dir, cmp.cfg.nproc)
             for lang in LANGS:
                 tokens[lang] += numbers["samples"][lang] * seq
             train_s += numbers["train_s"]
+            flops += numbers["flops"]
             points.append({"stage": n, "tokens": sum(tokens.values()),
                            **{f"{lang}_chars_seen": round(tokens[lang] * chars_per_token[m.data][lang]) for lang in LANGS},
-                           "train_s": round(train_s, 1),
+                           "train_s": round(train_s, 1), "flops": flops,
                            **_eval_numbers(json.loads(cmp.eval_file(m.key, n).read_text()))})
         wall = sum(v for k, v in timings.items() if k.startswith(f"{m.key}.stage-"))
         methods[m.key] = {"label": m.label, "stage0": m.stage0, "points": points, "stage_wall_s": round(wall, 1)}
-    return {"methods": methods, "chars_per_train_token": chars_per_token, "korean_token_ratio": cmp.korean_ratio(),
+    base = json.loads(cmp.eval_file("stage-0-base").read_text()) if cmp.eval_file("stage-0-base").exists() else None
+    base_ko = base and _eval_numbers(base).get("ko_bits_per_char")
+    for m in methods.values():
+        m["break_even"] = break_even(m["points"], base_ko)
+    return {"methods": methods, "base_ko_bits_per_char": base_ko, "chars_per_train_token": chars_per_token, "korean_token_ratio": cmp.korean_ratio(),
             "corpus": json.loads((cmp.corpus / "corpus.json").read_text()),
             "expansion": _expansion(root / "tokenizer"), "settings": settings(cmp), "timings": timings,
             "cpu": json.loads(cmp.cpu.read_text()) if cmp.cpu.exists() else {}}
+
+
+def break_even(points: list[dict], base_ko: float | None) -> dict | None:
+    """The first point after stage 0 whose Korean bits/char is below the base model's, or how far the last
+    point still is from it."""
+    if base_ko is None or len(points) < 2:
+        return None
+    hit = next((p for p in points[1:] if p["ko_bits_per_char"] < base_ko), None)
+    if hit is not None:
+        return {"reached": True, "stage": hit["stage"], "tokens": hit["tokens"], "flops": hit["flops"]}
+    last = points[-1]
+    return {"reached": False, "stage": last["stage"], "tokens": last["tokens"], "flops": last["flops"],
+            "bits_per_char_left": last["ko_bits_per_char"] - base_ko}
 
 
 def _eval_numbers(ev: dict) -> dict:
@@ -401,21 +428,33 @@ def point_at(points: list[dict], stage: int) -> dict | None:
 def tables(res: dict) -> str:
     methods = res["methods"]
     lines = ["| method | Korean bits/char: start | after 7 stages (same tokens) | English bits/char: start "
-             "| after 7 stages | Korean chars/token | training s (7 stages) |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+             "| after 7 stages | Korean chars/token | training s (7 stages) | training FLOPs (7 stages) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for key, m in methods.items():
         p0, p7 = m["points"][0], point_at(m["points"], STAGES)
+        flops = f"{p7['flops']:.3g}" if p7 else ""
         lines.append(f"| {m['label']} | {_fmt(p0.get('ko_bits_per_char'))} | {_fmt(p7 and p7.get('ko_bits_per_char'))} "
                      f"| {_fmt(p0.get('en_bits_per_char'))} | {_fmt(p7 and p7.get('en_bits_per_char'))} "
-                     f"| {_fmt(p0.get('ko_chars_per_token'), 2)} | {_fmt(p7 and p7['train_s'], 0)} |")
+                     f"| {_fmt(p0.get('ko_chars_per_token'), 2)} | {_fmt(p7 and p7['train_s'], 0)} | {flops} |")
     d = methods.get("no-expand")
     last = d["points"][-1] if d else None
     if last and last["stage"] > STAGES:
         lines.append(f"| (d) same Korean text ({last['tokens']:,} tokens, {last['stage']} stages) | "
                      f"{_fmt(d['points'][0].get('ko_bits_per_char'))} | {_fmt(last.get('ko_bits_per_char'))} "
                      f"| {_fmt(d['points'][0].get('en_bits_per_char'))} | {_fmt(last.get('en_bits_per_char'))} "
-                     f"| {_fmt(last.get('ko_chars_per_token'), 2)} | {_fmt(last['train_s'], 0)} |")
+                     f"| {_fmt(last.get('ko_chars_per_token'), 2)} | {_fmt(last['train_s'], 0)} | {last['flops']:.3g} |")
     out = ["\n".join(lines)]
+    if res.get("base_ko_bits_per_char") is not None:
+        rows = [f"| method | break-even: Korean bits/char below the base model's ({res['base_ko_bits_per_char']:.3f}) |",
+                "|---|---|"]
+        for m in methods.values():
+            b = m.get("break_even")
+            if b is None:
+                continue
+            where = f"{b['tokens']:,} training tokens, {b['flops']:.3g} FLOPs (stage {b['stage']})"
+            rows.append(f"| {m['label']} | " + (f"reached after {where}" if b["reached"] else
+                        f"not reached: {b['bits_per_char_left']:.3f} bits/char above it after {where}") + " |")
+        out.append("\n".join(rows))
     longest = max((m["points"] for m in methods.values()), key=len)
     for lang, name in (("ko", "Korean"), ("en", "English")):
         n = len(longest)
@@ -435,16 +474,21 @@ def plot(res: dict, path: Path) -> None:
     from megaeeve.report import _pyplot
 
     plt = _pyplot()
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    fig, axes = plt.subplots(1, 4, figsize=(20, 4.2))
     for key, m in res["methods"].items():
         pts = m["points"]
         kw = dict(marker="o", markersize=3, label=m["label"])
         axes[0].plot([p["tokens"] / 1000 for p in pts], [p.get("ko_bits_per_char") for p in pts], **kw)
-        axes[1].plot([p["ko_chars_seen"] / 1000 for p in pts], [p.get("ko_bits_per_char") for p in pts], **kw)
-        axes[2].plot([p["tokens"] / 1000 for p in pts], [p.get("en_bits_per_char") for p in pts], **kw)
+        axes[1].plot([p["flops"] / 1e12 for p in pts], [p.get("ko_bits_per_char") for p in pts], **kw)
+        axes[2].plot([p["ko_chars_seen"] / 1000 for p in pts], [p.get("ko_bits_per_char") for p in pts], **kw)
+        axes[3].plot([p["tokens"] / 1000 for p in pts], [p.get("en_bits_per_char") for p in pts], **kw)
+    if res.get("base_ko_bits_per_char") is not None:
+        for ax in axes[:3]:
+            ax.axhline(res["base_ko_bits_per_char"], color="gray", linestyle="--", linewidth=1, label="base model")
     for ax, title, xlabel in ((axes[0], "Korean, same training tokens", "training tokens (thousands)"),
-                              (axes[1], "Korean, same training text", "Korean training characters seen (thousands)"),
-                              (axes[2], "English (held-out pydoc)", "training tokens (thousands)")):
+                              (axes[1], "Korean, same training FLOPs", "training FLOPs (10^12, teacher included)"),
+                              (axes[2], "Korean, same training text", "Korean training characters seen (thousands)"),
+                              (axes[3], "English (held-out pydoc)", "training tokens (thousands)")):
         ax.set_title(title)
         ax.set_xlabel(xlabel)
         ax.set_ylabel("bits per character (held-out)")
@@ -487,7 +531,9 @@ def section(res: dict, png: Path | None) -> str:
             f"({st['global_batch']} sequences of {st['seq_length']} on {st['nproc']} ranks, {st['ds_config']}) = "
             f"{total_tokens:,} training tokens, blend Korean {WEIGHTS['ko']} / English {WEIGHTS['en']} by sequences, "
             f"seed {st['seed']}. Each stage: 10% warmup, cosine to 10% of its lr. (a): EEVE's roles and lrs "
-            f"(2e-4, 2e-4, 1e-4, 5e-5, 5e-5, 2e-5, 2e-5); (b)-(d): all parameters at {st['full_lr']:g} in every stage. "
+            f"(2e-4, 2e-4, 1e-4, 5e-5, 5e-5, 2e-5, 2e-5); (e): the same with stages 1-3 distilled from the base model "
+            f"(`schedule: eeve+distill`; its FLOPs include the teacher's forward); (b)-(d): all parameters at "
+            f"{st['full_lr']:g} in every stage. "
             f"(d) then trains {st['same_text_stages']} more stages up to the Korean text the others saw "
             f"(Korean tokens base/expanded: {res['korean_token_ratio']:.2f}).", "",
             f"Korean text: {src} characters (Debian packages via bench/korean_debian.py; {ko_train:,} for training); "

@@ -45,6 +45,7 @@ class PipelineConfig:
     min_frequency: int = 8
     seq_length: int = 128
     steps_per_stage: int = 8
+    schedule: str = "eeve"  # a preset of megaeeve.stages.SCHEDULES
     eval_every: int = 4
     nproc: int | None = None  # training ranks; default: every GPU, else 2 CPU processes
     ds_config: Path | None = None  # default: ds_configs/zero3.json on GPUs, zero3_cpu.json on CPU
@@ -295,6 +296,7 @@ class Pipeline:
                      "valid_fraction": 0.05, "new_token_bias": 1.0},
             "training": {"eval_every": c.eval_every, "eval_samples": 8, "checkpoint_every": c.steps_per_stage,
                          "keep_checkpoints": 1, "report_to": ["tensorboard"], "progress_bar": True},
+            "schedule": c.schedule,
             "stages": {n: {"steps": c.steps_per_stage, "warmup_ratio": 0.1} for n in STAGES},
         }
         with atomic_file(r / "run.yaml", "w") as f:

@@ -112,16 +112,26 @@ DEFAULT_STAGES: dict[int, Stage] = {
     )
 }
 
+# Preset schedules (RUN.yaml `schedule`): EEVE's stages, or the same with the new rows' stages (1-3) taught by
+# distilling the base model's likelihoods into them (objective `distill`, megaeeve/training/objectives.py).
+SCHEDULES: dict[str, dict[int, Stage]] = {
+    "eeve": DEFAULT_STAGES,
+    "eeve+distill": {n: dataclasses.replace(s, objective="distill") if n <= 3 else s for n, s in DEFAULT_STAGES.items()},
+}
+
 _FIELDS = {f.name for f in dataclasses.fields(Stage)} - {"number"}
 
 
-def stage_table(overrides: Mapping[int, Mapping[str, Any]] | None = None, use_defaults: bool = True) -> dict[int, Stage]:
-    """The stage table for a run: the defaults (unless `use_defaults` is False) with `overrides` applied.
+def stage_table(overrides: Mapping[int, Mapping[str, Any]] | None = None, use_defaults: bool = True,
+                schedule: str = "eeve") -> dict[int, Stage]:
+    """The stage table for a run: the preset `schedule` (unless `use_defaults` is False) with `overrides` applied.
 
     A stage number absent from the defaults is a custom stage and must give at least
     `trainable` and `lr`.
     """
-    table = dict(DEFAULT_STAGES) if use_defaults else {}
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule: {schedule!r}; presets are {list(SCHEDULES)}")
+    table = dict(SCHEDULES[schedule]) if use_defaults else {}
     for number, fields in (overrides or {}).items():
         number = coerce(number, int, "stages")
         if not isinstance(fields, Mapping):

@@ -12,6 +12,7 @@ from _model_helpers import expand, save_model, tiny_llama
 from _train_helpers import check_stage, ds_config, make_stage0, metrics, read_log, roles_of, run_config, train_stage
 from _train_helpers import write_prefix
 from tokenizers import Tokenizer
+from torch.utils.flop_counter import FlopCounterMode
 
 from megaeeve import assets
 from megaeeve.model import extend_model, load_model_dir, read_model_meta
@@ -164,6 +165,9 @@ def test_korean_chunks_are_the_teachers_piece_likelihoods(stage0):
                 pos += len(pieces[i])
         student = load_model_dir(stage0["dir"])
         out = objective(student, tokens)
+        with FlopCounterMode(display=False) as counted:  # the teacher's forward on its padded input, counted by torch
+            objective.teacher(input_ids=table.expand(tokens).ids[:, :-1])
+    assert out.extra_flops == pytest.approx(counted.get_total_flops(), rel=0.02)
     assert out.metrics["distill"].min() > 0
     lm = lm_objective(student, tokens).metrics["lm"]
     torch.testing.assert_close(out.metrics["lm"], lm)

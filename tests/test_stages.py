@@ -83,7 +83,16 @@ def test_run_config_resolves_paths_and_stages(tmp_path):
     assert cfg.stages[3].lr == 3e-4
 
 
+def test_schedule_presets(tmp_path):
+    cfg = load_run_config(_write(tmp_path, {**BASE, "schedule": "eeve+distill", "stages": {2: {"objective": "lm"}}}))
+    assert {n: s.objective for n, s in cfg.stages.items()} == {1: "distill", 2: "lm", 3: "distill", 4: "lm", 5: "lm",
+                                                               6: "lm", 7: "lm"}
+    assert {n: set(s.trainable) for n, s in cfg.stages.items()} == DESIGN_TABLE  # same stages, other objective
+    assert all(s.objective == "lm" for s in load_run_config(_write(tmp_path, BASE)).stages.values())
+
+
 @pytest.mark.parametrize("change, message", [
+    ({"schedule": "eeve+lora"}, r"schedule: 'eeve\+lora'; presets are \['eeve', 'eeve\+distill'\]"),
     ({"seq_length": None}, "missing required key `seq_length`"),
     ({"epochs": 3}, r"unknown key\(s\) \['epochs'\]"),
     ({"run_stages": [1, 9]}, r"run_stages names stage\(s\) \[9\]"),

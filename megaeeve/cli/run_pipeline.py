@@ -18,6 +18,7 @@ from pathlib import Path
 
 
 from megaeeve.pipeline import Pipeline, PipelineConfig, PipelineError, tiny_config
+from megaeeve.stages import SCHEDULES
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
@@ -31,6 +32,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
                                               "or globs (default: konlpy's Korean); a held-out split is made from it")
     p.add_argument("--english", nargs="+", help="your English replay text, as --corpus (default: CPython's pydoc)")
     p.add_argument("--steps-per-stage", type=int)
+    p.add_argument("--schedule", choices=list(SCHEDULES),
+                   help="stage preset (default: eeve; eeve+distill teaches stages 1-3 by distilling the base model)")
     p.add_argument("--seq-length", type=int)
     p.add_argument("--nproc", type=int, help="training processes (default: every GPU, else 2 CPU processes)")
     p.add_argument("--intermediate-vocab-size", type=int)

@@ -160,7 +160,8 @@ def parse_run_config(raw: Mapping[str, Any], path: Path) -> RunConfig:
     where = str(path)
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{where}: expected a mapping at the top level")
-    known = {"run_dir", "model", "data", "seq_length", "seed", "training", "stages", "default_stages", "run_stages"}
+    known = {"run_dir", "model", "data", "seq_length", "seed", "training", "schedule", "stages", "default_stages",
+             "run_stages"}
     unknown = set(raw) - known
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: {sorted(known)}")
@@ -172,7 +173,8 @@ def parse_run_config(raw: Mapping[str, Any], path: Path) -> RunConfig:
     if not isinstance(overrides, Mapping):
         raise ConfigError(f"{where}: `stages` must map a stage number to its settings")
     try:
-        table = stage_table(overrides, use_defaults=_value(raw.get("default_stages", True), bool, "default_stages", where))
+        table = stage_table(overrides, use_defaults=_value(raw.get("default_stages", True), bool, "default_stages", where),
+                            schedule=_value(raw.get("schedule", "eeve"), str, "schedule", where))
     except ValueError as e:
         raise ConfigError(f"{where}: {e}") from None
     run_stages = _value(raw.get("run_stages") or list(table), tuple[int, ...], "run_stages", where)

@@ -78,7 +78,7 @@ def train(engine: Any, data: StageData, state: LoopState, s: LoopSettings, metri
     while state.step < s.total_steps:
         t0 = time.perf_counter()
         lr = float(engine.get_lr()[0])  # the lr this step uses
-        loss_sum = tokens_sum = new_sum = 0.0
+        loss_sum = tokens_sum = new_sum = extra_flops = 0.0
         checksum = 0
         term_sums: dict[str, float] = {}
         share_by_dataset = np.zeros(len(data.names))
@@ -88,7 +88,7 @@ def train(engine: Any, data: StageData, state: LoopState, s: LoopSettings, metri
             tokens = torch.from_numpy(np.stack([t for _, t in items]))
             for k, _ in items:
                 share_by_dataset[k] += 1
-            loss, n, per_sample = objective(engine, tokens)
+            loss, n, per_sample, flops = objective(engine, tokens)
             engine.backward(loss)
             engine.step()
             state.consumed_samples += s.batch.micro * world
@@ -96,27 +96,29 @@ def train(engine: Any, data: StageData, state: LoopState, s: LoopSettings, metri
             for term, values in per_sample.items():
                 term_sums[term] = term_sums.get(term, 0.0) + float(values.sum())
             tokens_sum += n
+            extra_flops += flops
             new_sum += float((tokens[:, :-1] >= s.base_vocab_size).sum())
             checksum = (checksum * 1_000_003 + int((tokens * torch.arange(1, tokens.shape[1] + 1)).sum())) % (2**31 - 1)
         state.step += 1
         terms = sorted(term_sums) if len(term_sums) > 1 else []
-        reduced = all_reduce_values([loss_sum, tokens_sum, new_sum, float(checksum), *share_by_dataset,
+        reduced = all_reduce_values([loss_sum, tokens_sum, new_sum, float(checksum), extra_flops, *share_by_dataset,
                                      *(term_sums[t] for t in terms)])
         elapsed = time.perf_counter() - t0
         if state.step % s.log_every == 0 or state.step == s.total_steps:
             tokens_per_s = reduced[1] / elapsed
-            tflops = s.flops_per_token * tokens_per_s / world / 1e12
+            step_flops = s.flops_per_token * reduced[1] + reduced[4]  # the student's, plus a teacher's forward
+            tflops = step_flops / elapsed / world / 1e12
             record = {
                 "kind": "train", "step": state.step, "consumed_samples": state.consumed_samples,
                 "loss": reduced[0] / reduced[1], "lr": lr,
                 "grad_norm": float(engine.get_global_grad_norm() or 0.0), "tokens_per_s": tokens_per_s,
-                "tflops_per_device": tflops, **({"mfu": tflops / s.peak_tflops} if s.peak_tflops else {}),
+                "flops": step_flops, "tflops_per_device": tflops, **({"mfu": tflops / s.peak_tflops} if s.peak_tflops else {}),
                 "peak_memory_gib": peak_memory_gib(torch.device(engine.device)),
                 "new_token_share": reduced[2] / reduced[1], "step_time_s": elapsed,
                 "batch_checksum": int(reduced[3]),
-                **{f"samples_{name}": int(reduced[4 + k]) for k, name in enumerate(data.names)},
+                **{f"samples_{name}": int(reduced[5 + k]) for k, name in enumerate(data.names)},
                 **{f"{term}_loss": total / reduced[1] * s.seq_length  # per-sample means over the step's samples
-                   for term, total in zip(terms, reduced[4 + len(data.names):])},
+                   for term, total in zip(terms, reduced[5 + len(data.names):])},
             }
             metrics.log(record)
         if s.eval_every and state.step % s.eval_every == 0 and state.step < s.total_steps:

@@ -22,10 +22,11 @@ training loop logs the terms of a distilling stage.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, NamedTuple, Protocol
+from typing import Any, Callable, Iterator, NamedTuple, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -41,6 +42,7 @@ class ObjectiveOutput(NamedTuple):
     loss: torch.Tensor  # the scalar to backpropagate: mean over the batch
     tokens: int  # predicted positions
     metrics: dict[str, torch.Tensor]  # term -> per-sample means [batch], detached; "lm" (cross entropy) always
+    extra_flops: float = 0.0  # FLOPs spent outside the student (the teacher's forward, its padding included)
 
 
 class Objective(Protocol):
@@ -106,6 +108,14 @@ class ChunkDistillation:
     spec: DistillSpec
     lm_weight: float  # 0 for `distill`, 1 - spec.weight for `mixed`
     base_vocab_size: int
+    teacher_flops: Callable[[int], float] = field(init=False)  # forward FLOPs per token at a sequence length
+
+    def __post_init__(self) -> None:
+        from megaeeve.model import parameter_roles
+        from megaeeve.training.throughput import forward_flops_per_token
+
+        module = getattr(self.teacher, "module", self.teacher)  # an inference engine wraps the module
+        self.teacher_flops = functools.partial(forward_flops_per_token, module, parameter_roles(module))
 
     def teacher_chunks(self, tokens: torch.Tensor, capture: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Per student position i: the teacher's summed log P(pieces of token i + 1 | pieces before) [batch, seq]
@@ -139,7 +149,9 @@ class ChunkDistillation:
             metrics["hidden"] = diff / teacher_states.float().square().sum((1, 2))
             target = target + self.spec.hidden_weight * metrics["hidden"]
         loss = self.lm_weight * lm + (1 - self.lm_weight) * target
-        return ObjectiveOutput(loss.mean(), labels.numel(), {k: v.detach() for k, v in metrics.items()})
+        width = int(self.table.lengths[tokens].sum(1).max()) - 1  # the teacher's input columns, padding included
+        return ObjectiveOutput(loss.mean(), labels.numel(), {k: v.detach() for k, v in metrics.items()},
+                               len(tokens) * width * self.teacher_flops(width))
 
 
 def stage_objective(stage: Stage, model_dir: Path, ds_config: dict, dtype: torch.dtype, attn_implementation: str,

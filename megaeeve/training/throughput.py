@@ -25,21 +25,32 @@ def full_numel(p: torch.Tensor) -> int:
     return int(getattr(p, "ds_numel", p.numel()))
 
 
+def _matmul_numel(model: nn.Module, roles: Mapping[str, str]) -> dict[str, int]:
+    """Parameters that multiply: all but the input embedding, whose forward is a lookup and weight gradient a scatter."""
+    return {n: full_numel(p) for n, p in model.named_parameters() if not roles[n].startswith("input_")}
+
+
+def _attention_flops(model: nn.Module, seq_length: int) -> float:
+    return 4.0 * model.config.num_hidden_layers * model.config.hidden_size * seq_length
+
+
+def forward_flops_per_token(model: nn.Module, roles: Mapping[str, str], seq_length: int) -> float:
+    """Forward FLOPs per token (a distilling stage's teacher): 2 N over the matmul parameters, plus attention's 4 L h s."""
+    return 2.0 * sum(_matmul_numel(model, roles).values()) + _attention_flops(model, seq_length)
+
+
 def flops_per_token(model: nn.Module, roles: Mapping[str, str], seq_length: int,
                     trainable: Collection[str]) -> float:
-    """Model FLOPs per trained token of a stage that trains `trainable` (parameter names).
-
-    N counts the matmul parameters (all but the input embedding, whose forward is a lookup and whose
-    weight gradient a scatter); attention adds 4 L h s forward and twice that backward.
-    """
-    matmul = {n: full_numel(p) for n, p in model.named_parameters() if not roles[n].startswith("input_")}
-    matmul_flops = 2.0 * sum(matmul.values())
-    attention = 4.0 * model.config.num_hidden_layers * model.config.hidden_size * seq_length
+    """Model FLOPs per trained token of a stage that trains `trainable` (parameter names): the forward, the
+    activation gradients where any trainable parameter lies below the output layer, the weight gradients."""
+    matmul = _matmul_numel(model, roles)
+    matmul_flops, attention = 2.0 * sum(matmul.values()), _attention_flops(model, seq_length)
+    forward = matmul_flops + attention
     through_body = any(roles[n] == "body" or roles[n].startswith("input_") for n in trainable)
     # Backward through attention differentiates both operands of QK^T and of AV: twice its forward.
     activation_grads = matmul_flops + 2.0 * attention if through_body else 0.0
     weight_grads = 2.0 * sum(v for n, v in matmul.items() if n in set(trainable))
-    return matmul_flops + attention + activation_grads + weight_grads
+    return forward + activation_grads + weight_grads
 
 
 def peak_tflops(device: torch.device, override: float | None = None) -> float | None:
