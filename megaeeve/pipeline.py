@@ -305,5 +305,5 @@ class Pipeline:
     def write_report(self) -> None:
         from megaeeve.report import build_report
 
-        build_report(self.root, base_model=self.base_model, base_tokenizer=self.base_tokenizer,
+        build_report(self.root, self.root / "run.yaml", base_model=self.base_model, base_tokenizer=self.base_tokenizer,
                      max_new_tokens=self.cfg.sample_max_new_tokens)

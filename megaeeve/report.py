@@ -1,7 +1,9 @@
-"""The run report: what a pipeline run did, as markdown with PNG plots (run_dir/report/).
+"""The run report: what a run did, as markdown with PNG plots (run_dir/report/).
 
-Reads only the run's own outputs: tokenizer/expansion_report.json, stage-N/metrics.jsonl and DONE,
-stage-N/checkpoints, the model directories, eval/*.json (tools/evaluate.py), export/. The frozen-parameter
+Any run: one made by `megaeeve pipeline` or stages trained by hand or through SLURM from a RUN.yaml. Reads
+only the run's own outputs: its RUN.yaml, the expansion report (in stage-0, which holds the expanded
+tokenizer's files, or the pipeline's tokenizer/), stage-N/metrics.jsonl and DONE, stage-N/checkpoints, the
+model directories, and where the pipeline made them eval/*.json (tools/evaluate.py) and export/. The frozen-parameter
 check is recomputed here from the weights on disk, independently of the trainer's own bookkeeping: each
 stage's last DeepSpeed checkpoint against the stage's input. Not final/: the hand-off copies frozen tensors
 from the input by construction, so it could not show one that moved.
@@ -19,8 +21,7 @@ import torch
 from megaeeve.atomic import atomic_dir
 from megaeeve.model.weights import open_weights
 
-KOREAN_PROMPT = "대한민국의 모든 국민은"
-ENGLISH_PROMPT = "The import statement"
+PROMPTS = ("대한민국의 모든 국민은", "The import statement")  # the default run's languages: target, English
 TEXT_LABELS = {"held_out": "target language (held out)", "english": "English (held out)"}
 
 
@@ -216,21 +217,58 @@ def _eval_section(evals: dict[str, dict[str, Any]]) -> list[str]:
     return md
 
 
+def _tokenizer_section(expansion: dict[str, Any] | None, found: Path | None, stage0: Path) -> list[str]:
+    if expansion is None:
+        return ["## Tokenizer", "", f"No expansion_report.json in {stage0} or the run's tokenizer/ (a tokenizer not "
+                "made by `megaeeve expand-vocab`).", ""]
+    rounds = expansion["rounds"]
+    cpt = expansion.get("chars_per_token") or {}
+    md = ["## Tokenizer", "",
+          f"{len(expansion['new_tokens'])} new tokens after {len(rounds)} refinement round(s) "
+          f"(base vocabulary {expansion.get('base_vocab_size', '?')}; {found}).", ""]
+    md.append(_md_table(["round", "new tokens", "dropped", "characters added"],
+                        [[r["round"], r["new_tokens"], len(r["dropped"]), len(r["added"])] for r in rounds]))
+    md += ["", _md_table(["text (held out)", "base chars/token", "expanded chars/token", "identical ids"],
+                         [[TEXT_LABELS.get(name, name), s["base_chars_per_token"], s["expanded_chars_per_token"],
+                           s["identical_ids"]] for name, s in cpt.items() if s]), "", "![tokenizer](tokenizer.png)", ""]
+    return md
+
+
 def _md_table(header: list[str], rows: list[list[Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
 
 
-def build_report(run_dir: Path, base_model: str, base_tokenizer: str, max_new_tokens: int = 24) -> Path:
+def find_expansion_report(run_dir: Path, stage0: Path) -> Path | None:
+    """expand_vocab's report: stage-0 holds the expanded tokenizer's files, the pipeline also keeps tokenizer/."""
+    from megaeeve.model.extend import EXPANSION_REPORT
+
+    return next((p for p in (stage0 / EXPANSION_REPORT, run_dir / "tokenizer" / EXPANSION_REPORT) if p.is_file()), None)
+
+
+def final_evals(done: list[tuple[int, Path]]) -> dict[int, dict[str, float]]:
+    """Each stage's last in-training evaluation (metrics.jsonl): eval_loss_<dataset> and a distilling stage's terms."""
+    out = {}
+    for number, d in done:
+        evals = [r for r in _read_jsonl(d / "metrics.jsonl") if r.get("kind") == "eval"]
+        if evals:
+            out[number] = {"step": evals[-1]["step"],
+                           **{k: v for k, v in evals[-1].items() if k.startswith("eval_")}}
+    return out
+
+
+def build_report(run_dir: Path, config: Path, base_model: str, base_tokenizer: str,
+                 prompts: tuple[str, ...] = PROMPTS, max_new_tokens: int = 24) -> Path:
     """Write run_dir/report/{report.md, tokenizer.png, loss.png, bits_per_char.png, report.json} atomically."""
     from megaeeve.model import parameter_roles
     from megaeeve.train import meta_model, stage_plans
     from megaeeve.training.config import load_run_config
 
     run_dir = Path(run_dir)
-    expansion = json.loads((run_dir / "tokenizer" / "expansion_report.json").read_text(encoding="utf-8"))
-    cfg = load_run_config(run_dir / "run.yaml")
+    cfg = load_run_config(config)
+    found = find_expansion_report(run_dir, cfg.model)
+    expansion = json.loads(found.read_text(encoding="utf-8")) if found else None
     done = stage_dirs(run_dir)
     plans = {p["stage"]: p for p in stage_plans(cfg.model, [cfg.stages[n] for n in cfg.run_stages])}
     roles = parameter_roles(meta_model(cfg.model))
@@ -240,27 +278,22 @@ def build_report(run_dir: Path, base_model: str, base_tokenizer: str, max_new_to
         src = cfg.model if previous is None else cfg.stage_dir(previous) / "final"
         checks[number] = frozen_check(src, d / "checkpoints", roles, list(cfg.stages[number].trainable))
     evals = read_evals(run_dir)
-    prompts = [KOREAN_PROMPT, ENGLISH_PROMPT]
+    in_training = final_evals(done)
+    prompts = list(prompts)
     samples = {"base": generate(base_model, base_tokenizer, prompts, max_new_tokens)}
-    if (run_dir / "export").is_dir():
-        samples["final"] = generate(str(run_dir / "export"), str(run_dir / "export"), prompts, max_new_tokens)
+    final = run_dir / "export" if (run_dir / "export").is_dir() else (done[-1][1] / "final" if done else None)
+    if final is not None:
+        label = "final" if final.name == "export" else f"stage {done[-1][0]}"
+        samples[label] = generate(str(final), str(final), prompts, max_new_tokens)
 
     with atomic_dir(run_dir / "report", overwrite=True) as out:
-        _plot_tokenizer(expansion, out / "tokenizer.png")
+        if expansion:
+            _plot_tokenizer(expansion, out / "tokenizer.png")
         _plot_losses([(n, _read_jsonl(d / "metrics.jsonl")) for n, d in done], out / "loss.png")
         if evals:
             _plot_bits_per_char(evals, out / "bits_per_char.png")
-        rounds = expansion["rounds"]
-        cpt = expansion.get("chars_per_token") or {}
-        md = [f"# megaeeve run report: {run_dir.name}", ""]
-        md += ["## Tokenizer", "",
-               f"{len(expansion['new_tokens'])} new tokens after {len(rounds)} refinement round(s) "
-               f"(base vocabulary {expansion.get('base_vocab_size', '?')}).", ""]
-        md.append(_md_table(["round", "new tokens", "dropped", "characters added"],
-                            [[r["round"], r["new_tokens"], len(r["dropped"]), len(r["added"])] for r in rounds]))
-        md += ["", _md_table(["text (held out)", "base chars/token", "expanded chars/token", "identical ids"],
-                             [[TEXT_LABELS.get(name, name), s["base_chars_per_token"], s["expanded_chars_per_token"], s["identical_ids"]]
-                              for name, s in cpt.items() if s]), "", "![tokenizer](tokenizer.png)", ""]
+        md = [f"# megaeeve run report: {run_dir.name}", "", f"Run config: {config}", ""]
+        md += _tokenizer_section(expansion, found, cfg.model)
         md += ["## Training", "", "![loss](loss.png)", ""]
         rows = []
         for number, d in done:
@@ -276,6 +309,12 @@ def build_report(run_dir: Path, base_model: str, base_tokenizer: str, max_new_to
                              "frozen tensors", "trainable tensors", "check"], rows))
         md += ["", "Recomputed from each stage's last DeepSpeed checkpoint against the stage's input: frozen tensors "
                "equal to the input in the engine's dtype, trainable ones changed."]
+        if in_training:
+            keys = sorted({k for e in in_training.values() for k in e if k != "step"})
+            md += ["", "Each stage's last evaluation during training (next-token cross entropy per token of the "
+                   "expanded tokenizer on its validation split, per dataset; `metrics.jsonl`):", ""]
+            md.append(_md_table(["stage", "step", *keys], [[n, e["step"], *(f"{e[k]:.4f}" if k in e else "" for k in keys)]
+                                                          for n, e in in_training.items()]))
         if evals:
             md += [""] + _eval_section(evals)
         md += ["", "## Samples (greedy)", ""]
@@ -286,7 +325,8 @@ def build_report(run_dir: Path, base_model: str, base_tokenizer: str, max_new_to
                 md.append(f"- {who}: {texts[i]!r}")
             md.append("")
         (out / "report.md").write_text("\n".join(md) + "\n", encoding="utf-8")
-        (out / "report.json").write_text(json.dumps({"frozen_checks": checks, "evaluation": evals, "samples": samples,
+        (out / "report.json").write_text(json.dumps({"frozen_checks": checks, "evaluation": evals,
+                                                     "final_evals": in_training, "prompts": prompts, "samples": samples,
                                                      "stage_plans": plans}, indent=2, ensure_ascii=False) + "\n",
                                          encoding="utf-8")
     return run_dir / "report"

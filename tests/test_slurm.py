@@ -217,6 +217,30 @@ def test_pipeline_chains_stages_from_predecessor_weights(stage1_run, workspace):
             assert torch.equal(finals[3][name], finals[2][name]), name
 
 
+def test_report_of_a_run_trained_through_slurm(stage1_run, workspace):
+    """`megaeeve report` on a run that has no pipeline layout: its RUN.yaml given, the base from stage-0's record,
+    the user's prompts, and each stage's last evaluation read back from its metrics."""
+    run_dir, cfg = stage1_run["run_dir"], stage1_run["cfg"]
+    done = subprocess.run([sys.executable, "-m", "megaeeve", "report", str(run_dir), "--config", str(cfg),
+                           "--prompt", "안녕하세요", "--prompt", "Hello there", "--max-new-tokens", "3"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    report = json.loads((run_dir / "report" / "report.json").read_text())
+    stages = sorted(int(d.name.split("-")[1]) for d in run_dir.glob("stage-*") if (d / "DONE").is_file())
+    assert stages[0] == 1 and sorted(map(int, report["frozen_checks"])) == stages
+    assert all(c["ok"] and c["trainable_changed"] > 0 for c in report["frozen_checks"].values())
+    assert report["prompts"] == ["안녕하세요", "Hello there"]
+    assert set(report["samples"]) == {"base", f"stage {stages[-1]}"}
+    for number in stages:
+        last = [r for r in metrics(run_dir / f"stage-{number}") if r["kind"] == "eval"][-1]
+        assert report["final_evals"][str(number)]["eval_loss_mixed"] == last["eval_loss_mixed"]
+    md = (run_dir / "report" / "report.md").read_text()
+    assert "**Prompt:** 안녕하세요" in md and "No expansion_report.json" in md
+    missing = subprocess.run([sys.executable, "-m", "megaeeve", "report", str(run_dir)], capture_output=True,
+                             text=True, timeout=120)
+    assert missing.returncode == 2 and "give the run's RUN.yaml with --config" in missing.stderr
+
+
 def test_usr1_requeues_and_resumes_to_the_uninterrupted_weights(stage1_run, cluster, workspace):
     cfg = _run(workspace, "run-b", {1: {"steps": STAGE1_STEPS}})
     env, stage_dir = _env(cluster, workspace, cfg), workspace["tmp"] / "run-b" / "stage-1"

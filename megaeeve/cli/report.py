@@ -1,15 +1,18 @@
-"""The report of a pipeline run directory: tokenizer growth, losses, frozen-parameter checks, bits/char, samples.
+"""The report of a run: tokenizer growth, losses, frozen-parameter checks, each stage's last evaluation,
+bits/char against the base where the pipeline measured it, greedy samples of the base and the final model.
 
-    megaeeve report RUN_DIR [--base-model DIR_OR_GGUF --base-tokenizer DIR] [--max-new-tokens N]
+    megaeeve report RUN_DIR [--config RUN.yaml] [--base-model DIR_OR_GGUF --base-tokenizer DIR]
+                            [--prompt TEXT ...] [--max-new-tokens N]
 
-RUN_DIR is laid out as `megaeeve pipeline` lays it out (tokenizer/, run.yaml, stage-N/, eval/, export/); the
-base model and tokenizer default to the ones its pipeline.json names.
+Any run: one `megaeeve pipeline` made, or stages trained with `megaeeve train` or `sbatch slurm/stage.sh` from
+a RUN.yaml (--config; default RUN_DIR/run.yaml). The base model and tokenizer default to the ones stage-0's
+megaeeve_model.json names; the samples compare the base with RUN_DIR/export if there is one, else the last
+finished stage's final/. Written to RUN_DIR/report/ (report.md, report.json, PNG plots).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -18,26 +21,37 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0], epilog=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir", type=Path)
-    p.add_argument("--base-model", help="the base model the samples compare with (default: from pipeline.json)")
-    p.add_argument("--base-tokenizer", help="its tokenizer (default: from pipeline.json, else the base model's)")
+    p.add_argument("--config", type=Path, help="the run's RUN.yaml (default: RUN_DIR/run.yaml)")
+    p.add_argument("--base-model", help="the base model the samples compare with (default: stage-0's record)")
+    p.add_argument("--base-tokenizer", help="its tokenizer (default: stage-0's record, else the base model's)")
+    p.add_argument("--prompt", action="append", help="a prompt for the greedy samples (repeatable; default: a Korean "
+                   "and an English one)")
     p.add_argument("--max-new-tokens", type=int, default=24)
     args = p.parse_args(argv)
 
-    from megaeeve.report import build_report
+    from megaeeve.model import read_model_meta
+    from megaeeve.report import PROMPTS, build_report
+    from megaeeve.training.config import ConfigError, load_run_config
 
-    recorded = args.run_dir / "pipeline.json"
-    saved = json.loads(recorded.read_text(encoding="utf-8")) if recorded.is_file() else {}
-    saved = {k: v for k, v in saved.items() if v != "None"}
-    # The pipeline trains from run_dir/base when it had to make the base (a gguf file, --tiny).
-    base_model = args.base_model or (str(args.run_dir / "base") if (args.run_dir / "base").is_dir()
-                                     else saved.get("base_model"))
-    if base_model is None:
-        p.error(f"{recorded} names no base model: give --base-model (and --base-tokenizer)")
-    base_tokenizer = args.base_tokenizer or saved.get("base_tokenizer") or base_model
+    config = args.config or args.run_dir / "run.yaml"
+    if not config.is_file():
+        p.error(f"{config}: no such run config; give the run's RUN.yaml with --config")
     try:
-        out = build_report(args.run_dir, base_model, base_tokenizer, args.max_new_tokens)
+        stage0 = load_run_config(config).model
+        meta = read_model_meta(stage0)
+    except (ConfigError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    base_model = args.base_model or meta.base_model
+    base_tokenizer = args.base_tokenizer or (meta.base_tokenizer if not args.base_model else args.base_model)
+    for what, path in (("--base-model", base_model), ("--base-tokenizer", base_tokenizer)):
+        if not Path(path).exists():
+            p.error(f"{path}: the base {what[7:]} recorded in {stage0} is not there (moved?); give {what}")
+    try:
+        out = build_report(args.run_dir, config, base_model, base_tokenizer, tuple(args.prompt or PROMPTS),
+                           args.max_new_tokens)
     except FileNotFoundError as e:
-        print(f"error: {args.run_dir}: not a pipeline run directory ({e})", file=sys.stderr)
+        print(f"error: {args.run_dir}: {e}", file=sys.stderr)
         return 2
     print(f"wrote {out / 'report.md'}")
     return 0
