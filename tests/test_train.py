@@ -42,7 +42,8 @@ def corpus(tmp_path_factory, phi2_tokenizer_dir, korean_split, english_docs):
 
 RESUME_STAGE, RESUME_STEPS = 6, 6  # the reference chain's stage 6 is also the uninterrupted run of the resume test
 REFERENCE = ("phi", "fp32", 2)  # the chain the metrics, export, refusal and resume tests read
-TRAINING = {"eval_samples": 4, "checkpoint_every": 2, "progress_bar": True, "peak_tflops": 0.5}
+TRAINING = {"eval_samples": 4, "checkpoint_every": 2, "progress_bar": True, "peak_tflops": 0.5,
+            "report_to": ["tensorboard"]}
 # Every other cell: one step a stage, the checkpoint at the end only, final/ in shards of 1 MiB (written by every rank).
 QUICK = {"eval_samples": 2, "checkpoint_every": 0, "progress_bar": False, "report_to": [], "handoff_shard_mb": 1}
 CELLS = [(arch, precision, world) for arch in ("phi", "llama") for precision in ("fp32", "bf16") for world in (2, 3)]
