@@ -96,7 +96,8 @@ def test_metrics_and_markers(phi_chain):
     assert [r["step"] for r in train] == [1, 2]
     assert [r["step"] for r in metrics(phi_chain["run_dir"] / "stage-6") if r["kind"] == "train"] == list(range(1, 7))
     for r in train:
-        for key in ("loss", "lr", "grad_norm", "tokens_per_s", "tflops_per_device", "new_token_share", "peak_memory_gib"):
+        for key in ("loss", "lr", "grad_norm", "tokens_per_s", "flops", "tflops_per_device", "new_token_share",
+                    "peak_memory_gib"):
             assert r[key] > 0, key
         assert r["mfu"] == pytest.approx(r["tflops_per_device"] / 0.5)  # training.peak_tflops: 0.5
         assert r["samples_ko"] + r["samples_en"] == 8
