@@ -296,19 +296,15 @@ def test_stage_without_predecessor_is_refused_and_stops_the_chain(cluster, works
     assert not (run_dir / "stage-2").exists() and not (run_dir / "stage-3").exists()
 
 
-def test_start_replaces_a_stopped_cluster_and_refuses_a_running_one(tmp_path):
-    """A cluster directory left by a killed run (daemons gone, pid files recycled) must not block the next start."""
-    directory = tmp_path / "cluster"
-    started = _start_cluster(directory, "--port", "6847")
-    try:
-        again = subprocess.run([str(CLUSTER / "start.sh"), "--dir", str(directory), "--port", "6847"],
-                               capture_output=True, text=True, timeout=120)
-        assert again.returncode == 1 and "already holds a running cluster" in again.stderr, again.stderr
-        assert _cluster_up(directory / "slurm.conf")
-    finally:
-        _stop_cluster(directory)
-    assert not directory.exists(), started.stdout
+def test_start_refuses_a_running_cluster_and_replaces_a_stopped_one(cluster, tmp_path):
+    """A cluster directory left by a killed run (daemons gone, pid files recycled) must not block the next start;
+    a live one must not be touched."""
+    again = subprocess.run([str(CLUSTER / "start.sh"), "--dir", str(cluster.parent)], capture_output=True, text=True,
+                           timeout=120)
+    assert again.returncode == 1 and "already holds a running cluster" in again.stderr, again.stderr
+    assert _cluster_up(cluster)
     # What a copied machine or a reboot leaves: the files, and pid files naming dead or unrelated processes.
+    directory = tmp_path / "cluster"
     (directory / "munge").mkdir(parents=True)
     (directory / "cluster.env").write_text(f"NODES=1\nPREFIX=mev0\nNODE_NAMES=({os.uname().nodename})\n")
     (directory / "slurmctld.pid").write_text(f"{os.getpid()}\n")  # this pytest: must survive the clean-up
@@ -319,6 +315,7 @@ def test_start_replaces_a_stopped_cluster_and_refuses_a_running_one(tmp_path):
         assert _cluster_up(directory / "slurm.conf")
     finally:
         _stop_cluster(directory)
+    assert not directory.exists() and _cluster_up(cluster)
 
 
 @pytest.fixture(scope="module")
