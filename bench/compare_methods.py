@@ -244,7 +244,7 @@ class Compare(Pipeline):
             "data": {"sources": [{"prefix": str(data / lang), "weight": WEIGHTS[lang], "name": lang} for lang in LANGS],
                      "valid_fraction": 0.05, "new_token_bias": 0.0, "cache_dir": str(self.root / "index-cache")},
             "training": {"eval_every": 0, "eval_samples": 8, "checkpoint_every": 10**9, "keep_checkpoints": 1,
-                         "tensorboard": False, "progress_bar": False},
+                         "report_to": [], "progress_bar": False},
         }
         schedule = {"warmup_ratio": 0.1, "min_lr_ratio": 0.1}
         if m.roles is None:
