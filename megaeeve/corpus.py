@@ -34,6 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
+from megaeeve.errors import MegaeeveError
+
 # Reasons a record is not a document. Order is stable: manifests list them in this order.
 SKIP_REASONS = (
     "invalid_json",
@@ -54,7 +56,7 @@ COMPRESSION_NAMES = {".gz": "gzip", ".zst": "zstd", ".zstd": "zstd"}
 ZSTD_READ_SIZE = 1 << 17  # compressed bytes per decompress call (zstd's recommended input size)
 
 
-class CorpusError(ValueError):
+class CorpusError(MegaeeveError, ValueError):
     """Bad input: the message names the file and line (or row) and what is wrong."""
 
 

@@ -23,6 +23,7 @@ from typing import Callable
 
 import yaml
 
+from megaeeve.errors import MegaeeveError
 from megaeeve import assets
 from megaeeve.atomic import atomic_dir, atomic_file, write_json
 
@@ -69,7 +70,7 @@ def _command(name: str, *args: object) -> list[str]:
     return [sys.executable, "-m", "megaeeve", name, *map(str, args)]
 
 
-class PipelineError(RuntimeError):
+class PipelineError(MegaeeveError, RuntimeError):
     """A step failed (its tool already said why) or the run directory belongs to other options."""
 
     def __init__(self, message: str, exit_code: int = 2) -> None:

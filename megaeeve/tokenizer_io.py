@@ -8,8 +8,10 @@ from pathlib import Path
 
 from tokenizers import Tokenizer
 
+from megaeeve.errors import MegaeeveError
 
-class TokenizerLoadError(ValueError):
+
+class TokenizerLoadError(MegaeeveError, ValueError):
     pass
 
 

@@ -31,13 +31,12 @@ import numpy as np
 import torch
 
 from megaeeve.data.gpt_dataset import DataError
-from megaeeve.data.indexed import IndexedDatasetError
-from megaeeve.model import ModelDirError
+from megaeeve.errors import one_line_errors
 from megaeeve.stages import DEFAULT_STAGES, Stage
 from megaeeve.training.checkpoint import DONE, StageError
 from megaeeve.training.config import BatchShape, ConfigError, RunConfig, batch_shape, load_run_config
 from megaeeve.training.engine import check_ds_config
-from megaeeve.training.signals import CONFIG_ERROR_EXIT_CODE, REQUEUE_EXIT_CODE, StopRequest
+from megaeeve.training.signals import REQUEUE_EXIT_CODE, StopRequest
 
 
 def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argparse.Namespace:
@@ -350,32 +349,29 @@ def init_distributed(timeout_s: float) -> None:
                          f"{timeout_s:g} s (training.dist_timeout_s): {str(e).splitlines()[0]}") from None
 
 
+@one_line_errors
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     # DeepSpeed's ZeRO-3 collectives call torch APIs that warn on every step and every rank.
     warnings.filterwarnings("ignore", message=r"`torch\.distributed\.\w+` is deprecated", category=FutureWarning)
     args = parse_args(argv, prog)
     launch_env(args.local_rank)
-    try:
-        ds_config = read_ds_config(args.ds_config)
-        if args.dry_run:
-            worlds = args.world_size or [int(os.environ["WORLD_SIZE"])]
-            if args.config is None:
-                check_ds_config(ds_config, str(args.ds_config))
-                numbers = [args.stage] if args.stage is not None else list(DEFAULT_STAGES)
-                if args.stage is not None and args.stage not in DEFAULT_STAGES:
-                    raise ConfigError(f"no stage {args.stage} in the default stage table {list(DEFAULT_STAGES)}")
-                dry_run(args.model, [DEFAULT_STAGES[n] for n in numbers], ds_config, worlds)
-                return 0
-            cfg = load_run_config(args.config)
-            numbers = [args.stage] if args.stage is not None else list(cfg.run_stages)
-            check_run(cfg, ds_config, args.ds_config, numbers, worlds)
-            dry_run(args.model or cfg.model, [cfg.stages[n] for n in numbers], ds_config, worlds)
-            print("\nchecks passed: stage table, ds_config, model directory, data prefixes")
+    ds_config = read_ds_config(args.ds_config)
+    if args.dry_run:
+        worlds = args.world_size or [int(os.environ["WORLD_SIZE"])]
+        if args.config is None:
+            check_ds_config(ds_config, str(args.ds_config))
+            numbers = [args.stage] if args.stage is not None else list(DEFAULT_STAGES)
+            if args.stage is not None and args.stage not in DEFAULT_STAGES:
+                raise ConfigError(f"no stage {args.stage} in the default stage table {list(DEFAULT_STAGES)}")
+            dry_run(args.model, [DEFAULT_STAGES[n] for n in numbers], ds_config, worlds)
             return 0
-        return run_stage(load_run_config(args.config), ds_config, args.ds_config, args.stage, args.overwrite)
-    except (ConfigError, StageError, DataError, ModelDirError, IndexedDatasetError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return CONFIG_ERROR_EXIT_CODE
+        cfg = load_run_config(args.config)
+        numbers = [args.stage] if args.stage is not None else list(cfg.run_stages)
+        check_run(cfg, ds_config, args.ds_config, numbers, worlds)
+        dry_run(args.model or cfg.model, [cfg.stages[n] for n in numbers], ds_config, worlds)
+        print("\nchecks passed: stage table, ds_config, model directory, data prefixes")
+        return 0
+    return run_stage(load_run_config(args.config), ds_config, args.ds_config, args.stage, args.overwrite)
 
 
 if __name__ == "__main__":

@@ -16,8 +16,10 @@ import typing
 from pathlib import Path
 from typing import Any, Mapping
 
+from megaeeve.errors import MegaeeveError
 
-class ConfigTypeError(ValueError):
+
+class ConfigTypeError(MegaeeveError, ValueError):
     """A configuration value has the wrong type; the message starts with its dotted key."""
 
 

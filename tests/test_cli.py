@@ -48,3 +48,40 @@ def test_wheel_installed_outside_the_checkout_plans_with_its_packaged_configs(tm
     assert run.stdout.splitlines()[0] == str(package / "cli" / "__init__.py")  # the installed copy, not the checkout
     assert "2,819,340,864 parameters" in run.stdout and run.stdout.count("\nstage ") == 7
     assert (package / "configs" / "example_run.yaml").is_file()
+
+
+def test_every_user_error_is_one_line_and_a_bug_keeps_its_traceback(tmp_path, capsys):
+    """One hierarchy: each error class a user can cause is a MegaeeveError (keeping its builtin base), every
+    command's main turns it, or a file-system OSError, into one `error:` line; anything else propagates."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    import megaeeve
+    from megaeeve.cli import merge_datasets
+    from megaeeve.errors import MegaeeveError, one_line_errors
+
+    classes = {}
+    for info in pkgutil.walk_packages(megaeeve.__path__, "megaeeve."):
+        if info.name.startswith("megaeeve.cli") or info.name.endswith("__main__"):
+            continue
+        module = importlib.import_module(info.name)
+        classes.update({obj.__name__: obj for _, obj in inspect.getmembers(module, inspect.isclass)
+                        if issubclass(obj, Exception) and obj.__module__ == info.name})
+    assert len(classes) >= 15 and not [n for n, c in classes.items() if not issubclass(c, MegaeeveError)]
+    for command, (module, _) in COMMANDS.items():
+        entry = importlib.import_module(f"megaeeve.cli.{module}").main
+        assert getattr(entry, "__wrapped__", None) is not None or module == "train", command
+
+    assert merge_datasets.main(["--input", str(tmp_path / "none"), "--output-prefix", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "none" in err[0]
+
+    @one_line_errors
+    def fails(error: Exception) -> int:
+        raise error
+
+    assert fails(PermissionError(13, "Permission denied", str(tmp_path / "ro"))) == 2
+    assert capsys.readouterr().err == f"error: [Errno 13] Permission denied: '{tmp_path / 'ro'}'\n"
+    with pytest.raises(KeyError):
+        fails(KeyError("a bug"))

@@ -309,7 +309,7 @@ def jsonl_bytes(docs: list[str]) -> bytes:
 def tool_error(*args: str) -> str:
     """Run the tool on bad input: exit 2 and a single `error:` line, no traceback; returns that line."""
     out = run_tool(*args, "--no-progress", check=False)
-    assert out.returncode == 2 and out.stderr.count("\n") == 1 and " error: " in out.stderr, out.stderr
+    assert out.returncode == 2 and out.stderr.count("\n") == 1 and out.stderr.startswith("error: "), out.stderr
     return out.stderr
 
 

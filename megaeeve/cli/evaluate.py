@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
+
+from megaeeve.errors import one_line_errors
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -31,6 +32,7 @@ def parse_texts(specs: list[str]) -> dict[str, str]:
     return texts
 
 
+@one_line_errors
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0], epilog=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -51,21 +53,14 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         parser.error("--max-docs must be at least 1")
 
     from megaeeve.atomic import write_json
-    from megaeeve.corpus import CorpusError
-    from megaeeve.eval import (EvalError, EvalSettings, evaluate_model, format_table, load_any_model,
-                               load_hf_tokenizer, read_texts, results_json)
-    from megaeeve.model import ExtendError, ModelDirError
-    from megaeeve.tokenizer_io import TokenizerLoadError
+    from megaeeve.eval import (EvalSettings, evaluate_model, format_table, load_any_model, load_hf_tokenizer,
+                               read_texts, results_json)
 
-    try:
-        texts = {name: read_texts(path, args.max_docs) for name, path in parse_texts(args.text).items()}
-        tokenizer = load_hf_tokenizer(args.tokenizer or args.model)
-        model = load_any_model(args.model, device=args.device)
-        settings = EvalSettings(context=args.context, batch_tokens=args.batch_tokens, gen_tokens=args.gen_tokens)
-        results = evaluate_model(model, tokenizer, texts, settings)
-    except (CorpusError, EvalError, ExtendError, ModelDirError, TokenizerLoadError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    texts = {name: read_texts(path, args.max_docs) for name, path in parse_texts(args.text).items()}
+    tokenizer = load_hf_tokenizer(args.tokenizer or args.model)
+    model = load_any_model(args.model, device=args.device)
+    settings = EvalSettings(context=args.context, batch_tokens=args.batch_tokens, gen_tokens=args.gen_tokens)
+    results = evaluate_model(model, tokenizer, texts, settings)
     print(f"model {args.model}")
     print(format_table(results))
     if args.output:

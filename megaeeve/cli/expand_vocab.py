@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 
 
+from megaeeve.errors import one_line_errors
 from megaeeve.argtypes import positive_float, positive_int
 
 
@@ -36,6 +36,7 @@ def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argpar
     return p.parse_args(argv)
 
 
+@one_line_errors
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     args = parse_args(argv, prog)
     # The tokenizers thread pool reads these once, at first use: set them before importing it.
@@ -44,9 +45,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-    from megaeeve.corpus import CorpusError
-    from megaeeve.tokenizer_io import TokenizerLoadError
-    from megaeeve.vocab import ExpandConfig, ExpansionError, expand_vocab
+    from megaeeve.vocab import ExpandConfig, expand_vocab
 
     cfg = ExpandConfig(
         base_tokenizer=args.base_tokenizer,
@@ -64,10 +63,6 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         overwrite=args.overwrite,
         progress=not args.no_progress,
     )
-    try:
-        expand_vocab(cfg)
-    except (CorpusError, TokenizerLoadError, ExpansionError, FileExistsError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    expand_vocab(cfg)
     return 0
 

@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
+
+from megaeeve.errors import one_line_errors
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 DTYPES = ("float32", "bfloat16", "float16")
 
 
+@one_line_errors
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -25,13 +27,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
 
     import torch
 
-    from megaeeve.model import ModelDirError, export_hf, read_model_meta
+    from megaeeve.model import export_hf, read_model_meta
 
-    try:
-        export_hf(args.input, args.output, dtype=getattr(torch, args.dtype), overwrite=args.overwrite)
-    except (ModelDirError, FileExistsError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    export_hf(args.input, args.output, dtype=getattr(torch, args.dtype), overwrite=args.overwrite)
     meta = read_model_meta(args.input)
     print(f"wrote {args.output}: vocab_size {meta.padded_vocab_size} ({meta.vocab_size} tokens, "
           f"{meta.num_padding} zero padding rows suppressed in generation_config)")

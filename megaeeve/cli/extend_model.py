@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from megaeeve.errors import one_line_errors
 from megaeeve.model.init import INIT_METHODS
 
 
+@one_line_errors
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -36,17 +37,11 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     args = parser.parse_args(argv)
 
-    from megaeeve.model.extend import ExtendError, describe, extend_model
-    from megaeeve.model.init import InitError
-    from megaeeve.tokenizer_io import TokenizerLoadError
+    from megaeeve.model.extend import describe, extend_model
 
-    try:
-        meta = extend_model(args.base_model, args.base_tokenizer, args.tokenizer, args.output,
-                            pad_vocab_to_multiple_of=args.pad_vocab_to_multiple_of, overwrite=args.overwrite,
-                            init=args.init, allow_no_new_tokens=args.allow_no_new_tokens)
-    except (ExtendError, InitError, TokenizerLoadError, FileExistsError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    meta = extend_model(args.base_model, args.base_tokenizer, args.tokenizer, args.output,
+                        pad_vocab_to_multiple_of=args.pad_vocab_to_multiple_of, overwrite=args.overwrite,
+                        init=args.init, allow_no_new_tokens=args.allow_no_new_tokens)
     print(describe(meta))
     print(f"wrote {args.output}")
     return 0

@@ -6,22 +6,19 @@ Every input is checked as the reader checks it before anything is written; a bad
 from __future__ import annotations
 
 import argparse
-import sys
 
 
-from megaeeve.data.indexed import IndexedDatasetError, merge_datasets
+from megaeeve.data.indexed import merge_datasets
+from megaeeve.errors import one_line_errors
 
 
+@one_line_errors
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     p = argparse.ArgumentParser(prog=prog, description=__doc__)
     p.add_argument("--input", nargs="+", required=True, metavar="PREFIX", help="dataset prefixes (PREFIX.bin/.idx)")
     p.add_argument("--output-prefix", required=True)
     args = p.parse_args(argv)
-    try:
-        out = merge_datasets(args.input, args.output_prefix)
-    except (IndexedDatasetError, ValueError, OSError) as e:  # bad or unreadable input, unwritable output
-        print(f"merge_datasets.py: error: {e}", file=sys.stderr)
-        return 2
+    out = merge_datasets(args.input, args.output_prefix)
     print(f"{args.output_prefix}: {out.document_count - 1} documents, {out.sequence_count} sequences ({out.dtype})")
     return 0
 

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 
 from megaeeve.argtypes import positive_float, positive_int
 from megaeeve.corpus import DEFAULT_MAX_CHARS
-from megaeeve.data.preprocess import PreprocessConfig, PreprocessError, preprocess
+from megaeeve.data.preprocess import PreprocessConfig, preprocess
+from megaeeve.errors import one_line_errors
 
 
+@one_line_errors
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--input", nargs="+", required=True, help="files, directories or globs (quote globs)")
@@ -49,11 +50,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
             max_chars=args.max_chars, shard_bytes=max(1, int(args.shard_mb * (1 << 20))),
             progress=not args.no_progress, tiktoken=args.tiktoken, overwrite=args.overwrite,
         )
-        try:
-            manifest = preprocess(cfg)
-        except PreprocessError as e:
-            print(f"preprocess_data.py: error: {e}", file=sys.stderr)
-            return 2
+        manifest = preprocess(cfg)
         if manifest is not None:
             d = manifest["documents"]
             print(f"{prefix}: {d['written']} documents, {manifest['tokens_written']} tokens ({manifest['dtype']}); "

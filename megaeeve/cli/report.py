@@ -13,10 +13,12 @@ finished stage's final/. Written to RUN_DIR/report/ (report.md, report.json, PNG
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
+from megaeeve.errors import one_line_errors
 
+
+@one_line_errors
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0], epilog=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -31,27 +33,19 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
 
     from megaeeve.model import read_model_meta
     from megaeeve.report import PROMPTS, build_report
-    from megaeeve.training.config import ConfigError, load_run_config
+    from megaeeve.training.config import load_run_config
 
     config = args.config or args.run_dir / "run.yaml"
     if not config.is_file():
         p.error(f"{config}: no such run config; give the run's RUN.yaml with --config")
-    try:
-        stage0 = load_run_config(config).model
-        meta = read_model_meta(stage0)
-    except (ConfigError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    stage0 = load_run_config(config).model
+    meta = read_model_meta(stage0)
     base_model = args.base_model or meta.base_model
     base_tokenizer = args.base_tokenizer or (meta.base_tokenizer if not args.base_model else args.base_model)
     for what, path in (("--base-model", base_model), ("--base-tokenizer", base_tokenizer)):
         if not Path(path).exists():
             p.error(f"{path}: the base {what[7:]} recorded in {stage0} is not there (moved?); give {what}")
-    try:
-        out = build_report(args.run_dir, config, base_model, base_tokenizer, tuple(args.prompt or PROMPTS),
-                           args.max_new_tokens)
-    except FileNotFoundError as e:
-        print(f"error: {args.run_dir}: {e}", file=sys.stderr)
-        return 2
+    out = build_report(args.run_dir, config, base_model, base_tokenizer, tuple(args.prompt or PROMPTS),
+                       args.max_new_tokens)
     print(f"wrote {out / 'report.md'}")
     return 0

@@ -13,14 +13,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 from pathlib import Path
 
 
-from megaeeve.pipeline import Pipeline, PipelineConfig, PipelineError, tiny_config
+from megaeeve.errors import one_line_errors
+from megaeeve.pipeline import Pipeline, PipelineConfig, tiny_config
 from megaeeve.stages import SCHEDULES
 
 
+@one_line_errors
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0], epilog=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -47,10 +48,6 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in vars(args).items()
                  if v is not None and k in {f.name for f in dataclasses.fields(PipelineConfig)} and k != "run_dir"}
     cfg = dataclasses.replace(cfg, **overrides)
-    try:
-        Pipeline(cfg).run()
-    except PipelineError as e:  # the failing tool has printed its own error above
-        print(f"error: {e}", file=sys.stderr)
-        return e.exit_code
+    Pipeline(cfg).run()  # a failing step's PipelineError: its tool has printed its own error above
     return 0
 

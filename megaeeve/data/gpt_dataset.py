@@ -27,6 +27,7 @@ from typing import Protocol
 
 import numpy as np
 
+from megaeeve.errors import MegaeeveError
 from megaeeve.data.index_cache import array_digest, cached_arrays
 
 
@@ -42,7 +43,7 @@ class TokenDocuments(Protocol):
     def tokens_at_least(self, threshold: int) -> np.ndarray: ...
 
 
-class DataError(ValueError):
+class DataError(MegaeeveError, ValueError):
     """The data cannot provide what the run asks for (an empty split, a missing prefix)."""
 
 

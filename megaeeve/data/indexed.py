@@ -24,6 +24,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from megaeeve.errors import MegaeeveError
 from megaeeve.atomic import atomic_file
 
 MAGIC = b"MMIDIDX\x00\x00"
@@ -39,7 +40,7 @@ WRITABLE_DTYPES = (np.dtype(np.uint16), np.dtype(np.int32))
 CHUNK = 1 << 16  # index entries per buffer / per streamed chunk (memory: a few of these, whatever the size)
 
 
-class IndexedDatasetError(ValueError):
+class IndexedDatasetError(MegaeeveError, ValueError):
     """A dataset file is missing, truncated or inconsistent, or a prefix cannot name one; says which."""
 
 
@@ -424,9 +425,9 @@ def merge_datasets(
 ) -> IndexHeader:
     """Concatenate datasets (same dtype) into `out_prefix`, in order, streaming."""
     if not prefixes:
-        raise ValueError("merge_datasets needs at least one input prefix")
+        raise IndexedDatasetError("merge_datasets needs at least one input prefix")
     if os.path.abspath(out_prefix) in {os.path.abspath(p) for p in prefixes}:
-        raise ValueError(f"{out_prefix}: the output prefix is also an input")
+        raise IndexedDatasetError(f"{out_prefix}: the output prefix is also an input")
     # Every input passes the reader's checks before anything is written: a .bin shorter than its .idx
     # says would otherwise be copied into an output that the reader rejects, naming the output.
     headers = [IndexedDataset(p).header for p in prefixes]

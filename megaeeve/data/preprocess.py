@@ -38,6 +38,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from megaeeve.errors import MegaeeveError
 from megaeeve.atomic import write_json
 from megaeeve.corpus import (
     DEFAULT_MAX_CHARS, SKIP_REASONS, CorpusError, Record, Shard, expand_inputs, iter_batches, plan_shards,
@@ -54,7 +55,7 @@ EXAMPLES_PER_REASON = 3
 MPI_ENV_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "MPI_LOCALNRANKS")
 
 
-class PreprocessError(ValueError):
+class PreprocessError(MegaeeveError, ValueError):
     """The run cannot produce a dataset (bad input, no EOD token, ids that do not fit); says why."""
 
 

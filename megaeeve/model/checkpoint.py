@@ -27,6 +27,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from megaeeve.errors import MegaeeveError
 from megaeeve.atomic import atomic_file, write_json
 from megaeeve.model.partition import read_partition
 from megaeeve.model.weights import INDEX_FILE, SINGLE_FILE, open_weights, weight_files
@@ -42,7 +43,7 @@ RESERVED_NAMES = {MODEL_FILE, INDEX_FILE, META_FILE, CONFIG_FILE, BASE_TOKENIZER
                   "generation_config.json"}
 
 
-class ModelDirError(ValueError):
+class ModelDirError(MegaeeveError, ValueError):
     pass
 
 

@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 
 import torch
+from megaeeve.errors import OutputExistsError
 from megaeeve.atomic import atomic_dir
 from megaeeve.model.checkpoint import ModelMeta, read_model_meta
 from megaeeve.model.weights import load_weights
@@ -41,7 +42,7 @@ def export_hf(in_dir: str | Path, out_dir: str | Path, dtype: torch.dtype = torc
     in_dir, out_dir = Path(in_dir), Path(out_dir)
     meta = read_model_meta(in_dir)
     if out_dir.exists() and not overwrite:
-        raise FileExistsError(f"{out_dir} already exists; pass --overwrite to replace it")
+        raise OutputExistsError(f"{out_dir} already exists; pass --overwrite to replace it")
     config = AutoConfig.from_pretrained(str(in_dir))
     config.vocab_size = meta.padded_vocab_size
     config.tie_word_embeddings = False

@@ -17,6 +17,8 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer
 
+from megaeeve.errors import OutputExistsError
+from megaeeve.errors import MegaeeveError
 from megaeeve.atomic import atomic_dir
 from megaeeve.model.checkpoint import RESERVED_NAMES, ModelMeta, write_model_dir
 from megaeeve.model.init import INIT_METHODS, eeve_rows, mean_rows, random_rows, token_pieces
@@ -25,7 +27,7 @@ from megaeeve.tokenizer_io import load_tokenizer, tokenizer_fingerprint
 EXPANSION_REPORT = "expansion_report.json"
 
 
-class ExtendError(ValueError):
+class ExtendError(MegaeeveError, ValueError):
     pass
 
 
@@ -93,7 +95,7 @@ def extend_model(base_model: str | Path, base_tokenizer: str | Path, tokenizer: 
     """
     tokenizer, output = Path(tokenizer), Path(output)
     if output.exists() and not overwrite:
-        raise FileExistsError(f"{output} already exists; pass --overwrite to replace it")
+        raise OutputExistsError(f"{output} already exists; pass --overwrite to replace it")
     if not (tokenizer / "tokenizer.json").is_file():
         raise ExtendError(f"{tokenizer}: not a tokenizer directory (no tokenizer.json)")
     if pad_vocab_to_multiple_of < 1:

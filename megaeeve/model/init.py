@@ -25,11 +25,13 @@ import torch
 import torch.nn.functional as F
 from tokenizers import Tokenizer
 
+from megaeeve.errors import MegaeeveError
+
 INIT_METHODS = ("eeve", "mean", "random")
 SEED = 0
 
 
-class InitError(ValueError):
+class InitError(MegaeeveError, ValueError):
     pass
 
 

@@ -26,6 +26,7 @@ import torch.distributed as dist
 from deepspeed.utils import safe_get_full_fp32_param, safe_get_local_fp32_param, safe_set_local_fp32_param
 from safetensors.torch import save_file
 
+from megaeeve.errors import MegaeeveError
 from megaeeve.atomic import atomic_dir, write_json
 from megaeeve.model import read_model_meta
 from megaeeve.model.checkpoint import copy_model_files
@@ -38,7 +39,7 @@ from megaeeve.training.collectives import all_reduce_values
 DONE = "DONE"
 
 
-class StageError(RuntimeError):
+class StageError(MegaeeveError, RuntimeError):
     """A stage cannot start (missing or mismatching predecessor, completed stage without --overwrite)."""
 
 

@@ -14,12 +14,13 @@ from typing import Any, Mapping
 
 import yaml
 
+from megaeeve.errors import MegaeeveError
 from megaeeve.stages import Stage, stage_table
 from megaeeve.training.metrics import SINKS
 from megaeeve.typed import ConfigTypeError, build, coerce
 
 
-class ConfigError(ValueError):
+class ConfigError(MegaeeveError, ValueError):
     """A RUN.yaml or ds_config value is missing or wrong; the message names the file and key."""
 
 

@@ -21,7 +21,6 @@ import torch.distributed as dist
 from megaeeve.training.collectives import all_reduce_values
 
 REQUEUE_EXIT_CODE = 99
-CONFIG_ERROR_EXIT_CODE = 2
 STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
 
 

@@ -9,6 +9,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 from tokenizers import Tokenizer
 
+from megaeeve.errors import OutputExistsError
 from megaeeve.assets import english_documents
 from megaeeve.atomic import atomic_dir, write_json
 from megaeeve.corpus import CorpusError, expand_inputs, iter_documents, sample_documents
@@ -146,9 +147,9 @@ def expand_vocab(cfg: ExpandConfig, log=print) -> dict[str, Any]:
     rank = comm.Get_rank() if comm else 0
     say = log if rank == 0 else (lambda *a, **k: None)
     if Path(cfg.output).exists() and not cfg.overwrite:
-        raise FileExistsError(f"{cfg.output} already exists; pass --overwrite to replace it")
+        raise OutputExistsError(f"{cfg.output} already exists; pass --overwrite to replace it")
     if cfg.min_frequency_per_million is None and cfg.min_frequency is None:
-        raise ValueError("give --min-frequency or --min-frequency-per-million")
+        raise ExpansionError("give --min-frequency or --min-frequency-per-million")
     threshold = (
         Threshold(per_million=cfg.min_frequency_per_million)
         if cfg.min_frequency_per_million is not None

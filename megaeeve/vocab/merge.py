@@ -24,11 +24,12 @@ from dataclasses import dataclass, field, replace
 
 from tokenizers import Tokenizer
 
+from megaeeve.errors import MegaeeveError
 from megaeeve.vocab.family import Family
 from megaeeve.vocab.scripts import Script
 
 
-class ExpansionError(ValueError):
+class ExpansionError(MegaeeveError, ValueError):
     """The expansion cannot produce a valid tokenizer from these inputs (message says why)."""
 
 
