@@ -22,7 +22,7 @@ COMMANDS = {  # subcommand -> module in megaeeve.cli, and what it does
     "train": ("train", "train one stage with DeepSpeed ZeRO-3 (or --dry-run)"),
     "export": ("export_hf", "a stage's final/ as a plain Hugging Face model"),
     "evaluate": ("evaluate", "bits per character, characters per token and generation speed of any model"),
-    "report": ("report", "the report of a pipeline run directory"),
+    "report": ("report", "the report of a run: tokenizer, losses, frozen checks, evaluations, samples"),
     "pipeline": ("run_pipeline", "the whole pipeline, step by step, resumable"),
 }
 
