@@ -293,7 +293,8 @@ def main() -> int:
 def render(rows: dict, methods: list[str], args: argparse.Namespace) -> str:
     langs = list(rows)
     out = [SECTION, "",
-           f"Machine: {machine()}; other jobs shared the cores (see CPU s). Workers: {args.workers}. "
+           f"Machine: {machine()}; load average {os.getloadavg()[0]:.1f} when the tables were written (CPU s is "
+           f"the measure other jobs skew least). Workers: {args.workers}. "
            f"Tokenizer: GPT-2 byte-level BPE (tokenizers). Median of {args.repeats} interleaved runs, each in a "
            f"fresh process. Command: `python bench/bench_preprocess.py --mb {args.mb:g} --repeats {args.repeats}"
            + (" --megatron-lm DIR" if "megatron-lm" in methods else "") + "`.",
