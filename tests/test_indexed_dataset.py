@@ -203,6 +203,15 @@ def test_merge_matches_megatron_add_index(tmp_path, megatron, small_chunks):
          "--output-prefix", str(tmp_path / "cli")], capture_output=True, text=True, check=True,
     )
     assert "30 documents" in out.stdout and same_bytes(tmp_path / "cli", tmp_path / "theirs")
+    # An existing output is replaced only with --overwrite, as in every other tool.
+    again = [sys.executable, str(REPO / "tools/merge_datasets.py"), "--input", *map(str, prefixes[:1]),
+             "--output-prefix", str(tmp_path / "cli")]
+    refused = subprocess.run(again, capture_output=True, text=True)
+    assert refused.returncode == 2 and refused.stderr == f"error: {tmp_path / 'cli'}.bin already exists; pass " \
+                                                         "--overwrite to replace it\n"
+    assert same_bytes(tmp_path / "cli", tmp_path / "theirs")
+    subprocess.run([*again, "--overwrite"], capture_output=True, text=True, check=True)
+    assert len(IndexedDataset(tmp_path / "cli")) == len(IndexedDataset(prefixes[0]))
 
     with IndexedDatasetWriter(tmp_path / "wide", np.int32) as writer:
         writer.add_document([1])

@@ -24,7 +24,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from megaeeve.errors import MegaeeveError
+from megaeeve.errors import MegaeeveError, OutputExistsError
 from megaeeve.atomic import atomic_file
 
 MAGIC = b"MMIDIDX\x00\x00"
@@ -421,13 +421,17 @@ def _read_chunks(path: str, dtype: type, offset: int, count: int) -> Iterable[np
 
 
 def merge_datasets(
-    prefixes: Sequence[str | os.PathLike], out_prefix: str | os.PathLike, tmp_dir: str | os.PathLike | None = None
+    prefixes: Sequence[str | os.PathLike], out_prefix: str | os.PathLike, tmp_dir: str | os.PathLike | None = None,
+    overwrite: bool = False,
 ) -> IndexHeader:
     """Concatenate datasets (same dtype) into `out_prefix`, in order, streaming."""
     if not prefixes:
         raise IndexedDatasetError("merge_datasets needs at least one input prefix")
     if os.path.abspath(out_prefix) in {os.path.abspath(p) for p in prefixes}:
         raise IndexedDatasetError(f"{out_prefix}: the output prefix is also an input")
+    existing = [p for p in (f"{out_prefix}.bin", f"{out_prefix}.idx") if os.path.exists(p)]
+    if existing and not overwrite:
+        raise OutputExistsError(f"{existing[0]} already exists; pass --overwrite to replace it")
     # Every input passes the reader's checks before anything is written: a .bin shorter than its .idx
     # says would otherwise be copied into an output that the reader rejects, naming the output.
     headers = [IndexedDataset(p).header for p in prefixes]

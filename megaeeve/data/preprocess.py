@@ -487,7 +487,8 @@ def _assemble(cfg, files, shards, hashes, work: Path, plan, eod, dtype, vocab_si
     manifest_path = Path(f"{cfg.output_prefix}.manifest.json")
     if manifest_path.exists():
         manifest_path.unlink()
-    merge_datasets([_part(work, i) for i in range(len(shards))], cfg.output_prefix, tmp_dir=work)
+    # An existing output was refused above unless --overwrite.
+    merge_datasets([_part(work, i) for i in range(len(shards))], cfg.output_prefix, tmp_dir=work, overwrite=True)
     out = IndexedDataset(cfg.output_prefix)
     skipped = sum(total.skipped.values())
     if (out.num_documents, out.num_tokens) != (total.documents_written, total.tokens_written) or (
