@@ -421,6 +421,13 @@ def _line_block(path: str, family: str, pos: int, line_no: int | None, data: byt
             starts, line = offsets(), None if line_no is None else line_no + i
             items[i] = Record(path, starts[i], None, it[0], it[1], line)
             bad += 1
+    last = items[-1] if items else None
+    if isinstance(last, Record) and last.reason == "invalid_json" and not data.endswith(b"\n"):
+        # A block ends at a line end or at the end of the file: this is the file's last line, without its
+        # newline and not JSON: the file was cut inside a record (a partial copy, a full disk, a .zst cut
+        # between frames). Skipping it would drop the rest of the file without a trace.
+        raise CorpusError(f"{last.location()}: invalid_json in the file's last line, which has no newline: the "
+                          f"file looks cut short (an interrupted download or copy?); --skip-bad cannot help")
     return _Block(path, items, bad, offsets, line_no)
 
 

@@ -161,11 +161,25 @@ def test_a_cut_compressed_file_is_an_error_even_with_skip_bad(tmp_path, english_
         with pytest.raises(CorpusError, match=rf"c\.jsonl{suffix}: truncated {name} stream.*--skip-bad cannot help"):
             _read_cut(path, (first + second)[:cut])
     # The limit of the format: cut exactly between two frames, the rest is a valid, shorter stream. This
-    # one ends mid-line, so its last line is a bad record (an error without --skip-bad); at a line end
-    # nothing at all would show.
-    assert _read_cut(path, first) == docs[:39]
-    with pytest.raises(CorpusError, match=rf"c\.jsonl{suffix}:40: invalid_json"):
-        list(iter_documents([str(path)]))
+    # one ends mid-line without a newline, so it is found as a JSONL file cut inside a record (--skip-bad or
+    # not); at a line end nothing at all would show.
+    path.write_bytes(first)
+    for skip_bad in (False, True):
+        with pytest.raises(CorpusError, match=rf"c\.jsonl{suffix}:40: invalid_json in the file's last line, which "
+                           r"has no newline: the file looks cut short .*--skip-bad cannot help"):
+            list(iter_documents([str(path)], skip_bad=skip_bad))
+    assert _read_cut(path, compress(_jsonl(docs[:39]))) == docs[:39]
+
+
+def test_a_plain_jsonl_cut_inside_a_record_is_an_error_even_with_skip_bad(tmp_path):
+    """The last line has no newline and is not JSON: a cut file, not a bad record. A bad line elsewhere, or a
+    valid last line without its newline, is what it always was."""
+    whole = _jsonl(["one", "two", "three"])
+    for cut in (len(whole) - 3, len(whole) - 9):
+        with pytest.raises(CorpusError, match=r"c\.jsonl:3: invalid_json in the file's last line.*cut short"):
+            _read_cut(tmp_path / "c.jsonl", whole[:cut])
+    assert _read_cut(tmp_path / "c.jsonl", whole[:-1]) == ["one", "two", "three"]  # only the newline is missing
+    assert _read_cut(tmp_path / "c.jsonl", b'{"text": "one"}\n{"te\n{"text": "three"}') == ["one", "three"]
 
 
 def test_a_corrupt_compressed_file_is_an_error_naming_it(tmp_path, english_docs):
