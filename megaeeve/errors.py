@@ -31,11 +31,8 @@ def one_line_errors(main: Callable[..., int]) -> Callable[..., int]:
     def run(*args, **kwargs) -> int:
         try:
             return main(*args, **kwargs)
-        except MegaeeveError as e:
+        except (MegaeeveError, OSError) as e:
             print(f"error: {e}", file=sys.stderr)
-            return e.exit_code
-        except OSError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
+            return getattr(e, "exit_code", MegaeeveError.exit_code)
 
     return run

@@ -23,9 +23,9 @@ from typing import Callable
 
 import yaml
 
-from megaeeve.errors import MegaeeveError
 from megaeeve import assets
 from megaeeve.atomic import atomic_dir, atomic_file, write_json
+from megaeeve.errors import MegaeeveError
 
 DS_CONFIGS = Path(__file__).resolve().parent / "ds_configs"  # package data (the checkout's ds_configs/ links here)
 STAGES = tuple(range(1, 8))

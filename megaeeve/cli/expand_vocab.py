@@ -9,9 +9,8 @@ from __future__ import annotations
 import argparse
 import os
 
-
-from megaeeve.errors import one_line_errors
 from megaeeve.argtypes import positive_float, positive_int
+from megaeeve.errors import one_line_errors
 
 
 def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argparse.Namespace:

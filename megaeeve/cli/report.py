@@ -41,10 +41,10 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     stage0 = load_run_config(config).model
     meta = read_model_meta(stage0)
     base_model = args.base_model or meta.base_model
-    base_tokenizer = args.base_tokenizer or (meta.base_tokenizer if not args.base_model else args.base_model)
-    for what, path in (("--base-model", base_model), ("--base-tokenizer", base_tokenizer)):
+    base_tokenizer = args.base_tokenizer or args.base_model or meta.base_tokenizer
+    for what, path in (("model", base_model), ("tokenizer", base_tokenizer)):
         if not Path(path).exists():
-            p.error(f"{path}: the base {what[7:]} recorded in {stage0} is not there (moved?); give {what}")
+            p.error(f"{path}: the base {what} recorded in {stage0} is not there (moved?); give --base-{what}")
     out = build_report(args.run_dir, config, base_model, base_tokenizer, tuple(args.prompt or PROMPTS),
                        args.max_new_tokens)
     print(f"wrote {out / 'report.md'}")

@@ -27,8 +27,8 @@ from typing import Protocol
 
 import numpy as np
 
-from megaeeve.errors import MegaeeveError
 from megaeeve.data.index_cache import array_digest, cached_arrays
+from megaeeve.errors import MegaeeveError
 
 
 class TokenDocuments(Protocol):

@@ -24,8 +24,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from megaeeve.errors import MegaeeveError, OutputExistsError
 from megaeeve.atomic import atomic_file
+from megaeeve.errors import MegaeeveError, OutputExistsError
 
 MAGIC = b"MMIDIDX\x00\x00"
 VERSION = 1

@@ -38,7 +38,6 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from megaeeve.errors import MegaeeveError
 from megaeeve.atomic import write_json
 from megaeeve.corpus import (
     DEFAULT_MAX_CHARS, SKIP_REASONS, CorpusError, Record, Shard, expand_inputs, iter_batches, plan_shards,
@@ -47,6 +46,7 @@ from megaeeve.data.indexed import (
     IndexedDataset, IndexedDatasetError, IndexedDatasetWriter, bin_path, check_output_prefix, dtype_for_vocab, exists,
     idx_path, merge_datasets, readable_by_all,
 )
+from megaeeve.errors import MegaeeveError
 from megaeeve.tokenizer_io import load_tokenizer, tokenizer_fingerprint
 
 MANIFEST_FORMAT = "megaeeve-preprocess/1"

@@ -27,8 +27,8 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from megaeeve.errors import MegaeeveError
 from megaeeve.atomic import atomic_file, write_json
+from megaeeve.errors import MegaeeveError
 from megaeeve.model.partition import read_partition
 from megaeeve.model.weights import INDEX_FILE, SINGLE_FILE, open_weights, weight_files
 from megaeeve.model.split import SplitEmbedding, SplitLMHead

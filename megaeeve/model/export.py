@@ -12,8 +12,9 @@ import shutil
 from pathlib import Path
 
 import torch
-from megaeeve.errors import OutputExistsError
+
 from megaeeve.atomic import atomic_dir
+from megaeeve.errors import OutputExistsError
 from megaeeve.model.checkpoint import ModelMeta, read_model_meta
 from megaeeve.model.weights import load_weights
 

@@ -17,9 +17,8 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer
 
-from megaeeve.errors import OutputExistsError
-from megaeeve.errors import MegaeeveError
 from megaeeve.atomic import atomic_dir
+from megaeeve.errors import MegaeeveError, OutputExistsError
 from megaeeve.model.checkpoint import RESERVED_NAMES, ModelMeta, write_model_dir
 from megaeeve.model.init import INIT_METHODS, eeve_rows, mean_rows, random_rows, token_pieces
 from megaeeve.tokenizer_io import load_tokenizer, tokenizer_fingerprint

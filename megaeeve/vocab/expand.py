@@ -9,10 +9,10 @@ from typing import Any, Iterable, Iterator, Sequence
 
 from tokenizers import Tokenizer
 
-from megaeeve.errors import OutputExistsError
 from megaeeve.assets import english_documents
 from megaeeve.atomic import atomic_dir, write_json
 from megaeeve.corpus import CorpusError, expand_inputs, iter_documents, sample_documents
+from megaeeve.errors import OutputExistsError
 from megaeeve.tokenizer_io import TokenizerLoadError, load_tokenizer, tokenizer_fingerprint
 from megaeeve.vocab.count import Counts, mpi_world
 from megaeeve.vocab.family import Family, detect_family
