@@ -31,7 +31,7 @@ def _case(tmp: Path, base_tok: Tokenizer, base_tok_dir: Path, model, via_cli: bo
     stage0 = tmp / "stage0"
     if via_cli:
         assert tool("extend_model", "--base-model", base_dir, "--base-tokenizer", base_tok_dir,
-                    "--tokenizer", expanded, "--output", stage0) == 0
+                    "--tokenizer", expanded, "--output", stage0, "--init", "eeve") == 0
     else:
         extend_model(base_dir, base_tok_dir, expanded, stage0)
     return {"base": model, "base_tok": base_tok, "expanded": Tokenizer.from_file(str(expanded / "tokenizer.json")),

@@ -76,7 +76,7 @@ def workspace(tmp_path_factory, gpt2_tokenizer_dir, korean_split, english_docs):
     tokenizer = expand(load_tokenizer(gpt2_tokenizer_dir), tmp / "expanded-tokenizer")
     stage0 = tmp / "stage0"
     _tool("extend_model.py", "--base-model", base, "--base-tokenizer", gpt2_tokenizer_dir, "--tokenizer", tokenizer,
-          "--output", stage0, "--pad-vocab-to-multiple-of", "64")
+          "--output", stage0, "--pad-vocab-to-multiple-of", "64", "--init", "eeve")
     # Short documents dense in the expanded tokenizer's new token " 법률" (Korean lines that use it), so even
     # a few steps of 32-token samples see new input rows; plus English paragraphs.
     ko = assets.write_jsonl([x.strip() for d in korean_split[0] for x in d.splitlines() if " 법률" in x],

@@ -1,7 +1,8 @@
 """Extend a base causal LM to an expanded tokenizer: split embeddings + EEVE init -> stage-0 model directory.
 
     python tools/extend_model.py --base-model DIR_OR_GGUF --base-tokenizer TOKENIZER --tokenizer DIR --output DIR \
-        [--init eeve|mean|random]
+        [--init fit|eeve|mean|random] [--prior counts|none] [--fit-input-steps N] [--fit-output-steps N]
+        [--fit-samples N] [--fit-text FILE ...] [--fit-english FILE ...]
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from megaeeve.errors import one_line_errors
+from megaeeve.model.fit import PRIORS, FitSettings
 from megaeeve.model.init import INIT_METHODS
 
 
@@ -27,21 +29,43 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     parser.add_argument("--pad-vocab-to-multiple-of", type=int, default=64,
                         help="round the model vocabulary up to a multiple of this (padding rows are zero and "
                              "never predicted; 1 = no padding)")
-    parser.add_argument("--init", choices=INIT_METHODS, default="eeve",
-                        help="new rows: eeve (mean of the token's base pieces; output row of the first piece), "
-                             "mean (mean of all base rows + noise, LLaMA-Factory's), random (normal, std "
-                             "config.initializer_range, transformers' resize default)")
+    parser.add_argument("--init", choices=INIT_METHODS, default="fit",
+                        help="new rows: fit (the default: eeve's rows fitted to the base model, megaeeve/model/"
+                             "fit.py), eeve (the card's recipe exactly: mean of the token's base pieces; output row "
+                             "of the first piece), mean (mean of all base rows + noise, LLaMA-Factory's), random "
+                             "(normal, std config.initializer_range, transformers' resize default)")
+    defaults = FitSettings()
+    parser.add_argument("--prior", choices=PRIORS, default=defaults.prior,
+                        help="--init fit's output prior: counts (each new token and its first piece get the log of "
+                             "their share of the piece's emissions, from expansion_report.json) or none")
+    parser.add_argument("--fit-input-steps", type=int, default=defaults.input_steps,
+                        help="--init fit: Adam steps fitting the new input rows to the base's hidden states (0: off)")
+    parser.add_argument("--fit-output-steps", type=int, default=defaults.output_steps,
+                        help="--init fit: Adam steps fitting the new output rows by softmax regression (0: off)")
+    parser.add_argument("--fit-samples", type=int, default=defaults.samples,
+                        help=f"--init fit: samples of {defaults.sample_length} tokens of target-language text")
+    parser.add_argument("--fit-text", nargs="+", metavar="FILE",
+                        help="--init fit: target-language text (default: the corpus the tokenizer was expanded on)")
+    parser.add_argument("--fit-english", nargs="+", metavar="FILE",
+                        help="--init fit: English text (default: CPython's pydoc topics)")
     parser.add_argument("--allow-no-new-tokens", action="store_true",
                         help="accept a tokenizer without new tokens (the base's own): a model directory with no "
                              "new rows, to train the base vocabulary with the same trainer (no-expansion baseline)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     args = parser.parse_args(argv)
+    for flag in ("fit_input_steps", "fit_output_steps", "fit_samples"):
+        if getattr(args, flag) < (1 if flag == "fit_samples" else 0):
+            parser.error(f"--{flag.replace('_', '-')} must be {'positive' if flag == 'fit_samples' else '>= 0'}, "
+                         f"got {getattr(args, flag)}")
 
     from megaeeve.model.extend import describe, extend_model
 
     meta = extend_model(args.base_model, args.base_tokenizer, args.tokenizer, args.output,
                         pad_vocab_to_multiple_of=args.pad_vocab_to_multiple_of, overwrite=args.overwrite,
-                        init=args.init, allow_no_new_tokens=args.allow_no_new_tokens)
+                        init=args.init, allow_no_new_tokens=args.allow_no_new_tokens,
+                        fit=FitSettings(prior=args.prior, input_steps=args.fit_input_steps,
+                                        output_steps=args.fit_output_steps, samples=args.fit_samples),
+                        fit_text=args.fit_text, fit_english=args.fit_english)
     print(describe(meta))
     print(f"wrote {args.output}")
     return 0

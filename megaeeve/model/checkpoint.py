@@ -66,6 +66,7 @@ class ModelMeta:
     tokenizer_fingerprint: str
     tokenizer_files: list[str]  # files of the expanded tokenizer in the directory (export copies them)
     init: str = "eeve"  # how extension initialised the new rows (megaeeve.model.init.INIT_METHODS); older dirs: eeve
+    fit: dict | None = None  # init "fit": its settings and what it measured (megaeeve/model/fit.py)
     format: str = FORMAT
 
     @property

@@ -20,7 +20,9 @@ from tokenizers import Tokenizer
 from megaeeve.atomic import atomic_dir
 from megaeeve.errors import MegaeeveError, OutputExistsError
 from megaeeve.model.checkpoint import RESERVED_NAMES, ModelMeta, write_model_dir
+from megaeeve.model.fit import PRIORS, FitSettings, Rows, fit_rows, group_log_shares, samples_from
 from megaeeve.model.init import INIT_METHODS, eeve_rows, mean_rows, random_rows, token_pieces
+from megaeeve.model.pieces import PieceTable
 from megaeeve.tokenizer_io import load_tokenizer, tokenizer_fingerprint
 
 EXPANSION_REPORT = "expansion_report.json"
@@ -70,6 +72,68 @@ def check_extension(base: Tokenizer, expanded: Tokenizer, base_vocab_size: int, 
     return size
 
 
+def report_counts(tokenizer_dir: Path) -> dict[int, int]:
+    """Emission counts of every new token and of every first piece, from the expansion report's final counting
+    pass (what the output prior's shares come from)."""
+    path = tokenizer_dir / EXPANSION_REPORT
+    if not path.is_file():
+        raise ExtendError(f"{tokenizer_dir}: no {EXPANSION_REPORT}, whose counts --init fit's output prior needs "
+                          f"(expand the tokenizer with megaeeve expand-vocab, or pass --prior none)")
+    report = json.loads(path.read_text(encoding="utf-8"))
+    if "first_piece_counts" not in report:
+        raise ExtendError(f"{path} predates first_piece_counts, which --init fit's output prior needs: expand the "
+                          f"tokenizer again with this version, or pass --prior none")
+    counts = {t["id"]: int(t["frequency"]) for t in report["new_tokens"]}
+    counts.update({int(i): int(n) for i, n in report["first_piece_counts"].items()})
+    return counts
+
+
+def fit_texts(tokenizer_dir: Path, fit_text: list[str] | None) -> list[str]:
+    """Files the fits read: --fit-text, else the corpus the tokenizer was expanded on (its report names it)."""
+    from megaeeve.corpus import expand_inputs
+
+    if fit_text:
+        return expand_inputs(fit_text)
+    path = tokenizer_dir / EXPANSION_REPORT
+    files = json.loads(path.read_text(encoding="utf-8"))["settings"]["corpus"] if path.is_file() else []
+    missing = [f for f in files if not Path(f).is_file()]
+    if not files or missing:
+        raise ExtendError(f"--init fit reads target-language text; {path} names "
+                          f"{', '.join(missing) or 'none'}{' (missing)' if missing else ''}: pass --fit-text FILE")
+    return files
+
+
+def _encoded_samples(tok: Tokenizer, docs, length: int, limit: int) -> torch.Tensor:
+    return samples_from([e.ids for e in tok.encode_batch_fast(list(docs), add_special_tokens=False)], length, limit)
+
+
+def _fitted(model, rows: Rows, pieces: list[list[int]], base_size: int, new_tok: Tokenizer, tokenizer_dir: Path,
+            fit: FitSettings, fit_text: list[str] | None, fit_english: list[str] | None) -> tuple[Rows, dict]:
+    """--init fit: EEVE's rows corrected against the base model (megaeeve/model/fit.py)."""
+    from megaeeve.assets import english_documents
+    from megaeeve.corpus import expand_inputs, iter_documents, sample_documents
+
+    if fit.prior not in PRIORS:
+        raise ExtendError(f"--prior must be one of {', '.join(PRIORS)}, got {fit.prior!r}")
+    shares = None
+    if fit.prior == "counts":
+        shares = group_log_shares(pieces, base_size, report_counts(tokenizer_dir), fit.smoothing)
+    # A sample never runs past the model's context (the input fit's teacher reads pieces: shorter still is fine).
+    context = getattr(model.config.get_text_config(), "max_position_embeddings", None) or fit.sample_length + 1
+    length = min(fit.sample_length + 1, context)
+    budget = fit.samples * length * 16  # bytes: generous for any script
+    try:
+        target = _encoded_samples(new_tok, sample_documents(fit_texts(tokenizer_dir, fit_text), budget), length,
+                                  fit.samples)
+        english = english_documents() if not fit_english else list(iter_documents(expand_inputs(fit_english)))
+        english_ids = _encoded_samples(new_tok, english, length, fit.english_samples)
+    except ValueError as e:
+        raise ExtendError(f"--init fit: {e}") from e
+    model.eval()
+    return fit_rows(model, rows, PieceTable(pieces, base_size), target, english_ids, shares, fit, context,
+                    log=lambda m: print(m, flush=True))
+
+
 def _module_path(model, module) -> str:
     return next(name for name, m in model.named_modules() if m is module)
 
@@ -83,11 +147,14 @@ def _initializer_range(model, base_model: str | Path) -> float:
 
 def extend_model(base_model: str | Path, base_tokenizer: str | Path, tokenizer: str | Path, output: str | Path,
                  pad_vocab_to_multiple_of: int = 64, overwrite: bool = False, model=None,
-                 init: str = "eeve", allow_no_new_tokens: bool = False) -> ModelMeta:
+                 init: str = "eeve", allow_no_new_tokens: bool = False, fit: FitSettings = FitSettings(),
+                 fit_text: list[str] | None = None, fit_english: list[str] | None = None) -> ModelMeta:
     """Write the stage-0 model directory `output`; return its ModelMeta.
 
     `model` is the base model already loaded from `base_model` (load_base_model); None loads it here,
-    after the tokenizer checks. `init` is one of INIT_METHODS (megaeeve/model/init.py).
+    after the tokenizer checks. `init` is one of INIT_METHODS (megaeeve/model/init.py); `fit` (fit.py), read
+    with `init="fit"`, fits EEVE's rows to the base model on `fit_text` (default: the corpus the tokenizer was
+    expanded on) and `fit_english` (default: the bundled English) before anything is written.
     `allow_no_new_tokens` accepts a tokenizer with no new tokens (the base tokenizer itself): the
     directory then has no `added` rows, for training the base vocabulary as it is (a no-expansion
     baseline) with the same trainer.
@@ -129,9 +196,19 @@ def extend_model(base_model: str | Path, base_tokenizer: str | Path, tokenizer: 
     state[f"{out_path}.original"] = out.weight[:base_size].float().clone()
     if bias is not None:
         state[f"{out_path}.bias_original"] = bias[:base_size].float().clone()
+    fit_record = None
     if num_new:  # no new tokens: no `added` rows at all
-        if init == "eeve":
+        if init in ("eeve", "fit"):
             added_in, added_out, added_bias = eeve_rows(inp.weight, out.weight, bias, pieces)
+            if init == "fit":
+                start = Rows(state[f"{in_path}.original"], state[f"{out_path}.original"],
+                             state.get(f"{out_path}.bias_original"), added_in, added_out, added_bias)
+                fitted, fit_record = _fitted(model, start, pieces, base_size, new_tok, tokenizer, fit, fit_text,
+                                             fit_english)
+                added_in, added_out, added_bias = fitted.added_input, fitted.added_output, fitted.added_bias
+                state[f"{out_path}.original"] = fitted.base_output  # the prior moves the first pieces' rows
+                if bias is not None:
+                    state[f"{out_path}.bias_original"] = fitted.base_bias
         elif init == "mean":
             added_in, added_out, added_bias = mean_rows(inp.weight[:base_size], out.weight[:base_size],
                                                         None if bias is None else bias[:base_size], num_new)
@@ -156,7 +233,7 @@ def extend_model(base_model: str | Path, base_tokenizer: str | Path, tokenizer: 
         base_model_rows=rows,
         base_model=str(base_model), base_tokenizer=str(base_tokenizer),
         base_tokenizer_fingerprint=tokenizer_fingerprint(base_tok), tokenizer_fingerprint=tokenizer_fingerprint(new_tok),
-        tokenizer_files=tokenizer_files, init=init,
+        tokenizer_files=tokenizer_files, init=init, fit=fit_record,
     )
     with atomic_dir(output, overwrite=overwrite) as tmp:
         write_model_dir(tmp, state, config, meta, tokenizer, base_tok, pieces)

@@ -4,6 +4,7 @@
   the token's text into; its output row (and lm_head bias) is the base output row of the first piece.
 - mean: every new row is the mean of all base rows plus normal noise of std 1/sqrt(hidden) (LLaMA-Factory's
   noisy mean); a new bias entry is the mean base bias.
+- fit: eeve's rows, then fitted to the base model (fit.py: output prior, input and output rows).
 - random: normal rows of std config.initializer_range, zero bias (transformers' resize_token_embeddings
   without mean_resizing).
 
@@ -27,7 +28,7 @@ from tokenizers import Tokenizer
 
 from megaeeve.errors import MegaeeveError
 
-INIT_METHODS = ("eeve", "mean", "random")
+INIT_METHODS = ("fit", "eeve", "mean", "random")
 SEED = 0
 
 

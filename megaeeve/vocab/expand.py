@@ -114,6 +114,16 @@ def _token_entry(n: NewPiece, counts: Counts, family: Family) -> dict[str, Any]:
     return entry
 
 
+def first_piece_counts(base: Tokenizer, new: list[NewPiece], counts: Counts) -> dict[str, int]:
+    """Emissions of each base piece that begins a new token, by id (JSON keys are strings).
+
+    A new token's own count is in `new_tokens`; with these, the model-extension step knows every member's
+    share of its first-piece group (megaeeve/model/fit.py: the output prior) without reading the corpus again.
+    """
+    firsts = {base.model.tokenize(n.piece)[0].id for n in new}
+    return {str(i): int(counts.token_counts[i]) for i in sorted(firsts)}
+
+
 def _below_threshold(new_tokens: list[dict[str, Any]], threshold: int) -> dict[str, int]:
     """How many new tokens are emitted fewer than `threshold` times: bridges, and characters kept by step 6."""
     low = [t for t in new_tokens if t["frequency"] < threshold]
@@ -218,6 +228,7 @@ def expand_vocab(cfg: ExpandConfig, log=print) -> dict[str, Any]:
         "unreachable": [t for r in result.rounds for t in r.unreachable],
         "new_tokens": new_tokens,
         "below_threshold": _below_threshold(new_tokens, result.threshold),
+        "first_piece_counts": first_piece_counts(base, target.new, result.counts),
         "chars_per_token": {
             "held_out": {**chars_per_token(base, target.tokenizer, held), "source": ", ".join(cfg.held_out)}
             if held

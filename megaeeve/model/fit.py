@@ -1,0 +1,306 @@
+"""Stage-0 rows fitted to the base model, so that an extended model starts where its base is.
+
+EEVE's initialisation (init.py) costs bits before any training: in a byte-level BPE most new tokens of a
+script begin with one of a handful of base pieces (SmolLM2 + 3,982 Korean tokens: 13 first pieces, one shared
+by 1,110 tokens), every token of such a group gets the same logit as its first piece, and each copy adds that
+piece's whole probability mass. Three cheap corrections, each usable alone:
+
+- ``group_log_shares``: a mass-preserving output prior. G(p) = {p} and every new token whose first piece is
+  p; member s gets the logit offset log pi_s, pi_s its share of G(p)'s emissions by the expanded tokenizer
+  (the counts of expand_vocab's final counting pass, smoothed). The shares of a group sum to 1, so the
+  group's total probability is the base's probability of p and the softmax normaliser is unchanged: every
+  base token outside the groups keeps exactly the base model's probability.
+- ``fold_direction``: a model without an lm_head bias (Llama, Qwen, Mistral, SmolLM2) cannot carry an offset
+  in plain transformers. The offset b_s is folded into the row as b_s * u, u the least-squares direction
+  with u . h ~= 1 over the base's final hidden states (Cho et al., arXiv 2406.01468); ``FoldReport`` says how
+  far u . h strays from 1, which is what the fold costs.
+- ``fit_input_rows``: the new input rows optimised so that the model's hidden states after a new token match
+  the base's after the token's pieces, in contexts from the corpus (AweDist, arXiv 2505.20133); the base is
+  the teacher and nothing else moves.
+- ``fit_output_rows``: the new output rows (and new bias entries) fitted by softmax regression on the model's
+  own final hidden states over corpus text: next-token cross entropy over the expanded vocabulary with the
+  base rows frozen, whose part of the normaliser is computed once. An L2 pull towards the starting rows
+  keeps tokens seen a few times near their prior.
+
+Everything works on the plain base model and row tensors (new input rows reach it as ``inputs_embeds``), in
+one process, before the stage-0 directory is written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import asdict as dataclasses_asdict
+from dataclasses import dataclass
+from typing import Callable, Iterator, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from megaeeve.model.pieces import PieceTable
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class Rows:
+    """The rows being fitted: base rows (read only) and new rows (replaced by the fits), fp32."""
+
+    base_input: torch.Tensor  # [base, hidden]
+    base_output: torch.Tensor  # [base, hidden]
+    base_bias: torch.Tensor | None  # [base]
+    added_input: torch.Tensor  # [new, hidden]
+    added_output: torch.Tensor  # [new, hidden]
+    added_bias: torch.Tensor | None  # [new]
+
+    @property
+    def base_vocab_size(self) -> int:
+        return self.base_input.shape[0]
+
+    def input_embeds(self, ids: torch.Tensor, added: torch.Tensor | None = None) -> torch.Tensor:
+        """Input vectors of expanded ids [batch, seq] (`added`: other new input rows, e.g. a trainable copy)."""
+        added = self.added_input if added is None else added
+        base = self.base_vocab_size
+        out = F.embedding(ids.clamp(max=base - 1), self.base_input)
+        if not len(added):
+            return out
+        new = F.embedding((ids - base).clamp(min=0), added)
+        return torch.where((ids < base).unsqueeze(-1), out, new)
+
+
+# -- the output prior -------------------------------------------------------------------------------------
+def first_piece_groups(pieces: Sequence[Sequence[int]], base_vocab_size: int) -> dict[int, list[int]]:
+    """First base piece -> the new ids that begin with it."""
+    groups: dict[int, list[int]] = {}
+    for k, ids in enumerate(pieces):
+        groups.setdefault(int(ids[0]), []).append(base_vocab_size + k)
+    return groups
+
+
+def group_log_shares(pieces: Sequence[Sequence[int]], base_vocab_size: int, counts: Mapping[int, float],
+                     smoothing: float = 0.5) -> dict[int, float]:
+    """log pi_s for every member s of every group G(p) = {p} + {new t : first piece p}; shares sum to 1 per group.
+
+    `counts`: how often the expanded tokenizer emits each id on the corpus (missing ids count 0); each count is
+    raised by `smoothing` so that an unseen token keeps a small share rather than -inf.
+    """
+    shares: dict[int, float] = {}
+    for first, members in first_piece_groups(pieces, base_vocab_size).items():
+        ids = [first, *members]
+        c = torch.tensor([float(counts.get(i, 0)) + smoothing for i in ids], dtype=torch.float64)
+        shares.update(zip(ids, (c / c.sum()).log().tolist()))
+    return shares
+
+
+def offsets_tensor(shares: Mapping[int, float], vocab_size: int) -> torch.Tensor:
+    """The per-id logit offsets [vocab] (0 outside the groups), fp32."""
+    out = torch.zeros(vocab_size, dtype=torch.float64)
+    for i, v in shares.items():
+        out[i] = v
+    return out.float()
+
+
+@dataclass(frozen=True)
+class FoldReport:
+    """How well u . h ~= 1 holds on the sampled final hidden states (mean and std of u . h)."""
+
+    mean: float
+    std: float
+    samples: int
+
+
+def fold_direction(hidden: torch.Tensor, ridge: float = 1e-4) -> tuple[torch.Tensor, FoldReport]:
+    """u minimising sum (u . h - 1)^2 + ridge * n * |u|^2 over the rows h of `hidden` [n, d]."""
+    h = hidden.double()
+    gram = h.T @ h + ridge * len(h) * torch.eye(h.shape[1], dtype=h.dtype)
+    u = torch.linalg.solve(gram, h.sum(0))
+    fit = h @ u
+    return u.float(), FoldReport(float(fit.mean()), float(fit.std()), len(h))
+
+
+def apply_offsets(rows: Rows, shares: Mapping[int, float], u: torch.Tensor | None) -> Rows:
+    """Rows carrying the offsets: in the lm_head bias when there is one, else folded as offset * u into the rows."""
+    base = rows.base_vocab_size
+    off = offsets_tensor(shares, base + rows.added_output.shape[0])
+    out = Rows(rows.base_input, rows.base_output.clone(), None if rows.base_bias is None else rows.base_bias.clone(),
+               rows.added_input, rows.added_output.clone(),
+               None if rows.added_bias is None else rows.added_bias.clone())
+    if rows.base_bias is not None:
+        out.base_bias += off[:base]
+        out.added_bias += off[base:]
+    else:
+        if u is None:
+            raise ValueError("a model without an lm_head bias needs the fold direction u")
+        out.base_output += off[:base, None] * u
+        out.added_output += off[base:, None] * u
+    return out
+
+
+# -- running the base model on expanded ids -----------------------------------------------------------------
+@contextlib.contextmanager
+def head_inputs(model: nn.Module) -> Iterator[list[torch.Tensor]]:
+    """While open, the tensors entering the model's output embedding (its final hidden states), any architecture."""
+    states: list[torch.Tensor] = []
+    handle = model.get_output_embeddings().register_forward_pre_hook(lambda _, args: states.append(args[0]))
+    try:
+        yield states
+    finally:
+        handle.remove()
+
+
+def final_hidden(model: nn.Module, rows: Rows, samples: torch.Tensor, batch: int = 8) -> torch.Tensor:
+    """Final hidden states [n, seq, d] of expanded-id samples [n, seq] with `rows`' input rows, no grad."""
+    out = []
+    with torch.no_grad():
+        for chunk in samples.split(batch):
+            with head_inputs(model) as states:
+                model(inputs_embeds=rows.input_embeds(chunk), use_cache=False)
+            out.append(states[0].float())
+    return torch.cat(out)
+
+
+def samples_from(encoded: Sequence[Sequence[int]], length: int, limit: int) -> torch.Tensor:
+    """At most `limit` samples [n, length] of consecutive ids, documents joined in order (a sample spans
+    document ends as a packed training sample does)."""
+    flat = [i for ids in encoded for i in ids]
+    n = min(limit, len(flat) // length)
+    if n == 0:
+        raise ValueError(f"the fitting text has {len(flat)} tokens, fewer than one sample of {length}")
+    return torch.tensor(flat[:n * length], dtype=torch.long).view(n, length)
+
+
+# -- fitting the input rows (AweDist) -----------------------------------------------------------------------
+def _all_states(model: nn.Module, **inputs) -> tuple[torch.Tensor, ...]:
+    return model(**inputs, output_hidden_states=True, use_cache=False).hidden_states[1:]
+
+
+def fit_input_rows(model: nn.Module, rows: Rows, table: PieceTable, samples: torch.Tensor, steps: int,
+                   context: int, lr: float = 1e-2, batch: int = 4, log: Log | None = None) -> Rows:
+    """New input rows moved for `steps` Adam steps so that every layer's hidden state at each position of the
+    expanded samples matches the base's at the end of the same token's pieces (relative squared error).
+
+    Samples are cut so that the base's input (their pieces) fits `context` positions. Only rows of new ids that
+    occur in `samples` move; the rest keep their start.
+    """
+    model.requires_grad_(False)
+    added = rows.added_input.clone().requires_grad_(True)
+    opt = torch.optim.Adam([added], lr=lr * float(rows.base_input.norm(dim=1).mean()) / math.sqrt(rows.base_input.shape[1]))
+    batches = list(samples.split(batch))
+    targets: dict[int, tuple[torch.Tensor, ...]] = {}
+    for step in range(steps):
+        k = step % len(batches)
+        ids = batches[k]
+        if k not in targets:
+            expansion = table.expand(ids)
+            if expansion.ids.shape[1] > context:  # the longest prefix whose pieces fit in every row
+                ids = batches[k] = ids[:, :max(1, int((expansion.ends <= context).all(0).sum()))]
+                expansion = table.expand(ids)
+            last = expansion.ends - 1  # [b, seq] base position of each token's last piece
+            with torch.no_grad():
+                states = _all_states(model, inputs_embeds=rows.input_embeds(expansion.ids))
+            index = last.unsqueeze(-1).expand(-1, -1, states[0].shape[-1])
+            targets[k] = tuple(s.gather(1, index).float() for s in states)
+        student = _all_states(model, inputs_embeds=rows.input_embeds(ids, added))
+        loss = sum((s.float() - t).square().sum() / t.square().sum() for s, t in zip(student, targets[k]))
+        loss = loss / len(student)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if log and (step % 10 == 0 or step == steps - 1):
+            log(f"fit input rows: step {step + 1}/{steps}, relative hidden error {float(loss):.4f}")
+    return Rows(rows.base_input, rows.base_output, rows.base_bias, added.detach(), rows.added_output, rows.added_bias)
+
+
+# -- fitting the output rows (softmax regression on final hidden states) ---------------------------------------
+def fit_output_rows(model: nn.Module, rows: Rows, samples: torch.Tensor, steps: int, lr: float = 1e-2,
+                    l2: float = 1e-2, batch: int = 1024, log: Log | None = None) -> Rows:
+    """New output rows (and new bias entries) fitted for `steps` Adam steps to next-token cross entropy over the
+    expanded vocabulary on the model's final hidden states of `samples` (base rows frozen), with an L2 pull
+    of weight `l2` towards the starting rows, relative to their mean squared norm."""
+    hidden = final_hidden(model, rows, samples[:, :-1]).flatten(0, 1)
+    targets = samples[:, 1:].flatten()
+    base = rows.base_vocab_size
+    with torch.no_grad():  # the base rows' part of every position's normaliser, once
+        lse, target_logit = [], []
+        for h, y in zip(hidden.split(4096), targets.split(4096)):
+            z = h @ rows.base_output.T
+            if rows.base_bias is not None:
+                z += rows.base_bias
+            lse.append(z.logsumexp(-1))
+            target_logit.append(z.gather(1, y.clamp(max=base - 1)[:, None]).squeeze(1))
+        lse_base, base_target = torch.cat(lse), torch.cat(target_logit)
+    start = rows.added_output
+    weight = start.clone().requires_grad_(True)
+    bias = None if rows.added_bias is None else rows.added_bias.clone().requires_grad_(True)
+    scale = float(start.square().sum(1).mean())
+    opt = torch.optim.Adam([weight] + ([bias] if bias is not None else []),
+                           lr=lr * math.sqrt(scale / start.shape[1]))
+    gen = torch.Generator().manual_seed(0)
+    for step in range(steps):
+        pick = torch.randint(len(hidden), (min(batch, len(hidden)),), generator=gen)
+        h, y = hidden[pick], targets[pick]
+        z_new = h @ weight.T
+        if bias is not None:
+            z_new = z_new + bias
+        lse_all = torch.logaddexp(lse_base[pick], z_new.logsumexp(-1))
+        is_new = y >= base
+        z_y = torch.where(is_new, z_new.gather(1, (y - base).clamp(min=0)[:, None]).squeeze(1), base_target[pick])
+        nll = (lse_all - z_y).mean()
+        loss = nll + l2 * (weight - start).square().sum(1).mean() / scale
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if log and (step % 50 == 0 or step == steps - 1):
+            log(f"fit output rows: step {step + 1}/{steps}, cross entropy {float(nll):.4f}")
+    return Rows(rows.base_input, rows.base_output, rows.base_bias, rows.added_input, weight.detach(),
+                None if bias is None else bias.detach())
+
+
+# -- the whole fitted initialisation ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class FitSettings:
+    """`megaeeve extend --init fit`: EEVE's rows, then the corrections above, in this order."""
+
+    prior: str = "counts"
+    """Output prior: `counts` (shares of the expansion report's emission counts) or `none`."""
+    smoothing: float = 0.5
+    """Added to every count of a group before the shares are taken."""
+    input_steps: int = 20
+    """Adam steps of fit_input_rows (0: keep the mean of the pieces)."""
+    output_steps: int = 300
+    """Adam steps of fit_output_rows (0: keep the first piece's row plus the prior)."""
+    sample_length: int = 128
+    """Tokens per fitting sample."""
+    samples: int = 64
+    """Samples of target-language text (fit_output_rows; the first quarter also feeds fit_input_rows)."""
+    english_samples: int = 16
+    """Samples of English text: the fold direction and fit_output_rows see these too, so that the new rows
+    learn to stay out of English contexts."""
+
+
+PRIORS = ("counts", "none")
+
+
+def fit_rows(model: nn.Module, rows: Rows, table: PieceTable, target: torch.Tensor, english: torch.Tensor,
+             shares: Mapping[int, float] | None, settings: FitSettings, context: int,
+             log: Log | None = None) -> tuple[Rows, dict]:
+    """Apply the prior (shares, None for none), then fit the input rows on `target` samples and the output rows
+    on `target` and `english` samples (expanded ids [n, length]; `context`: the model's positions); returns the
+    rows and a record of what was done."""
+    record: dict = {"settings": dataclasses_asdict(settings)}
+    if shares is not None:
+        u = None
+        if rows.base_bias is None:
+            base_ids = torch.cat([table.expand(target[: max(1, len(target) // 4)]).ids[:, :target.shape[1]],
+                                  english])
+            hidden = final_hidden(model, rows, base_ids).flatten(0, 1)
+            u, fold = fold_direction(hidden)
+            record["fold"] = dataclasses_asdict(fold)
+        rows = apply_offsets(rows, shares, u)
+    if settings.input_steps:
+        rows = fit_input_rows(model, rows, table, target[: max(1, len(target) // 4)], settings.input_steps, context,
+                              log=log)
+    if settings.output_steps:
+        rows = fit_output_rows(model, rows, torch.cat([target, english]), settings.output_steps, log=log)
+    return rows, record
