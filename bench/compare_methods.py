@@ -12,6 +12,9 @@ Methods, each trained by megaeeve/train.py (DeepSpeed ZeRO-3) from the real pret
                  trained: plain continued pretraining
   (e) eeve-distill  as (a), RUN.yaml `schedule: eeve+distill`: stages 1-3 learn the new rows by distilling the
                  base model's likelihoods (megaeeve/training/objectives.py), stages 4-7 as (a)
+  (f) fit        expanded vocabulary, `megaeeve extend --init fit` (EEVE's rows fitted to the base model:
+                 megaeeve/model/fit.py, the default), the seven EEVE stages
+  (g) full-fit   as (f), all parameters trained
 
 Every method trains seven stages of the same number of steps (the same tokens, the same seeds, so
 (a) and (b) see the very same batches in each stage); each stage is a fresh engine with a 10% warmup
@@ -86,6 +89,8 @@ METHODS = (
     Method("full-mean", "(c) all parameters, mean init", "stage-0-mean", "data", ALL_ROLES),
     Method("no-expand", "(d) no expansion (base tokenizer)", "stage-0-base", "data-base", BASE_ROLES),
     Method("eeve-distill", "(e) EEVE, stages 1-3 distilled", "stage-0", "data", None, "eeve+distill"),
+    Method("fit", "(f) fitted init, 7 EEVE stages", "stage-0-fit", "data", None),
+    Method("full-fit", "(g) all parameters, fitted init", "stage-0-fit", "data", ALL_ROLES),
 )
 
 
@@ -102,6 +107,7 @@ class CompareConfig:
     seed: int = 1234
     intermediate_vocab_size: int = 8000
     min_frequency: int = 30
+    nproc: int | None = None  # training ranks (default: the pipeline's, 2 on CPU)
     methods: tuple[str, ...] = tuple(m.key for m in METHODS)
 
     @property
@@ -114,6 +120,8 @@ class Compare(Pipeline):
 
     def __init__(self, cc: CompareConfig) -> None:
         gpu = dict(nproc=_cuda_devices(), seq_length=512, ds_config=REPO / "ds_configs" / "zero3.json") if cc.gpu else {}
+        if cc.nproc and not cc.gpu:
+            gpu = dict(nproc=cc.nproc)
         super().__init__(PipelineConfig(run_dir=cc.out, intermediate_vocab_size=cc.intermediate_vocab_size,
                                         min_frequency=cc.min_frequency, **gpu))
         self.cc = cc
@@ -131,7 +139,8 @@ class Compare(Pipeline):
         steps = [Step("korean-debian", r / "korean-debian", self.write_korean_debian), parent["corpus"],
                  parent["base"], parent["tokenizer"],
                  Step("base-tokenizer", r / "base-tokenizer", self.write_base_tokenizer),
-                 parent["stage-0"],
+                 self.extend_step("stage-0", r / "tokenizer", r / "stage-0", "--init", "eeve"),  # the card's
+                 self.extend_step("stage-0-fit", r / "tokenizer", r / "stage-0-fit", "--init", "fit"),
                  self.extend_step("stage-0-mean", r / "tokenizer", r / "stage-0-mean", "--init", "mean"),
                  self.extend_step("stage-0-base", r / "base-tokenizer", r / "stage-0-base", "--allow-no-new-tokens"),
                  parent["data-ko"], parent["data-en"],
@@ -570,6 +579,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eval-chars", type=int, default=CompareConfig.eval_chars,
                    help="held-out characters per language")
     p.add_argument("--keep-weights", action="store_true", help="keep every stage's final/ weights")
+    p.add_argument("--nproc", type=int, help="training processes on CPU (default 2; 1 runs one process with every "
+                                              "core as threads)")
     p.add_argument("--report-only", action="store_true",
                    help="run nothing: tables, plot and --results from what is there")
     p.add_argument("--results", default=str(REPO / "bench" / "RESULTS.md"), help="'' to not write")
@@ -582,7 +593,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--methods: unknown {sorted(unknown)}; choose from {[m.key for m in METHODS]}")
     cc = CompareConfig(out=args.out, scale=args.scale, gpu=args.gpu, full_lr=args.full_lr,
                        same_text_stages=args.same_text_stages, eval_chars=args.eval_chars,
-                       keep_weights=args.keep_weights, methods=methods)
+                       keep_weights=args.keep_weights, methods=methods, nproc=args.nproc)
     cmp = Compare(cc)
     if not args.report_only:
         cmp.run()

@@ -78,19 +78,19 @@ def smollm2_gguf() -> Path:
     return path
 
 
-def korean_files() -> list[Path]:
+def korean_files(corpora: tuple[str, ...] = ("kolaw", "kobill")) -> list[Path]:
     """konlpy's Korean corpora: the constitution (kolaw) and the bills (kobill), in a fixed order."""
     corpus = package_dir("konlpy") / "data" / "corpus"
-    files = sorted((corpus / "kolaw").glob("*.txt")) + sorted((corpus / "kobill").glob("*.txt"))
+    files = [f for name in corpora for f in sorted((corpus / name).glob("*.txt"))]
     if not files:
         raise AssetMissing(f"no Korean text under {corpus}; install konlpy==0.6.0 with --no-deps")
     return files
 
 
-def korean_documents() -> list[str]:
+def korean_documents(corpora: tuple[str, ...] = ("kolaw", "kobill")) -> list[str]:
     """Korean documents: non-empty paragraphs (lines) of konlpy's corpora, in a fixed order."""
     docs = []
-    for path in korean_files():
+    for path in korean_files(corpora):
         docs.extend(line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
     return docs
 

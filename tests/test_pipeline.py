@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -87,17 +88,24 @@ def test_report_evaluates_every_stage_against_the_base(tiny_run):
     for name in names:
         on_disk = json.loads((run_dir / "eval" / f"{name}.json").read_text(encoding="utf-8"))
         assert on_disk["texts"] == evals[name]
-        for text in ("held_out", "english"):
+        for text in ("held_out", "other_domain", "english"):
             assert 0 < evals[name][text]["bits_per_char"] < 40 and evals[name][text]["gen_chars_per_s"] > 0
     base, stage0, final = evals["base"], evals["stage-0"], evals["stage-7"]
-    # English: identical ids, identical base logits; the new rows can only take probability mass.
-    assert stage0["english"]["tokens"] == base["english"]["tokens"]
-    assert stage0["english"]["bits_per_char"] > base["english"]["bits_per_char"]
+    assert stage0["english"]["tokens"] == base["english"]["tokens"]  # English: identical ids
     assert stage0["held_out"]["chars_per_token"] > 2 * base["held_out"]["chars_per_token"]
+    assert stage0["other_domain"]["chars_per_token"] > 1.5 * base["other_domain"]["chars_per_token"]
     assert final["held_out"]["bits_per_char"] < stage0["held_out"]["bits_per_char"]
     report = (run_dir / "report" / "report.md").read_text(encoding="utf-8")
     assert f"| stage-7 | {final['held_out']['bits_per_char']:.4f} |" in report
-    assert "English, stage 0 against the base: +" in report
+    assert re.search(r"English, stage 0 against the base: [+-]\d", report)
+    # the verdict: base, stage 0 and the final model on every text, and whether the final model beats the base
+    for text, label in (("held_out", "target language (held out)"), ("other_domain", "target language, another domain"),
+                        ("english", "English (held out)")):
+        b, f = base[text]["bits_per_char"], final[text]["bits_per_char"]
+        assert f"| {label} | {b:.4f} |" in report
+        assert f"({f - b:+.4f}) | {'yes' if f < b else 'no'} |" in report
+    assert ("beats its base on every text" in report) == all(
+        final[t]["bits_per_char"] < base[t]["bits_per_char"] for t in ("held_out", "other_domain", "english"))
 
 
 def test_export_is_a_plain_transformers_model(tiny_run):

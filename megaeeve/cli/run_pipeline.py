@@ -32,6 +32,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     p.add_argument("--corpus", nargs="+", help="your target-language text: JSONL / txt / Parquet / Arrow files, dirs "
                                               "or globs (default: konlpy's Korean); a held-out split is made from it")
     p.add_argument("--english", nargs="+", help="your English replay text, as --corpus (default: CPython's pydoc)")
+    p.add_argument("--other-text", nargs="+",
+                   help="target-language text of another domain, never trained on: the report scores it too "
+                        "(default with the bundled corpus: konlpy's constitution, which training then leaves out)")
     p.add_argument("--steps-per-stage", type=int)
     p.add_argument("--schedule", choices=list(SCHEDULES),
                    help="stage preset (default: eeve; eeve+distill teaches stages 1-3 by distilling the base model)")

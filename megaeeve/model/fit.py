@@ -31,7 +31,7 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import asdict as dataclasses_asdict
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Callable, Iterator, Mapping, Sequence
 
 import torch
@@ -53,6 +53,11 @@ class Rows:
     added_input: torch.Tensor  # [new, hidden]
     added_output: torch.Tensor  # [new, hidden]
     added_bias: torch.Tensor | None  # [new]
+
+    def detached(self) -> Rows:
+        """The same rows cut from any autograd graph (a base model's weights require grad)."""
+        return Rows(**{f.name: None if getattr(self, f.name) is None else getattr(self, f.name).detach()
+                       for f in fields(self)})
 
     @property
     def base_vocab_size(self) -> int:
@@ -207,7 +212,7 @@ def fit_input_rows(model: nn.Module, rows: Rows, table: PieceTable, samples: tor
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        if log and (step % 10 == 0 or step == steps - 1):
+        if log and (step % 5 == 0 or step == steps - 1):
             log(f"fit input rows: step {step + 1}/{steps}, relative hidden error {float(loss):.4f}")
     return Rows(rows.base_input, rows.base_output, rows.base_bias, added.detach(), rows.added_output, rows.added_bias)
 
@@ -289,6 +294,7 @@ def fit_rows(model: nn.Module, rows: Rows, table: PieceTable, target: torch.Tens
     on `target` and `english` samples (expanded ids [n, length]; `context`: the model's positions); returns the
     rows and a record of what was done."""
     record: dict = {"settings": dataclasses_asdict(settings)}
+    rows = rows.detached()
     if shares is not None:
         u = None
         if rows.base_bias is None:
