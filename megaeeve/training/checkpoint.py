@@ -14,9 +14,13 @@ starts only from a DONE stage.
 from __future__ import annotations
 
 import contextlib
+import io
 import math
+import os
 import random
 import shutil
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +41,10 @@ from megaeeve.tokenizer_io import load_tokenizer, tokenizer_fingerprint
 from megaeeve.training.collectives import all_reduce_values
 
 DONE = "DONE"
+# Test hook (tests/test_checkpoint_kill.py): "RANK:STEP:POINT" makes that rank stop for an hour at POINT of the save
+# of STEP, so a test can kill -9 inside the save deterministically. Points: before-file-K, inside-file-K (half of
+# the rank's K-th DeepSpeed file written).
+PAUSE_ENV = "MEGAEEVE_TEST_CHECKPOINT_PAUSE"
 
 
 class StageError(MegaeeveError, RuntimeError):
@@ -66,13 +74,50 @@ def latest_tag(ckpt_dir: Path) -> str | None:
 def save(engine: Any, ckpt_dir: Path, step: int, consumed_samples: int, keep: int) -> None:
     """Save a resumable checkpoint (all ranks) and drop all but the newest `keep` ones (rank 0)."""
     tag = f"step{step:08d}"
-    engine.save_checkpoint(str(ckpt_dir), tag=tag,
-                           client_state={"step": step, "consumed_samples": consumed_samples, "rng": rng_state()})
+    with _recorded_writes(engine, step):
+        engine.save_checkpoint(str(ckpt_dir), tag=tag,
+                               client_state={"step": step, "consumed_samples": consumed_samples, "rng": rng_state()})
     if dist.get_rank() == 0 and keep > 0:
         tags = sorted(p for p in ckpt_dir.glob("step*") if p.is_dir())
         for old in tags[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     dist.barrier()
+
+
+@contextlib.contextmanager
+def _recorded_writes(engine: Any, step: int):
+    """Yield the list of files this rank writes through DeepSpeed's checkpoint engine inside the block."""
+    written: list[Path] = []
+    real = engine.checkpoint_engine.save
+
+    def save(state_dict: Any, path: str) -> None:
+        k = len(written)
+        written.append(Path(path))
+        _pause(f"before-file-{k}", step)
+        if _pausing(f"inside-file-{k}", step):
+            data = io.BytesIO()
+            torch.save(state_dict, data)
+            with open(path, "wb") as f:
+                f.write(data.getbuffer()[: len(data.getbuffer()) // 2])
+            _pause(f"inside-file-{k}", step)
+        real(state_dict, path)
+
+    engine.checkpoint_engine.save = save
+    try:
+        yield written
+    finally:
+        del engine.checkpoint_engine.save  # the instance attribute: the class's method again
+
+
+def _pausing(point: str, step: int) -> bool:
+    return os.environ.get(PAUSE_ENV) == f"{dist.get_rank()}:{step}:{point}"
+
+
+def _pause(point: str, step: int) -> None:
+    """The test hook (PAUSE_ENV): announce the pause on stderr and wait to be killed."""
+    if _pausing(point, step):
+        print(f"checkpoint test pause: rank {dist.get_rank()} at {point} of step {step}", file=sys.stderr, flush=True)
+        time.sleep(3600)
 
 
 def resume(engine: Any, ckpt_dir: Path) -> tuple[int, int] | None:
