@@ -9,6 +9,7 @@ run: final/ of both runs, and DeepSpeed's own zero_to_fp32 view of both last che
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -20,14 +21,12 @@ import torch
 from _train_helpers import (ds_config, engine_view, launch, make_stage0, metrics, read_log, run_config, train_stage,
                             wait, weights, write_prefix)
 
-from megaeeve.training.checkpoint import PAUSE_ENV
-
-pytestmark = pytest.mark.slow
+from megaeeve.training.checkpoint import COMPLETE, PAUSE_ENV, _newest_complete, _prune
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory, phi2_tokenizer_dir, korean_split, english_docs):
-    """A tiny Llama stage-0 over phi-2's tokenizer (uneven ZeRO partitions of its 50,295 base rows on 2 and 3
+    """A tiny Llama stage-0 over phi-2's tokenizer (uneven ZeRO partitions of its 50,295 base rows on 3
     ranks) and Korean + English datasets."""
     tmp = tmp_path_factory.mktemp("ckpt-kill")
     llama = make_stage0(tmp, "llama", phi2_tokenizer_dir)
@@ -51,22 +50,24 @@ def _kill_inside_save(args: list[str], world: int, log: Path, rank: int, step: i
     finally:
         del os.environ[PAUSE_ENV]
     rank_log, deadline = Path(f"{log}.rank{rank}"), time.monotonic() + 600
-    while f"pause: rank {rank} at {point} of step {step}" not in (rank_log.read_text() if rank_log.exists() else ""):
-        assert all(p.poll() is None for p in procs), f"a rank ended before the pause:\n{read_log(log)}"
-        assert time.monotonic() < deadline, f"no pause at {point} of step {step}:\n{read_log(log)}"
-        time.sleep(0.05)
-    ticks, still = None, 0
-    while still < 10:  # 1 s without a CPU tick on any rank
-        now = [_cpu_ticks(p.pid) for p in procs]
-        still, ticks = (still + 1 if now == ticks else 0), now
-        assert time.monotonic() < deadline, "the ranks never went idle"
-        time.sleep(0.1)
-    os.killpg(procs[rank].pid, signal.SIGKILL)
-    time.sleep(1)
-    for p in procs:
-        if p.poll() is None:
-            os.killpg(p.pid, signal.SIGKILL)
-    wait(procs)
+    try:
+        while f"pause: rank {rank} at {point} of step {step}" not in (rank_log.read_text() if rank_log.exists() else ""):
+            assert all(p.poll() is None for p in procs), f"a rank ended before the pause:\n{read_log(log)}"
+            assert time.monotonic() < deadline, f"no pause at {point} of step {step}:\n{read_log(log)}"
+            time.sleep(0.05)
+        ticks, still = None, 0
+        while still < 10:  # 1 s without a CPU tick on any rank
+            now = [_cpu_ticks(p.pid) for p in procs]
+            still, ticks = (still + 1 if now == ticks else 0), now
+            assert time.monotonic() < deadline, "the ranks never went idle"
+            time.sleep(0.1)
+        os.killpg(procs[rank].pid, signal.SIGKILL)
+        time.sleep(1)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+        wait(procs)
 
 
 def _resumed_at(lines: list[str]) -> int | None:
@@ -126,6 +127,7 @@ def _check_interrupted_run(corpus, name: str, stage: int, spec: dict, world: int
             assert torch.equal(a[key], b[key]), key
 
 
+@pytest.mark.slow
 def test_kill_inside_saves_of_a_distilling_lora_stage_in_bf16_on_3_ranks(corpus):
     """One stage that distils (objective distill) into LoRA adapters (PEFT, on q_proj/v_proj), bf16, 3 ranks, a
     checkpoint every step and only one kept (one run covers the three: each launch costs half a minute of the
@@ -137,3 +139,34 @@ def test_kill_inside_saves_of_a_distilling_lora_stage_in_bf16_on_3_ranks(corpus)
     kills = [(1, 2, "before-file-0"), (2, 3, "inside-file-1"), (0, 4, "before-latest")]
     resumes = [(None, None), (1, "step00000002"), (2, "step00000003"), (4, None)]
     _check_interrupted_run(corpus, "lora-distill", 8, spec, 3, True, kills, resumes)
+
+
+def test_checkpoints_a_restart_skips_and_the_pruning_removes(tmp_path, capsys):
+    """Checkpoint directories as saves, kills and copies leave them: the newest complete one is chosen, each newer
+    one is reported on its own line with what is wrong, and pruning keeps the newest complete ones only."""
+    def tag(step: int, files: dict[str, int], marked: dict[str, int] | None) -> None:
+        d = tmp_path / f"step{step:08d}"
+        d.mkdir()
+        for name, size in files.items():
+            (d / name).write_bytes(b"x" * size)
+        if marked is not None:
+            (d / COMPLETE).write_text(json.dumps({"step": step, "world_size": 2, "files": marked}))
+
+    full = {"rank0.pt": 10, "rank1.pt": 20}
+    tag(1, full, full)
+    tag(2, full, full)
+    tag(3, {"rank0.pt": 10, "rank1.pt": 7}, full)  # marked, then a file cut (a run directory copied in part)
+    tag(4, {"rank0.pt": 10}, full)
+    tag(5, full, None)  # every file, no marker: killed before rank 0 marked it
+    assert _newest_complete(tmp_path) == "step00000002"
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 3 and all(x.endswith("; resuming from step00000002") for x in lines), lines
+    assert "checkpoint step00000005 is incomplete (no COMPLETE marker" in lines[0]
+    assert "step00000004 is incomplete (rank1.pt is missing" in lines[1]
+    assert "step00000003 is incomplete (rank1.pt has 7 of its 20 bytes" in lines[2]
+    (tmp_path / ".step00000000.removing").mkdir()  # a kill inside an earlier removal
+    _prune(tmp_path, 2, "step00000002")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step00000001", "step00000002"]
+    _prune(tmp_path, 1, "step00000002")
+    assert [p.name for p in tmp_path.iterdir()] == ["step00000002"]
+    assert _newest_complete(tmp_path) == "step00000002" and not capsys.readouterr().err

@@ -53,7 +53,7 @@ COMPLETE = "COMPLETE"  # in a checkpoint directory, written last: {"step", "worl
 TAG = re.compile(r"step\d{8}")
 # Test hook (tests/test_checkpoint_kill.py): "RANK:STEP:POINT" makes that rank stop for an hour at POINT of the save
 # of STEP, so a test can kill -9 inside the save deterministically. Points: before-file-K, inside-file-K (half of
-# the rank's K-th DeepSpeed file written), and on rank 0 before-marker, before-latest.
+# the rank's K-th DeepSpeed file written), and on rank 0 before-latest (after the COMPLETE marker).
 PAUSE_ENV = "MEGAEEVE_TEST_CHECKPOINT_PAUSE"
 
 
@@ -100,7 +100,6 @@ def save(engine: Any, ckpt_dir: Path, step: int, consumed_samples: int, keep: in
     every = [None] * world if rank == 0 else None
     dist.gather_object(sizes, every, dst=0)  # returns on rank 0 once every rank's files are written and synced
     if rank == 0:
-        _pause("before-marker", step)
         write_json(ckpt_dir / tag / COMPLETE, {"step": step, "world_size": world,
                                                "files": {k: v for files in every for k, v in files.items()}})
         _pause("before-latest", step)
