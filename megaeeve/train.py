@@ -7,7 +7,7 @@ MASTER_PORT set by hand (SLURM srun: one task per GPU), or as one plain process.
 
 Stage N starts from stage N-1's final/ (stage 1, or the first of `run_stages`, from the run's
 `model`), writes run_dir/stage-N/{checkpoints/, final/, metrics.jsonl, tensorboard/, DONE}, and
-resumes from its latest checkpoint when restarted. Exit codes: see megaeeve/training/signals.py
+resumes from its newest complete checkpoint when restarted. Exit codes: see megaeeve/training/signals.py
 (0 done, 2 configuration / precondition error, 99 stopped by SIGUSR1/SIGTERM, requeue).
 """
 

@@ -1,8 +1,14 @@
 """Checkpoints inside a stage, and the hand-off between stages.
 
 Inside a stage: `engine.save_checkpoint` / `engine.load_checkpoint` (full: fp32 masters, Adam
-moments, scheduler) plus our client state (step, consumed samples, RNG states). DeepSpeed writes
-the `latest` file only after every rank saved, so a kill -9 mid-save resumes from the one before.
+moments, scheduler) plus our client state (step, consumed samples, RNG states). DeepSpeed 0.19.8
+writes `latest` from rank 0 as soon as rank 0's own files are written, before the other ranks finish
+and not atomically, so a kill inside a save could leave `latest` naming a checkpoint with missing or
+cut files. Here DeepSpeed writes no `latest`: once every rank has written and synced its files, rank 0
+writes the checkpoint's COMPLETE marker (every file and its size), then `latest`, each atomically, and
+only then removes older checkpoints. A restart resumes from the newest checkpoint whose marker and
+files agree, and reports a newer one cut short: a kill at any moment costs at most the steps since
+the last complete checkpoint.
 
 Between stages: never `load_checkpoint` (it fails when the trainable set changes). The stage's
 final weights are written as final/ (a model directory, sharded across ranks for large models):
@@ -14,9 +20,15 @@ starts only from a DONE stage.
 from __future__ import annotations
 
 import contextlib
+import io
+import json
 import math
+import os
 import random
+import re
 import shutil
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +39,7 @@ from deepspeed.utils import safe_get_full_fp32_param, safe_get_local_fp32_param,
 from safetensors.torch import save_file
 
 from megaeeve.errors import MegaeeveError
-from megaeeve.atomic import atomic_dir, write_json
+from megaeeve.atomic import atomic_dir, atomic_file, write_json
 from megaeeve.model import read_model_meta
 from megaeeve.model.checkpoint import copy_model_files
 from megaeeve.model.lora import ADAPTER, file_name, lora_layers, lora_roles
@@ -37,6 +49,12 @@ from megaeeve.tokenizer_io import load_tokenizer, tokenizer_fingerprint
 from megaeeve.training.collectives import all_reduce_values
 
 DONE = "DONE"
+COMPLETE = "COMPLETE"  # in a checkpoint directory, written last: {"step", "world_size", "files": {name: bytes}}
+TAG = re.compile(r"step\d{8}")
+# Test hook (tests/test_checkpoint_kill.py): "RANK:STEP:POINT" makes that rank stop for an hour at POINT of the save
+# of STEP, so a test can kill -9 inside the save deterministically. Points: before-file-K, inside-file-K (half of
+# the rank's K-th DeepSpeed file written), and on rank 0 before-latest (after the COMPLETE marker).
+PAUSE_ENV = "MEGAEEVE_TEST_CHECKPOINT_PAUSE"
 
 
 class StageError(MegaeeveError, RuntimeError):
@@ -64,20 +82,111 @@ def latest_tag(ckpt_dir: Path) -> str | None:
 
 
 def save(engine: Any, ckpt_dir: Path, step: int, consumed_samples: int, keep: int) -> None:
-    """Save a resumable checkpoint (all ranks) and drop all but the newest `keep` ones (rank 0)."""
+    """Save a resumable checkpoint (all ranks, in step); rank 0 marks it complete, points `latest` at it and
+    then keeps only the newest `keep` complete checkpoints (all of them if `keep` <= 0), so the one before
+    stays until this one is complete."""
     tag = f"step{step:08d}"
-    engine.save_checkpoint(str(ckpt_dir), tag=tag,
-                           client_state={"step": step, "consumed_samples": consumed_samples, "rng": rng_state()})
-    if dist.get_rank() == 0 and keep > 0:
-        tags = sorted(p for p in ckpt_dir.glob("step*") if p.is_dir())
-        for old in tags[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+    rank, world = dist.get_rank(), dist.get_world_size()
+    if rank == 0:  # a tag saved again (a stage resumed at its last step) is not complete until written again;
+        (ckpt_dir / tag / COMPLETE).unlink(missing_ok=True)  # save_checkpoint's first barrier orders this first
+    with _recorded_writes(engine, step) as written:
+        engine.save_checkpoint(str(ckpt_dir), tag=tag, save_latest=False,
+                               client_state={"step": step, "consumed_samples": consumed_samples, "rng": rng_state()})
+    sizes = {}
+    for path in written:  # on disk before the marker says so (a node lost, not only a process killed)
+        with open(path, "rb") as f:
+            os.fsync(f.fileno())
+        sizes[path.name] = path.stat().st_size
+    every = [None] * world if rank == 0 else None
+    dist.gather_object(sizes, every, dst=0)  # returns on rank 0 once every rank's files are written and synced
+    if rank == 0:
+        write_json(ckpt_dir / tag / COMPLETE, {"step": step, "world_size": world,
+                                               "files": {k: v for files in every for k, v in files.items()}})
+        _pause("before-latest", step)
+        with atomic_file(ckpt_dir / "latest", "w") as f:  # for DeepSpeed's tools (zero_to_fp32)
+            f.write(tag)
+        _prune(ckpt_dir, keep, tag)
     dist.barrier()
 
 
+def _prune(ckpt_dir: Path, keep: int, current: str) -> None:
+    """Remove every checkpoint but the newest `keep` complete ones (`current`, just marked, among them), and
+    any left incomplete; each is renamed away first, so a kill inside the removal leaves no half checkpoint."""
+    for trash in ckpt_dir.glob(".step*.removing"):  # left by a kill inside an earlier removal
+        shutil.rmtree(trash, ignore_errors=True)
+    tags = _tags(ckpt_dir)
+    complete = [t for t in tags if t.name == current or _incomplete_reason(t) is None]
+    kept = set(complete[-keep:] if keep > 0 else complete)
+    for old in (t for t in tags if t not in kept):
+        trash = old.with_name(f".{old.name}.removing")
+        os.replace(old, trash)
+        shutil.rmtree(trash, ignore_errors=True)
+
+
+def _tags(ckpt_dir: Path) -> list[Path]:
+    """The checkpoint directories, oldest first."""
+    return sorted(p for p in ckpt_dir.glob("step*") if TAG.fullmatch(p.name) and p.is_dir())
+
+
+def _incomplete_reason(tag_dir: Path) -> str | None:
+    """Why the checkpoint `tag_dir` cannot be resumed from (its save was cut short), or None if it is complete:
+    its COMPLETE marker exists and every file it lists has the size it lists."""
+    marker = tag_dir / COMPLETE
+    if not marker.is_file():
+        return f"no {COMPLETE} marker"
+    for name, size in json.loads(marker.read_text())["files"].items():
+        path = tag_dir / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != size:
+            return f"{name} has {path.stat().st_size:,} of its {size:,} bytes"
+    return None
+
+
+@contextlib.contextmanager
+def _recorded_writes(engine: Any, step: int):
+    """Yield the list of files this rank writes through DeepSpeed's checkpoint engine inside the block."""
+    written: list[Path] = []
+    real = engine.checkpoint_engine.save
+
+    def save(state_dict: Any, path: str) -> None:
+        k = len(written)
+        written.append(Path(path))
+        _pause(f"before-file-{k}", step)
+        if _pausing(f"inside-file-{k}", step):
+            data = io.BytesIO()
+            torch.save(state_dict, data)
+            with open(path, "wb") as f:
+                f.write(data.getbuffer()[: len(data.getbuffer()) // 2])
+            _pause(f"inside-file-{k}", step)
+        real(state_dict, path)
+
+    engine.checkpoint_engine.save = save
+    try:
+        yield written
+    finally:
+        del engine.checkpoint_engine.save  # the instance attribute: the class's method again
+
+
+def _pausing(point: str, step: int) -> bool:
+    return os.environ.get(PAUSE_ENV) == f"{dist.get_rank()}:{step}:{point}"
+
+
+def _pause(point: str, step: int) -> None:
+    """The test hook (PAUSE_ENV): announce the pause on stderr and wait to be killed."""
+    if _pausing(point, step):
+        print(f"checkpoint test pause: rank {dist.get_rank()} at {point} of step {step}", file=sys.stderr, flush=True)
+        time.sleep(3600)
+
+
 def resume(engine: Any, ckpt_dir: Path) -> tuple[int, int] | None:
-    """Load the latest checkpoint if any: returns (step, consumed samples) and restores RNG states."""
-    tag = latest_tag(ckpt_dir)
+    """Load the newest complete checkpoint if any: returns (step, consumed samples) and restores RNG states.
+    A newer checkpoint whose save was cut short is reported in one line (rank 0) and skipped."""
+    choice: list[str | None] = [None]
+    if dist.get_rank() == 0:
+        choice[0] = _newest_complete(ckpt_dir)
+    dist.broadcast_object_list(choice, src=0)  # every rank loads the same tag
+    tag = choice[0]
     if tag is None:
         return None
     path, client = engine.load_checkpoint(str(ckpt_dir), tag=tag)
@@ -87,9 +196,23 @@ def resume(engine: Any, ckpt_dir: Path) -> tuple[int, int] | None:
     return int(client["step"]), int(client["consumed_samples"])
 
 
-def _config_shape(model_dir: Path) -> dict[str, Any]:
-    import json
+def _newest_complete(ckpt_dir: Path) -> str | None:
+    """The newest complete checkpoint's tag; each newer, incomplete one is reported on stderr."""
+    chosen, skipped = None, []
+    for tag_dir in reversed(_tags(ckpt_dir)):
+        reason = _incomplete_reason(tag_dir)
+        if reason is None:
+            chosen = tag_dir.name
+            break
+        skipped.append((tag_dir.name, reason))
+    then = f"resuming from {chosen}" if chosen else "no complete checkpoint before it: the stage starts from step 0"
+    for name, reason in skipped:
+        print(f"warning: {ckpt_dir}: checkpoint {name} is incomplete ({reason}: its save was cut short); {then}",
+              file=sys.stderr, flush=True)
+    return chosen
 
+
+def _config_shape(model_dir: Path) -> dict[str, Any]:
     cfg = json.loads((model_dir / "config.json").read_text())
     return {k: cfg.get(k) for k in ("model_type", "vocab_size", "hidden_size", "num_hidden_layers",
                                     "intermediate_size", "num_attention_heads")}
