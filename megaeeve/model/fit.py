@@ -176,14 +176,44 @@ def samples_from(encoded: Sequence[Sequence[int]], length: int, limit: int) -> t
 
 
 # -- fitting the input rows (AweDist) -----------------------------------------------------------------------
-def _all_states(model: nn.Module, **inputs) -> tuple[torch.Tensor, ...]:
-    return model(**inputs, output_hidden_states=True, use_cache=False).hidden_states[1:]
+class _Enough(Exception):
+    """Raised by a forward hook once the layers a fit needs have run: the rest of the model is skipped."""
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The model's stack of transformer layers: its ModuleList of config.num_hidden_layers modules."""
+    n = model.config.get_text_config().num_hidden_layers
+    for module in model.modules():
+        if isinstance(module, nn.ModuleList) and len(module) == n:
+            return module
+    raise ValueError(f"{type(model).__name__}: no list of {n} layers (config.num_hidden_layers) found")
+
+
+def layer_states(model: nn.Module, layers: int, **inputs) -> list[torch.Tensor]:
+    """Outputs of the first `layers` transformer layers (the forward stops after them), any architecture."""
+    stack, states = decoder_layers(model), []
+
+    def keep(_module, _args, out):
+        states.append(out[0] if isinstance(out, tuple) else out)
+        if len(states) == layers:
+            raise _Enough
+
+    hooks = [stack[i].register_forward_hook(keep) for i in range(min(layers, len(stack)))]
+    try:
+        model(**inputs, use_cache=False)
+    except _Enough:
+        pass
+    finally:
+        for h in hooks:
+            h.remove()
+    return states
 
 
 def fit_input_rows(model: nn.Module, rows: Rows, table: PieceTable, samples: torch.Tensor, steps: int,
-                   context: int, lr: float = 1e-2, batch: int = 4, log: Log | None = None) -> Rows:
-    """New input rows moved for `steps` Adam steps so that every layer's hidden state at each position of the
-    expanded samples matches the base's at the end of the same token's pieces (relative squared error).
+                   context: int, layers: int = 4, lr: float = 1e-3, batch: int = 4, log: Log | None = None) -> Rows:
+    """New input rows moved for `steps` Adam steps so that the hidden states of the first `layers` layers at each
+    position of the expanded samples match the base's at the end of the same token's pieces (relative squared
+    error). The forward stops after those layers, so a step costs layers / num_hidden_layers of a full one.
 
     Samples are cut so that the base's input (their pieces) fits `context` positions. Only rows of new ids that
     occur in `samples` move; the rest keep their start.
@@ -192,7 +222,7 @@ def fit_input_rows(model: nn.Module, rows: Rows, table: PieceTable, samples: tor
     added = rows.added_input.clone().requires_grad_(True)
     opt = torch.optim.Adam([added], lr=lr * float(rows.base_input.norm(dim=1).mean()) / math.sqrt(rows.base_input.shape[1]))
     batches = list(samples.split(batch))
-    targets: dict[int, tuple[torch.Tensor, ...]] = {}
+    targets: dict[int, list[torch.Tensor]] = {}
     for step in range(steps):
         k = step % len(batches)
         ids = batches[k]
@@ -203,23 +233,25 @@ def fit_input_rows(model: nn.Module, rows: Rows, table: PieceTable, samples: tor
                 expansion = table.expand(ids)
             last = expansion.ends - 1  # [b, seq] base position of each token's last piece
             with torch.no_grad():
-                states = _all_states(model, inputs_embeds=rows.input_embeds(expansion.ids))
+                states = layer_states(model, layers, inputs_embeds=rows.input_embeds(expansion.ids))
             index = last.unsqueeze(-1).expand(-1, -1, states[0].shape[-1])
-            targets[k] = tuple(s.gather(1, index).float() for s in states)
-        student = _all_states(model, inputs_embeds=rows.input_embeds(ids, added))
-        loss = sum((s.float() - t).square().sum() / t.square().sum() for s, t in zip(student, targets[k]))
-        loss = loss / len(student)
+            targets[k] = [s.gather(1, index).float() for s in states]
+        student = layer_states(model, layers, inputs_embeds=rows.input_embeds(ids, added))
+        # Position 0 is left out: there the model holds its attention-sink state (massive activations) while the
+        # teacher's matching position, the end of the first token's pieces, is an ordinary one.
+        loss = sum((s[:, 1:].float() - t[:, 1:]).square().sum() / t[:, 1:].square().sum()
+                   for s, t in zip(student, targets[k])) / len(student)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        if log and (step % 5 == 0 or step == steps - 1):
-            log(f"fit input rows: step {step + 1}/{steps}, relative hidden error {float(loss):.4f}")
+        if log and (step % 10 == 0 or step == steps - 1):
+            log(f"fit input rows: step {step + 1}/{steps}, relative hidden error {loss.item():.4f}")
     return Rows(rows.base_input, rows.base_output, rows.base_bias, added.detach(), rows.added_output, rows.added_bias)
 
 
 # -- fitting the output rows (softmax regression on final hidden states) ---------------------------------------
 def fit_output_rows(model: nn.Module, rows: Rows, samples: torch.Tensor, steps: int, lr: float = 1e-2,
-                    l2: float = 1e-2, batch: int = 1024, log: Log | None = None) -> Rows:
+                    l2: float = 0.1, batch: int = 1024, log: Log | None = None) -> Rows:
     """New output rows (and new bias entries) fitted for `steps` Adam steps to next-token cross entropy over the
     expanded vocabulary on the model's final hidden states of `samples` (base rows frozen), with an L2 pull
     of weight `l2` towards the starting rows, relative to their mean squared norm."""
@@ -257,7 +289,7 @@ def fit_output_rows(model: nn.Module, rows: Rows, samples: torch.Tensor, steps: 
         loss.backward()
         opt.step()
         if log and (step % 50 == 0 or step == steps - 1):
-            log(f"fit output rows: step {step + 1}/{steps}, cross entropy {float(nll):.4f}")
+            log(f"fit output rows: step {step + 1}/{steps}, cross entropy {nll.item():.4f}")
     return Rows(rows.base_input, rows.base_output, rows.base_bias, rows.added_input, weight.detach(),
                 None if bias is None else bias.detach())
 
@@ -271,10 +303,14 @@ class FitSettings:
     """Output prior: `counts` (shares of the expansion report's emission counts) or `none`."""
     smoothing: float = 0.5
     """Added to every count of a group before the shares are taken."""
-    input_steps: int = 20
+    input_steps: int = 60
     """Adam steps of fit_input_rows (0: keep the mean of the pieces)."""
+    input_layers: int = 4
+    """Layers whose hidden states fit_input_rows matches (the forward stops after them)."""
     output_steps: int = 300
     """Adam steps of fit_output_rows (0: keep the first piece's row plus the prior)."""
+    output_l2: float = 0.1
+    """fit_output_rows' pull towards the starting rows (relative to their mean squared norm)."""
     sample_length: int = 128
     """Tokens per fitting sample."""
     samples: int = 64
@@ -306,7 +342,8 @@ def fit_rows(model: nn.Module, rows: Rows, table: PieceTable, target: torch.Tens
         rows = apply_offsets(rows, shares, u)
     if settings.input_steps:
         rows = fit_input_rows(model, rows, table, target[: max(1, len(target) // 4)], settings.input_steps, context,
-                              log=log)
+                              layers=settings.input_layers, log=log)
     if settings.output_steps:
-        rows = fit_output_rows(model, rows, torch.cat([target, english]), settings.output_steps, log=log)
+        rows = fit_output_rows(model, rows, torch.cat([target, english]), settings.output_steps, l2=settings.output_l2,
+                               log=log)
     return rows, record
