@@ -25,18 +25,20 @@ DESIGN_TABLE = {  # ../shared/DESIGN.md "The seven stages"
 }
 
 
+_SPLIT_META = ModelMeta(base_vocab_size=100, num_added=20, padded_vocab_size=128, hidden_size=16,
+                        input_embedding="model.embed_tokens", output_embedding="lm_head", lm_head_bias=True,
+                        tied_untied=False, base_model_rows=100, base_model="-", base_tokenizer="-",
+                        base_tokenizer_fingerprint="-", tokenizer_fingerprint="-", tokenizer_files=[])
+
+
 @pytest.fixture(scope="module")
 def split_phi():
     from transformers import PhiConfig
 
     config = PhiConfig(vocab_size=128, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
                        tie_word_embeddings=False)
-    meta = ModelMeta(base_vocab_size=100, num_added=20, padded_vocab_size=128, hidden_size=16,
-                     input_embedding="model.embed_tokens", output_embedding="lm_head", lm_head_bias=True,
-                     tied_untied=False, base_model_rows=100, base_model="-", base_tokenizer="-",
-                     base_tokenizer_fingerprint="-", tokenizer_fingerprint="-", tokenizer_files=[])
     with torch.device("meta"):
-        return build_split_model(config, meta, torch.float32)
+        return build_split_model(config, _SPLIT_META, torch.float32)
 
 
 def test_default_table_is_the_eeve_schedule():
@@ -142,14 +144,41 @@ def test_param_groups_hold_only_trainable_params_with_their_decay(split_phi):
     freeze_for_stage(split_phi, roles, stage)
     groups = {g["group"]: g for g in param_groups(split_phi, roles, stage)}
     assert groups["embeddings"]["weight_decay"] == 0.0
-    assert groups["body_decay"]["weight_decay"] == 0.1 and groups["body_no_decay"]["weight_decay"] == 0.0
-    assert all(len(p.shape) == 1 for p in groups["body_no_decay"]["params"])
+    assert groups["body_decay"]["weight_decay"] == 0.1 and groups["no_decay"]["weight_decay"] == 0.0
+    assert all(len(p.shape) == 1 for p in groups["no_decay"]["params"])
     assert sum(len(g["params"]) for g in groups.values()) == len(list(split_phi.parameters()))
     stage1 = DEFAULT_STAGES[1]
     freeze_for_stage(split_phi, roles, stage1)
     groups = param_groups(split_phi, roles, stage1)
     assert [g["names"] for g in groups] == [["model.embed_tokens.added"]] and groups[0]["lr"] == stage1.lr
     assert [n for n, p in split_phi.named_parameters() if p.requires_grad] == ["model.embed_tokens.added"]
+
+
+def test_biases_of_the_head_never_decay(split_phi):
+    """The lm_head's biases are 1-D: no weight decay even where its rows decay (`embedding_weight_decay`). Under
+    AdamW with the groups as built, a bias whose gradient is zero stays bitwise where it was over steps, while the
+    decaying rows beside it shrink."""
+
+    model = build_split_model(split_phi.config, _SPLIT_META, torch.float32)
+    for p in model.parameters():
+        torch.nn.init.normal_(p)
+    roles = parameter_roles(model)
+    stage = stage_table({4: {"embedding_weight_decay": 0.5, "lr": 0.1}})[4]  # all output rows and their biases
+    freeze_for_stage(model, roles, stage)
+    groups = param_groups(model, roles, stage)
+    decay = {n: g["weight_decay"] for g in groups for n in g["names"]}
+    assert decay == {"lm_head.original": 0.5, "lm_head.added": 0.5, "lm_head.bias_original": 0.0,
+                     "lm_head.bias_added": 0.0}
+    params = dict(model.named_parameters())
+    before = {n: params[n].detach().clone() for n in decay}
+    optimizer = torch.optim.AdamW([{k: v for k, v in g.items() if k != "names"} for g in groups])
+    for _ in range(3):
+        for n in decay:
+            params[n].grad = torch.zeros_like(params[n])
+        optimizer.step()
+    assert torch.equal(params["lm_head.bias_original"], before["lm_head.bias_original"])
+    assert torch.equal(params["lm_head.bias_added"], before["lm_head.bias_added"])
+    assert params["lm_head.original"].norm() < before["lm_head.original"].norm()  # the rows do decay
 
 
 def test_warmup_then_cosine_to_the_floor():
