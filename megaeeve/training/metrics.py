@@ -5,8 +5,8 @@ with the stage's own `step`, the run's `global_step` (steps of the earlier stage
 added) and the wall-clock `time`, so TensorBoard and wandb curves continue across stages. A restarted stage
 logs again from `first_logged_step`: the records an interrupted run logged from there on (after its last
 checkpoint, or all of them when it had none: the step-0 eval is logged again) are dropped from metrics.jsonl
-and purged from TensorBoard's view, so both read like one uninterrupted run. Progress is a tqdm bar on a terminal and one plain line per log otherwise: a
-SLURM .out file gets no carriage-return bars.
+and purged from TensorBoard's view, so both read like one uninterrupted run. Progress is a tqdm bar on a
+terminal and one plain line per log otherwise: a SLURM .out file gets no carriage-return bars.
 """
 
 from __future__ import annotations
