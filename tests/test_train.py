@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -226,7 +227,8 @@ def test_kill_and_signal_then_resume_match_uninterrupted(phi_chain, corpus, tmp_
 
 def test_restart_before_the_first_checkpoint_logs_each_step_once(corpus, tmp_path):
     """A stage killed (-9) before its first checkpoint starts again at step 0: metrics.jsonl and TensorBoard then
-    hold the step-0 eval and each step once, as an uninterrupted run does (the step-0 eval was kept twice)."""
+    hold the step-0 eval and each step once, as an uninterrupted run does (the step-0 eval was kept twice). So
+    does a stage resumed at its last step, whose final eval runs again."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     steps = 6
@@ -254,6 +256,13 @@ def test_restart_before_the_first_checkpoint_logs_each_step_once(corpus, tmp_pat
                                                          ("eval", steps)]
     assert tensorboard_steps("eval/eval_loss_ko") == [0, steps]
     assert tensorboard_steps("train/loss") == list(range(1, steps + 1))
+    # Stopped after its final checkpoint, before DONE: resumed at its last step, it evaluates that step again.
+    shutil.rmtree(stage_dir / "final")
+    (stage_dir / "DONE").unlink()
+    assert train_stage(corpus["ds"], cfg, 1, tmp_path / "resumed.log") == 0
+    assert f"resumed at step {steps}" in read_log(tmp_path / "resumed.log")
+    assert metrics(stage_dir) == records
+    assert tensorboard_steps("eval/eval_loss_ko") == [0, steps]
 
 
 def _main(monkeypatch, capsys, *argv: str) -> tuple[int, str, str]:

@@ -54,17 +54,19 @@ def first_logged_step(start_step: int) -> int:
 class JsonlSink:
     def __init__(self, path: Path, first_step: int) -> None:
         self.path = path
-        self._truncate(first_step)
+        self.kept = self._truncate(first_step)
         self.file = open(path, "a", encoding="utf-8")
 
-    def _truncate(self, first_step: int) -> None:
-        """Drop the records of steps >= `first_step`: the restarted run logs them again."""
+    def _truncate(self, first_step: int) -> set[tuple[str, int]]:
+        """Drop the records of steps >= `first_step` (the restarted run logs them again); returns the (kind,
+        step) of those kept."""
         if not self.path.is_file():
-            return
-        keep = [line for line in self.path.read_text(encoding="utf-8").splitlines()
-                if line.strip() and json.loads(line)["step"] < first_step]
+            return set()
+        lines = [line for line in self.path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        keep = [(line, record) for line, record in zip(lines, map(json.loads, lines)) if record["step"] < first_step]
         with atomic_file(self.path, "w") as f:
-            f.write("".join(line + "\n" for line in keep))
+            f.write("".join(line + "\n" for line, _ in keep))
+        return {(record["kind"], record["step"]) for _, record in keep}
 
     def log(self, record: dict[str, Any]) -> None:
         self.file.write(json.dumps(record) + "\n")
@@ -158,15 +160,19 @@ class Progress:
 
 
 class Metrics:
-    """Every logged record goes to each sink, on rank 0 only (`enabled`)."""
+    """Every logged record goes to each sink, on rank 0 only (`enabled`). A record whose kind and step the
+    interrupted run logged before its checkpoint is not logged again: a stage resumed at its last step (stopped
+    after its final checkpoint, before DONE) evaluates that step again."""
 
     def __init__(self, s: MetricsSettings, enabled: bool) -> None:
-        self.s, self.sinks = s, []
+        self.s, self.sinks, self.logged = s, [], set()
         if not enabled:
             return
         s.stage_dir.mkdir(parents=True, exist_ok=True)
         first = first_logged_step(s.start_step)
-        self.sinks.append(JsonlSink(s.stage_dir / "metrics.jsonl", first))
+        jsonl = JsonlSink(s.stage_dir / "metrics.jsonl", first)
+        self.sinks.append(jsonl)
+        self.logged = jsonl.kept
         if "tensorboard" in s.report_to:
             self.sinks.append(TensorBoardSink(s.stage_dir / "tensorboard", s.step_offset + first))
         if "wandb" in s.report_to:
@@ -175,6 +181,8 @@ class Metrics:
             self.sinks.append(Progress(s))
 
     def log(self, record: dict[str, Any]) -> None:
+        if (record["kind"], record["step"]) in self.logged:
+            return
         record = {**record, "global_step": self.s.step_offset + record["step"], "time": time.time()}
         for sink in self.sinks:
             sink.log(record)
