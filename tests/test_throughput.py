@@ -43,6 +43,7 @@ def test_stage_flops_follow_what_trains():
     assert stage(2) < stage(4) < stage(5) < stage(6) and stage(1) < stage(6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("number", [2, 7, "lora"])
 def test_stage_flops_match_torch_flop_counter(number):
     """The formula against torch's own count of one forward and backward of a tiny real split model (eager
