@@ -257,16 +257,15 @@ def test_every_key_in_the_readme_run_yaml_table_is_read(tmp_path):
         if key in _SAMPLES:
             value = _SAMPLES[key]
         else:
-            fields = {f.name: f for f in dataclasses.fields(_SECTIONS[section])}
+            fields = {f.name: f for f in dataclasses.fields(_SECTIONS[section])} if section in _SECTIONS else {}
             value = _plain(fields[name].default) if name in fields else 0  # an unknown name: the loader refuses it
-        raw = {**BASE, "data": {"sources": BASE["data"]}, "stages": {1: {"trainable": ["lora"]}}}
-        if not key.startswith("stages.N.lora"):
-            raw["stages"] = {}
-        node, *parts = [1 if p == "N" else p for p in key.split(".")]
+        raw = {**BASE, "data": {"sources": BASE["data"]},
+               "stages": {1: {"trainable": ["lora"]}} if key.startswith("stages.N.lora") else {}}
+        path = [1 if p == "N" else p for p in key.split(".")]
         target = raw
-        for part in [node, *parts][:-1]:
+        for part in path[:-1]:
             target = target.setdefault(part, {})
-        target[[node, *parts][-1]] = value
+        target[path[-1]] = value
         try:
             load_run_config(_write(tmp_path, raw))
         except ConfigError as e:
