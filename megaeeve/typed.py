@@ -110,8 +110,9 @@ def build(cls: type, values: Any, key: str, **fixed: Any) -> Any:
     unknown = set(values) - set(names)
     renamed = {old: new for old, new in getattr(cls, "RENAMED", {}).items() if old in unknown}
     if renamed:
-        raise ConfigTypeError("; ".join(f"{key}.{old} is no longer read: write {new}" if key else
-                                        f"{old} is no longer read: write {new}" for old, new in sorted(renamed.items())))
+        prefix = f"{key}." if key else ""
+        raise ConfigTypeError("; ".join(f"{prefix}{old} is no longer read: write {new}"
+                                        for old, new in sorted(renamed.items())))
     if unknown:
         raise ConfigTypeError(f"{key}: unknown key(s) {sorted(map(str, unknown))}; allowed: {sorted(names)}")
     required = [f.name for f in dataclasses.fields(cls) if f.name not in fixed
