@@ -99,13 +99,20 @@ def field_hints(cls: type) -> dict[str, Any]:
 def build(cls: type, values: Any, key: str, **fixed: Any) -> Any:
     """An instance of dataclass `cls` from a mapping, every value converted to its field's type.
 
-    `fixed` are fields set by the caller (not read from the mapping). Unknown and missing keys are errors.
+    `fixed` are fields set by the caller (not read from the mapping). Unknown and missing keys are errors; a key
+    that an earlier release read and `cls.RENAMED` (old key -> what to write instead) lists names its replacement,
+    so a config written for that release says how to update it.
     """
     if not isinstance(values, Mapping):
         raise ConfigTypeError(f"{key}: expected a mapping, got {values!r}")
     hints = field_hints(cls)
     names = [f.name for f in dataclasses.fields(cls) if f.name not in fixed]
     unknown = set(values) - set(names)
+    renamed = {old: new for old, new in getattr(cls, "RENAMED", {}).items() if old in unknown}
+    if renamed:
+        prefix = f"{key}." if key else ""
+        raise ConfigTypeError("; ".join(f"{prefix}{old} is no longer read: write {new}"
+                                        for old, new in sorted(renamed.items())))
     if unknown:
         raise ConfigTypeError(f"{key}: unknown key(s) {sorted(map(str, unknown))}; allowed: {sorted(names)}")
     required = [f.name for f in dataclasses.fields(cls) if f.name not in fixed

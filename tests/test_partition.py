@@ -1,6 +1,13 @@
-"""Reading a rank's slice of a flattened tensor from safetensors (the per-rank ZeRO-3 hand-off)."""
+"""Reading a rank's slice of a flattened tensor from safetensors, and which slice is the rank's (ZeRO-3 hand-off)."""
 
 from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -23,13 +30,25 @@ def test_read_flat_range_equals_flattened_slice(tmp_path, shape):
                 assert got.dtype == torch.bfloat16 and torch.equal(got, flat[start:stop]), (start, stop)
 
 
-def test_partitions_of_uneven_sizes_cover_the_tensor_once(tmp_path):
-    """The ranges ZeRO-3 gives ranks of an uneven tensor (ceil(numel / world) each, the last one short,
-    later ones empty) read back to the whole tensor."""
-    tensor = torch.arange(50295, dtype=torch.float32)  # phi-2's base vocabulary: odd, and not a multiple of 4
-    save_file({"bias": tensor}, str(tmp_path / "b.safetensors"))
-    with safe_open(str(tmp_path / "b.safetensors"), framework="pt") as f:
-        for world in (2, 3, 4, 8, 64):
-            size = -(-tensor.numel() // world)
-            parts = [read_flat_range(f, "bias", min(r * size, 50295), min((r + 1) * size, 50295)) for r in range(world)]
-            assert torch.equal(torch.cat(parts), tensor), world
+@pytest.mark.slow
+@pytest.mark.parametrize("world", [2, 3, 5])
+def test_partition_of_is_deepspeeds_own_partition(tmp_path, world):
+    """`partition_of` on parameters built under deepspeed.zero.Init (phi-2's 50,295-element bias: odd, and not a
+    multiple of 3 or 5; tensors smaller than the world, whose later ranks hold nothing) names the elements DeepSpeed
+    itself keeps on each rank, and the ranks' ranges cover each tensor once, in order."""
+    out = tmp_path / "ranges.json"
+    env = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(world),
+                          "--master_port", str(port), str(Path(__file__).parent / "_partition_worker.py"), str(out)],
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    ranks = json.loads(out.read_text())
+    assert len(ranks) == world and [r["problems"] for r in ranks] == [[]] * world
+    for name, (_, _, numel) in ranks[0]["ranges"].items():
+        covered = [r["ranges"][name][:2] for r in ranks]
+        assert covered[0][0] == 0 and covered[-1][1] == numel, name
+        assert all(a[1] == b[0] for a, b in zip(covered, covered[1:])), (name, covered)
+

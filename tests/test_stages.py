@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from pathlib import Path
 
 import pytest
@@ -10,8 +12,8 @@ import yaml
 
 from megaeeve.model import parameter_roles
 from megaeeve.model.checkpoint import ModelMeta, build_split_model
-from megaeeve.stages import DEFAULT_STAGES, ROLES, stage_table, trainable_names
-from megaeeve.training.config import ConfigError, batch_shape, load_run_config
+from megaeeve.stages import DEFAULT_STAGES, ROLES, DistillSpec, LoraSpec, Stage, stage_table, trainable_names
+from megaeeve.training.config import ConfigError, DataConfig, TrainingConfig, batch_shape, load_run_config
 from megaeeve.training.engine import freeze_for_stage, param_groups, warmup_cosine
 
 DESIGN_TABLE = {  # ../shared/DESIGN.md "The seven stages"
@@ -25,18 +27,20 @@ DESIGN_TABLE = {  # ../shared/DESIGN.md "The seven stages"
 }
 
 
+_SPLIT_META = ModelMeta(base_vocab_size=100, num_added=20, padded_vocab_size=128, hidden_size=16,
+                        input_embedding="model.embed_tokens", output_embedding="lm_head", lm_head_bias=True,
+                        tied_untied=False, base_model_rows=100, base_model="-", base_tokenizer="-",
+                        base_tokenizer_fingerprint="-", tokenizer_fingerprint="-", tokenizer_files=[])
+
+
 @pytest.fixture(scope="module")
 def split_phi():
     from transformers import PhiConfig
 
     config = PhiConfig(vocab_size=128, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
                        tie_word_embeddings=False)
-    meta = ModelMeta(base_vocab_size=100, num_added=20, padded_vocab_size=128, hidden_size=16,
-                     input_embedding="model.embed_tokens", output_embedding="lm_head", lm_head_bias=True,
-                     tied_untied=False, base_model_rows=100, base_model="-", base_tokenizer="-",
-                     base_tokenizer_fingerprint="-", tokenizer_fingerprint="-", tokenizer_files=[])
     with torch.device("meta"):
-        return build_split_model(config, meta, torch.float32)
+        return build_split_model(config, _SPLIT_META, torch.float32)
 
 
 def test_default_table_is_the_eeve_schedule():
@@ -108,6 +112,8 @@ def test_schedule_presets(tmp_path):
     ({"data": [{"prefix": "a", "weight": "heavy"}]}, r"data\.sources\[0\]\.weight: expected a number"),
     ({"seq_length": "long"}, r"seq_length: expected an integer, got 'long'"),
     ({"training": {"attn_implementation": "flash"}}, r"training\.attn_implementation: 'flash' is not one of"),
+    ({"training": {"tensorboard": True}},  # the previous release's key names what replaced it
+     r"training\.tensorboard is no longer read: write `report_to: \[tensorboard\]`"),
 ])
 def test_run_config_errors_name_file_and_key(tmp_path, change, message):
     path = _write(tmp_path, {**BASE, **change})
@@ -142,14 +148,41 @@ def test_param_groups_hold_only_trainable_params_with_their_decay(split_phi):
     freeze_for_stage(split_phi, roles, stage)
     groups = {g["group"]: g for g in param_groups(split_phi, roles, stage)}
     assert groups["embeddings"]["weight_decay"] == 0.0
-    assert groups["body_decay"]["weight_decay"] == 0.1 and groups["body_no_decay"]["weight_decay"] == 0.0
-    assert all(len(p.shape) == 1 for p in groups["body_no_decay"]["params"])
+    assert groups["body_decay"]["weight_decay"] == 0.1 and groups["no_decay"]["weight_decay"] == 0.0
+    assert all(len(p.shape) == 1 for p in groups["no_decay"]["params"])
     assert sum(len(g["params"]) for g in groups.values()) == len(list(split_phi.parameters()))
     stage1 = DEFAULT_STAGES[1]
     freeze_for_stage(split_phi, roles, stage1)
     groups = param_groups(split_phi, roles, stage1)
     assert [g["names"] for g in groups] == [["model.embed_tokens.added"]] and groups[0]["lr"] == stage1.lr
     assert [n for n, p in split_phi.named_parameters() if p.requires_grad] == ["model.embed_tokens.added"]
+
+
+def test_biases_of_the_head_never_decay(split_phi):
+    """The lm_head's biases are 1-D: no weight decay even where its rows decay (`embedding_weight_decay`). Under
+    AdamW with the groups as built, a bias whose gradient is zero stays bitwise where it was over steps, while the
+    decaying rows beside it shrink."""
+
+    model = build_split_model(split_phi.config, _SPLIT_META, torch.float32)
+    for p in model.parameters():
+        torch.nn.init.normal_(p)
+    roles = parameter_roles(model)
+    stage = stage_table({4: {"embedding_weight_decay": 0.5, "lr": 0.1}})[4]  # all output rows and their biases
+    freeze_for_stage(model, roles, stage)
+    groups = param_groups(model, roles, stage)
+    decay = {n: g["weight_decay"] for g in groups for n in g["names"]}
+    assert decay == {"lm_head.original": 0.5, "lm_head.added": 0.5, "lm_head.bias_original": 0.0,
+                     "lm_head.bias_added": 0.0}
+    params = dict(model.named_parameters())
+    before = {n: params[n].detach().clone() for n in decay}
+    optimizer = torch.optim.AdamW([{k: v for k, v in g.items() if k != "names"} for g in groups])
+    for _ in range(3):
+        for n in decay:
+            params[n].grad = torch.zeros_like(params[n])
+        optimizer.step()
+    assert torch.equal(params["lm_head.bias_original"], before["lm_head.bias_original"])
+    assert torch.equal(params["lm_head.bias_added"], before["lm_head.bias_added"])
+    assert params["lm_head.original"].norm() < before["lm_head.original"].norm()  # the rows do decay
 
 
 def test_warmup_then_cosine_to_the_floor():
@@ -179,3 +212,67 @@ def test_lora_stage_plan_counts_only_the_adapters(split_phi):
     names = trainable_names(roles, stage)
     assert names and all(".lora_A." in n or ".lora_B." in n for n in names)
     assert sum(split_phi.get_parameter(n).numel() for n in names) == 2 * (2 * 16 + 16 * 2)  # 2 layers, A and B
+
+
+def _readme_run_yaml_keys() -> list[str]:
+    """The dotted keys README's RUN.yaml table names (`stages.N.*` with N literally; `training.*` expanded)."""
+    table = (Path(__file__).resolve().parents[1] / "README.md").read_text().split("**RUN.yaml**", 1)[1]
+    rows = [line for line in table.split("\n\n", 2)[1].splitlines()[2:] if line.startswith("|")]
+    keys = []
+    for row in rows:
+        first, second = re.split(r"(?<!\\)\|", row)[1:3]
+        for name in (k.split(":")[0].strip() for k in re.findall(r"`([^`]+)`", first)):
+            if name.endswith(".*"):
+                keys += [f"{name[:-2]}.{k.strip()}" for k in re.findall(r"`([^`]+)`", second)[0].split(",")]
+                continue
+            keys.append(name)
+            if name == "stages.N":  # the overrides, before "; a new number defines ..."
+                keys += [f"stages.N.{k}" for k in re.findall(r"`(\w+)`", second.split(";")[0])]
+            braces = re.match(r"\s*`\{([^}]*)\}`", second)
+            if braces:
+                keys += [f"{name}.{part.split(':')[0].strip()}" for part in braces.group(1).split(",")]
+    return keys
+
+
+_SECTIONS = {"data": DataConfig, "training": TrainingConfig, "stages.N": Stage, "stages.N.lora": LoraSpec,
+             "stages.N.distill": DistillSpec}
+_SAMPLES = {"run_dir": "runs/y", "model": "stage1", "seq_length": 32, "seed": 7, "data.sources": BASE["data"],
+            "run_stages": [1, 2], "schedule": "eeve", "default_stages": True, "stages.N": {"lr": 1e-4},
+            "stages.N.description": "custom", "stages.N.trainable": ["input_added"], "stages.N.lr": 1e-4,
+            "stages.N.lora": {}}
+
+
+def _plain(value):
+    if dataclasses.is_dataclass(value):
+        return dataclasses.asdict(value)
+    return list(value) if isinstance(value, tuple) else value
+
+
+def test_every_key_in_the_readme_run_yaml_table_is_read(tmp_path):
+    """A user copying README's RUN.yaml table gets no "unknown key": each key it names loads (set to its
+    default, or a sample where it has none), and every key the loader reads is in the table."""
+    keys = _readme_run_yaml_keys()
+    for key in keys:
+        section, _, name = key.rpartition(".")
+        if key in _SAMPLES:
+            value = _SAMPLES[key]
+        else:
+            fields = {f.name: f for f in dataclasses.fields(_SECTIONS[section])} if section in _SECTIONS else {}
+            value = _plain(fields[name].default) if name in fields else 0  # an unknown name: the loader refuses it
+        raw = {**BASE, "data": {"sources": BASE["data"]},
+               "stages": {1: {"trainable": ["lora"]}} if key.startswith("stages.N.lora") else {}}
+        path = [1 if p == "N" else p for p in key.split(".")]
+        target = raw
+        for part in path[:-1]:
+            target = target.setdefault(part, {})
+        target[path[-1]] = value
+        try:
+            load_run_config(_write(tmp_path, raw))
+        except ConfigError as e:
+            pytest.fail(f"README's RUN.yaml table names `{key}`: {e}")
+    read = {"run_dir", "model", "data", "seq_length", "seed", "training", "schedule", "stages", "default_stages",
+            "run_stages"}
+    read |= {f"{section}.{f.name}" for section, cls in _SECTIONS.items() for f in dataclasses.fields(cls)
+             if f.name != "number"}
+    named = set(keys) | {k.split(".")[0] for k in keys}
+    assert read - named == set(), "keys the loader reads that README's RUN.yaml table leaves out"

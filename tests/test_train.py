@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -222,6 +223,46 @@ def test_kill_and_signal_then_resume_match_uninterrupted(phi_chain, corpus, tmp_
     assert a.keys() == b.keys()
     for name in a:
         assert torch.equal(a[name], b[name]), name
+
+
+def test_restart_before_the_first_checkpoint_logs_each_step_once(corpus, tmp_path):
+    """A stage killed (-9) before its first checkpoint starts again at step 0: metrics.jsonl and TensorBoard then
+    hold the step-0 eval and each step once, as an uninterrupted run does (the step-0 eval was kept twice). So
+    does a stage resumed at its last step, whose final eval runs again."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    steps = 6
+    cfg = run_config(tmp_path / "restart.yaml", tmp_path / "restart", corpus["phi"], corpus["sources"],
+                     {1: {"steps": steps}}, run_stages=[1],
+                     training={**QUICK, "checkpoint_every": 0, "report_to": ["tensorboard"]})
+    stage_dir = tmp_path / "restart" / "stage-1"
+    procs = launch(["--ds_config", str(corpus["ds"]), "--config", str(cfg), "--stage", "1"], log=tmp_path / "killed.log")
+    _wait_for_step(stage_dir, 2, procs)
+    for p in procs:
+        os.killpg(p.pid, signal.SIGKILL)
+    wait(procs)
+
+    def tensorboard_steps(tag: str) -> list[int]:
+        events = EventAccumulator(str(stage_dir / "tensorboard"))
+        events.Reload()
+        return [e.step for e in events.Scalars(tag)] if tag in events.Tags()["scalars"] else []
+
+    assert not (stage_dir / "checkpoints" / "latest").exists()  # killed before any checkpoint
+    assert tensorboard_steps("eval/eval_loss_ko") == [0]  # the killed run's events are on disk
+    assert train_stage(corpus["ds"], cfg, 1, tmp_path / "restarted.log") == 0
+    assert "resumed at step" not in read_log(tmp_path / "restarted.log")
+    records = metrics(stage_dir)
+    assert [(r["kind"], r["step"]) for r in records] == [("eval", 0), *(("train", s) for s in range(1, steps + 1)),
+                                                         ("eval", steps)]
+    assert tensorboard_steps("eval/eval_loss_ko") == [0, steps]
+    assert tensorboard_steps("train/loss") == list(range(1, steps + 1))
+    # Stopped after its final checkpoint, before DONE: resumed at its last step, it evaluates that step again.
+    shutil.rmtree(stage_dir / "final")
+    (stage_dir / "DONE").unlink()
+    assert train_stage(corpus["ds"], cfg, 1, tmp_path / "resumed.log") == 0
+    assert f"resumed at step {steps}" in read_log(tmp_path / "resumed.log")
+    assert metrics(stage_dir) == records
+    assert tensorboard_steps("eval/eval_loss_ko") == [0, steps]
 
 
 def _main(monkeypatch, capsys, *argv: str) -> tuple[int, str, str]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, ClassVar, Mapping
 
 import yaml
 
@@ -44,6 +44,10 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class TrainingConfig:
+    RENAMED: ClassVar[Mapping[str, str]] = {  # keys of earlier releases -> what replaced them
+        "tensorboard": "`report_to: [tensorboard]` for `tensorboard: true`, `report_to: []` for false",
+    }
+
     log_every: int = 1
     eval_every: int = 0  # 0: eval only at the end of a stage
     eval_samples: int = 32  # per dataset

@@ -49,20 +49,21 @@ def param_groups(model: nn.Module, roles: Mapping[str, str], stage: Stage) -> li
     """Optimizer groups of the trainable parameters only, each with the stage's lr and its weight decay.
 
     Embedding and lm_head rows decay only if `embedding_weight_decay` asks; body matrices use
-    `weight_decay`; biases and norm weights (1-D) never decay.
+    `weight_decay`; 1-D tensors (biases, the lm_head's `bias_original` / `bias_added` included, and norm
+    weights) never decay: a decayed bias is pulled to 0 even where its gradient is 0.
     """
     groups: dict[str, dict[str, Any]] = {
         "embeddings": {"weight_decay": stage.embedding_weight_decay},
         "body_decay": {"weight_decay": stage.weight_decay},
-        "body_no_decay": {"weight_decay": 0.0},
+        "no_decay": {"weight_decay": 0.0},
     }
     for g in groups.values():
         g.update(params=[], names=[], lr=stage.lr)
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        key = ("embeddings" if roles[name] in EMBEDDING_ROLES
-               else "body_decay" if len(full_shape(p)) >= 2 else "body_no_decay")
+        key = ("no_decay" if len(full_shape(p)) < 2
+               else "embeddings" if roles[name] in EMBEDDING_ROLES else "body_decay")
         groups[key]["params"].append(p)
         groups[key]["names"].append(name)
     return [{"group": k, **g} for k, g in groups.items() if g["params"]]

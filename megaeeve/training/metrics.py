@@ -2,10 +2,11 @@
 
 metrics.jsonl holds one JSON object per logged step (kind "train") or evaluation (kind "eval"),
 with the stage's own `step`, the run's `global_step` (steps of the earlier stages of run_stages
-added) and the wall-clock `time`, so TensorBoard and wandb curves continue across stages. On resume, records past the resumed
-step (logged by the interrupted run after its last checkpoint) are dropped, so the file reads like one
-uninterrupted run. Progress is a tqdm bar on a terminal and one plain line per log otherwise: a
-SLURM .out file gets no carriage-return bars.
+added) and the wall-clock `time`, so TensorBoard and wandb curves continue across stages. A restarted stage
+logs again from `first_logged_step`: the records an interrupted run logged from there on (after its last
+checkpoint, or all of them when it had none: the step-0 eval is logged again) are dropped from metrics.jsonl
+and purged from TensorBoard's view, so both read like one uninterrupted run. Progress is a tqdm bar on a
+terminal and one plain line per log otherwise: a SLURM .out file gets no carriage-return bars.
 """
 
 from __future__ import annotations
@@ -44,19 +45,28 @@ class Sink(Protocol):
     def close(self) -> None: ...
 
 
+def first_logged_step(start_step: int) -> int:
+    """The first step a (re)started stage logs: 0 (its step-0 eval) from scratch, else the one after the
+    checkpoint it resumed from (that step's records and eval were logged before the checkpoint was saved)."""
+    return start_step + 1 if start_step else 0
+
+
 class JsonlSink:
-    def __init__(self, path: Path, resumed_at: int) -> None:
+    def __init__(self, path: Path, first_step: int) -> None:
         self.path = path
-        self._truncate(resumed_at)
+        self.kept = self._truncate(first_step)
         self.file = open(path, "a", encoding="utf-8")
 
-    def _truncate(self, step: int) -> None:
+    def _truncate(self, first_step: int) -> set[tuple[str, int]]:
+        """Drop the records of steps >= `first_step` (the restarted run logs them again); returns the (kind,
+        step) of those kept."""
         if not self.path.is_file():
-            return
-        keep = [line for line in self.path.read_text(encoding="utf-8").splitlines()
-                if line.strip() and json.loads(line)["step"] <= step]
+            return set()
+        lines = [line for line in self.path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        keep = [(line, record) for line, record in zip(lines, map(json.loads, lines)) if record["step"] < first_step]
         with atomic_file(self.path, "w") as f:
-            f.write("".join(line + "\n" for line in keep))
+            f.write("".join(line + "\n" for line, _ in keep))
+        return {(record["kind"], record["step"]) for _, record in keep}
 
     def log(self, record: dict[str, Any]) -> None:
         self.file.write(json.dumps(record) + "\n")
@@ -73,7 +83,10 @@ def _scalars(record: dict[str, Any]) -> dict[str, float]:
 
 
 class TensorBoardSink:
-    def __init__(self, log_dir: Path) -> None:
+    """Scalars by global step. `purge_step` hides the events an interrupted run wrote from that global step on
+    (a SessionLog.START event that TensorBoard honours); each record is flushed, so a kill loses none."""
+
+    def __init__(self, log_dir: Path, purge_step: int) -> None:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
@@ -82,11 +95,12 @@ class TensorBoardSink:
             raise ConfigError("training.report_to names tensorboard, which is not installed: "
                               "pip install 'megaeeve[tensorboard]'") from None
 
-        self.writer = SummaryWriter(str(log_dir))
+        self.writer = SummaryWriter(str(log_dir), purge_step=purge_step)
 
     def log(self, record: dict[str, Any]) -> None:
         for key, value in _scalars(record).items():
             self.writer.add_scalar(key, value, record["global_step"])
+        self.writer.flush()
 
     def close(self) -> None:
         self.writer.close()
@@ -146,22 +160,29 @@ class Progress:
 
 
 class Metrics:
-    """Every logged record goes to each sink, on rank 0 only (`enabled`)."""
+    """Every logged record goes to each sink, on rank 0 only (`enabled`). A record whose kind and step the
+    interrupted run logged before its checkpoint is not logged again: a stage resumed at its last step (stopped
+    after its final checkpoint, before DONE) evaluates that step again."""
 
     def __init__(self, s: MetricsSettings, enabled: bool) -> None:
-        self.s, self.sinks = s, []
+        self.s, self.sinks, self.logged = s, [], set()
         if not enabled:
             return
         s.stage_dir.mkdir(parents=True, exist_ok=True)
-        self.sinks.append(JsonlSink(s.stage_dir / "metrics.jsonl", s.start_step))
+        first = first_logged_step(s.start_step)
+        jsonl = JsonlSink(s.stage_dir / "metrics.jsonl", first)
+        self.sinks.append(jsonl)
+        self.logged = jsonl.kept
         if "tensorboard" in s.report_to:
-            self.sinks.append(TensorBoardSink(s.stage_dir / "tensorboard"))
+            self.sinks.append(TensorBoardSink(s.stage_dir / "tensorboard", s.step_offset + first))
         if "wandb" in s.report_to:
             self.sinks.append(WandbSink(s))
         if s.progress_bar:
             self.sinks.append(Progress(s))
 
     def log(self, record: dict[str, Any]) -> None:
+        if (record["kind"], record["step"]) in self.logged:
+            return
         record = {**record, "global_step": self.s.step_offset + record["step"], "time": time.time()}
         for sink in self.sinks:
             sink.log(record)

@@ -2,7 +2,8 @@
 
 MFU counts the work the stage really does. Every stage runs the whole forward. Gradients with
 respect to activations flow back through the body only when something below the head trains
-(new input rows or the body); weight gradients exist only for trainable parameters. Stage 6
+(new input rows, the body, or LoRA adapters inside the frozen body); weight gradients exist only for
+trainable parameters. Stage 6
 (everything trains) is the usual 6 N + 12 L h s per token; stage 2 (new output rows only) is
 close to a forward pass.
 """
@@ -15,6 +16,8 @@ from typing import Collection, Mapping
 
 import torch
 from torch import nn
+
+from megaeeve.stages import LORA
 
 # Dense bf16/fp16 tensor-core peak, TFLOP/s, by a substring of torch.cuda.get_device_name (SXM parts).
 PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 125.0}
@@ -46,7 +49,7 @@ def flops_per_token(model: nn.Module, roles: Mapping[str, str], seq_length: int,
     matmul = _matmul_numel(model, roles)
     matmul_flops, attention = 2.0 * sum(matmul.values()), _attention_flops(model, seq_length)
     forward = matmul_flops + attention
-    through_body = any(roles[n] == "body" or roles[n].startswith("input_") for n in trainable)
+    through_body = any(roles[n] in ("body", LORA) or roles[n].startswith("input_") for n in trainable)
     # Backward through attention differentiates both operands of QK^T and of AV: twice its forward.
     activation_grads = matmul_flops + 2.0 * attention if through_body else 0.0
     weight_grads = 2.0 * sum(v for n, v in matmul.items() if n in set(trainable))
