@@ -175,9 +175,9 @@ def test_korean_chunks_are_the_teachers_piece_likelihoods(stage0):
 
 
 def test_teacher_past_its_context_scores_in_windows(stage0, tmp_path):
-    """A teacher whose context (16 positions) is far shorter than the samples' expansions: each piece is scored in
-    a window of at most 16 base ids, the first window from its start, each later one 8 ids on with at least 8
-    before every piece it scores. Chunks and final states equal a plain forward of each window alone."""
+    """A teacher whose context (16 positions) is far shorter than the samples' expansions: each piece is scored
+    from a window of at most 16 base ids, the first window from the start, each later one 8 ids on with at least
+    8 before every piece it scores. Chunks and final states equal a plain forward of each window alone."""
     import shutil
 
     from megaeeve.training.objectives import final_states
@@ -198,12 +198,14 @@ def test_teacher_past_its_context_scores_in_windows(stage0, tmp_path):
             pieces = [table.table[t, :table.lengths[t]].tolist() for t in tokens[b].tolist()]
             flat = sum(pieces, [])
             assert len(flat) > (3 * context if b == 0 else context)
-            scorer, end = {}, min(context, len(flat))  # target position -> (start, end) of the window scoring it
-            scorer.update({t: (0, end) for t in range(1, end)})
+            # target position -> (start, end): the window of inputs flat[start:end] that scores it
+            scorer, end = {}, min(context + 1, len(flat))
+            scorer.update({t: (0, end - 1) for t in range(1, end)})
             while end < len(flat):
                 done, end = end, min(end + stride, len(flat))
-                scorer.update({t: (end - context, end) for t in range(done, end)})
-            assert all(t - start >= context - stride or start == 0 for t, (start, _) in scorer.items())
+                scorer.update({t: (end - 1 - context, end - 1) for t in range(done, end)})
+            assert all(end - start <= context and start < t <= end for t, (start, end) in scorer.items())
+            assert all(t - start > context - stride or start == 0 for t, (start, _) in scorer.items())
             runs = {}
             for start, end in set(scorer.values()):
                 with final_states(teacher, True) as states:

@@ -137,16 +137,18 @@ class ChunkDistillation:
 
         expansion = self.table.expand(tokens)
         ids, seq = expansion.ids, tokens.shape[1] - 1
+        # Windows of context + 1 ids: the last one of each is only a target, so the teacher reads <= context.
         cut = [w for row, n in enumerate(expansion.ends[:, -1].tolist())
-               for w in windows(row, ids[row, :n].tolist(), self.context, self.context // 2)]
+               for w in windows(row, ids[row, :n].tolist(), self.context + 1, self.context // 2)]
         width = max(len(w.ids) for w in cut)
-        inputs = torch.tensor([w.ids + [0] * (width - len(w.ids)) for w in cut], device=ids.device)
-        # Every scored window position j (it predicts window id j + 1) and the sample position it stands for.
+        padded = torch.tensor([w.ids + [0] * (width - len(w.ids)) for w in cut], device=ids.device)
+        inputs, targets = padded[:, :-1], padded[:, 1:]
+        # Every scored input position j of window k (it predicts window id j + 1) and the sample position it is.
         scored = [(k, j, w.doc, w.start + j) for k, w in enumerate(cut) for j in range(w.first - 1, len(w.ids) - 1)]
         k, j, row, at = torch.tensor(scored, device=ids.device).unbind(1)
         with torch.no_grad(), final_states(self.teacher, capture) as states:
             logits = self.teacher(input_ids=inputs, use_cache=False).logits[..., :self.base_vocab_size].float()
-            lp = logits.gather(-1, inputs.roll(-1, 1)[..., None]).squeeze(-1) - logits.logsumexp(-1)
+            lp = logits.gather(-1, targets[..., None]).squeeze(-1) - logits.logsumexp(-1)
             piece = lp.new_zeros(len(ids), ids.shape[1] - 1).index_put_((row, at), lp[k, j])  # predicts ids[:, 1:]
             # Sum each token's pieces; bucket 0 (the first token, never predicted) and seq + 1 (padding) are dropped.
             chunks = piece.new_zeros(len(ids), seq + 2).scatter_add_(1, expansion.owner[:, 1:], piece)[:, 1:seq + 1]
@@ -156,7 +158,7 @@ class ChunkDistillation:
                 state.index_put_((row, at), states[0][k, j])
                 last = (expansion.ends[:, :seq] - 1).unsqueeze(-1).expand(-1, -1, state.shape[-1])
                 hidden = state.gather(1, last)
-        return TeacherChunks(chunks, hidden, len(cut) * width * self.teacher_flops(width))
+        return TeacherChunks(chunks, hidden, inputs.numel() * self.teacher_flops(inputs.shape[1]))
 
     def __call__(self, model: Any, tokens: torch.Tensor) -> ObjectiveOutput:
         tokens = tokens.to(model.device)
