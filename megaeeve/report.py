@@ -73,12 +73,13 @@ def frozen_check(src: Path, ckpt_dir: Path, roles: dict[str, str], trainable_rol
     with open_weights(src) as f:
         for name, role in roles.items():
             y = weights[name]
-            x = f.get_tensor(file_name(name)) if file_name(name) in f.keys() else torch.zeros_like(y)
+            x = f.get_tensor(file_name(name)) if file_name(name) in f.keys() else None
             if role in trainable_roles:
                 out["trainable_total"] += 1
-                out["trainable_changed"] += not (x.shape == y.shape and torch.equal(x.float(), y.float()))
+                out["trainable_changed"] += (bool(y.any()) if x is None else
+                                             not (x.shape == y.shape and torch.equal(x.float(), y.float())))
                 continue
-            same = y.dtype == dtype and x.shape == y.shape and torch.equal(x.to(dtype), y)
+            same = x is not None and y.dtype == dtype and x.shape == y.shape and torch.equal(x.to(dtype), y)
             out["frozen_total"] += 1
             out["frozen_unchanged"] += same
             if not same:
