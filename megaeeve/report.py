@@ -63,18 +63,24 @@ def checkpoint_weights(ckpt_dir: Path) -> tuple[dict[str, torch.Tensor], torch.d
 def frozen_check(src: Path, ckpt_dir: Path, roles: dict[str, str], trainable_roles: list[str]) -> dict[str, Any]:
     """A stage's last checkpoint against its input directory `src`, tensor by tensor: a frozen tensor must equal
     the input rounded to the engine's dtype (a bf16 engine holds, and saves, frozen tensors in bf16), a
-    trainable one (fp32 master) must have changed."""
+    trainable one (fp32 master) must have changed. `roles` are the stage's own (a LoRA layer's base weight is
+    `...base_layer.weight` in the checkpoint, its input's name without it); a tensor the stage created (a LoRA
+    adapter) has no input and counts as changed once nonzero (PEFT starts lora_B at zero)."""
+    from megaeeve.model.lora import file_name
+
     weights, dtype = checkpoint_weights(ckpt_dir)
     out = {"frozen_total": 0, "frozen_unchanged": 0, "trainable_total": 0, "trainable_changed": 0, "violations": [],
            "engine_dtype": str(dtype).removeprefix("torch.")}
     with open_weights(src) as f:
         for name, role in roles.items():
-            x, y = f.get_tensor(name), weights[name]
+            y = weights[name]
+            x = f.get_tensor(file_name(name)) if file_name(name) in f.keys() else None
             if role in trainable_roles:
                 out["trainable_total"] += 1
-                out["trainable_changed"] += not (x.shape == y.shape and torch.equal(x.float(), y.float()))
+                out["trainable_changed"] += (bool(y.any()) if x is None else
+                                             not (x.shape == y.shape and torch.equal(x.float(), y.float())))
                 continue
-            same = y.dtype == dtype and x.shape == y.shape and torch.equal(x.to(dtype), y)
+            same = x is not None and y.dtype == dtype and x.shape == y.shape and torch.equal(x.to(dtype), y)
             out["frozen_total"] += 1
             out["frozen_unchanged"] += same
             if not same:
@@ -280,8 +286,7 @@ def final_evals(done: list[tuple[int, Path]]) -> dict[int, dict[str, float]]:
 def build_report(run_dir: Path, config: Path, base_model: str, base_tokenizer: str,
                  prompts: tuple[str, ...] = PROMPTS, max_new_tokens: int = 24) -> Path:
     """Write run_dir/report/{report.md, tokenizer.png, loss.png, bits_per_char.png, report.json} atomically."""
-    from megaeeve.model import parameter_roles
-    from megaeeve.train import meta_model, stage_plans
+    from megaeeve.train import meta_stage_model, stage_plans
     from megaeeve.training.config import load_run_config
 
     run_dir = Path(run_dir)
@@ -290,11 +295,11 @@ def build_report(run_dir: Path, config: Path, base_model: str, base_tokenizer: s
     expansion = json.loads(found.read_text(encoding="utf-8")) if found else None
     done = stage_dirs(run_dir)
     plans = {p["stage"]: p for p in stage_plans(cfg.model, [cfg.stages[n] for n in cfg.run_stages])}
-    roles = parameter_roles(meta_model(cfg.model))
     checks = {}
     for number, d in done:
         previous = cfg.previous_stage(number)
         src = cfg.model if previous is None else cfg.stage_dir(previous) / "final"
+        _, roles = meta_stage_model(cfg.model, cfg.stages[number])  # the roles as the stage built them
         checks[number] = frozen_check(src, d / "checkpoints", roles, list(cfg.stages[number].trainable))
     evals = read_evals(run_dir)
     in_training = final_evals(done)

@@ -137,19 +137,27 @@ def meta_model(model_dir: Path, ds_config: dict | None = None) -> torch.nn.Modul
         return build_split_model(AutoConfig.from_pretrained(str(model_dir)), meta, model_dtype(ds_config or {}))
 
 
-def stage_plans(model_dir: Path, stages: list[Stage], ds_config: dict | None = None) -> list[dict]:
-    """Per stage: trainable tensors by role with counts, and optimizer-state bytes (for --dry-run and reports)."""
+def meta_stage_model(model_dir: Path, stage: Stage, ds_config: dict | None = None
+                     ) -> tuple[torch.nn.Module, dict[str, str]]:
+    """The split model on the meta device as `stage` builds it (its LoRA adapters added), and its parameter roles:
+    a LoRA stage's names carry `.base_layer.` and its adapters are parameters of their own."""
     from megaeeve.model import parameter_roles
     from megaeeve.model.lora import add_lora
+
+    model = meta_model(model_dir, ds_config)
+    if stage.lora is not None:
+        add_lora(model, stage.lora)
+    return model, parameter_roles(model)
+
+
+def stage_plans(model_dir: Path, stages: list[Stage], ds_config: dict | None = None) -> list[dict]:
+    """Per stage: trainable tensors by role with counts, and optimizer-state bytes (for --dry-run and reports)."""
     from megaeeve.stages import trainable_names
     from megaeeve.training.engine import optimizer_state_bytes
 
     plans = []
     for stage in stages:
-        model = meta_model(model_dir, ds_config)
-        if stage.lora is not None:
-            add_lora(model, stage.lora)
-        roles = parameter_roles(model)
+        model, roles = meta_stage_model(model_dir, stage, ds_config)
         numel = {n: p.numel() for n, p in model.named_parameters()}
         total = sum(numel.values())
         names = trainable_names(roles, stage)

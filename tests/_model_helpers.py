@@ -72,6 +72,15 @@ def tiny_llama(vocab_size: int = 50257, seed: int = 0, tied: bool = True):
     return LlamaForCausalLM(config).eval()
 
 
+def tiny_gpt2(vocab_size: int = 50257, seed: int = 0):
+    """Random GPT2LMHeadModel (tied embeddings, Conv1D layers storing their weights [in, out])."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    config = GPT2Config(vocab_size=vocab_size, n_embd=32, n_layer=2, n_head=4, n_positions=64)
+    return GPT2LMHeadModel(config).eval()
+
+
 def save_model(model, out_dir: Path) -> Path:
     model.save_pretrained(str(out_dir))
     return out_dir

@@ -31,14 +31,15 @@ NEW_TOKENS = ["대한민국", "헌법", "국민", "법률", "대통령", "국회
 
 
 def make_stage0(tmp: Path, arch: str, base_tokenizer_dir: Path) -> Path:
-    """A stage-0 directory from a tiny random Phi (untied, lm_head bias) or Llama (tied) base model."""
-    from _model_helpers import save_model, tiny_llama, tiny_phi
+    """A stage-0 directory from a tiny random Phi (untied, lm_head bias), Llama or GPT-2 (tied) base model."""
+    from _model_helpers import save_model, tiny_gpt2, tiny_llama, tiny_phi
 
     from megaeeve import assets
     from megaeeve.model import extend_model
 
     rows = load_tokenizer(base_tokenizer_dir).get_vocab_size(with_added_tokens=True)
-    base = tiny_phi() if arch == "phi" else tiny_llama(vocab_size=-(-rows // 64) * 64)
+    padded = -(-rows // 64) * 64
+    base = tiny_phi() if arch == "phi" else tiny_gpt2(padded) if arch == "gpt2" else tiny_llama(vocab_size=padded)
     base_dir = save_model(base, tmp / f"{arch}-base")
     tok = load_tokenizer(base_tokenizer_dir)
     tok.add_tokens(NEW_TOKENS)

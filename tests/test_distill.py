@@ -127,7 +127,7 @@ def test_stage0_on_text_without_new_tokens(stage0, english_docs, precision):
         handle.remove()
         out = objective(student, tokens)
         logits = student(input_ids=tokens[:, :-1]).logits.float()
-        teacher, _ = objective.teacher_chunks(tokens, capture=False)
+        teacher = objective.teacher_chunks(tokens, capture=False).chunks
     assert masked.metrics["distill"].abs().max() < 1e-6
     assert masked.metrics["hidden"].abs().max() == 0 and out.metrics["hidden"].abs().max() == 0  # same states
     assert masked.loss.abs() < 1e-6
@@ -153,7 +153,8 @@ def test_korean_chunks_are_the_teachers_piece_likelihoods(stage0):
     tokens[0, 2::3], tokens[1, 5::4] = new[:6], new[2:6]  # expansions of different lengths
     table = objective.table
     with torch.no_grad():
-        chunks, _ = objective.teacher_chunks(tokens, capture=False)
+        with FlopCounterMode(display=False) as counted:  # the teacher's forward on its padded windows, counted by torch
+            chunks, _, flops = objective.teacher_chunks(tokens, capture=False)
         for b in range(2):
             pieces = [table.table[t, :table.lengths[t]].tolist() for t in tokens[b].tolist()]
             flat = torch.tensor([sum(pieces, [])])
@@ -165,14 +166,61 @@ def test_korean_chunks_are_the_teachers_piece_likelihoods(stage0):
                 pos += len(pieces[i])
         student = load_model_dir(stage0["dir"])
         out = objective(student, tokens)
-        with FlopCounterMode(display=False) as counted:  # the teacher's forward on its padded input, counted by torch
-            objective.teacher(input_ids=table.expand(tokens).ids[:, :-1])
-    assert out.extra_flops == pytest.approx(counted.get_total_flops(), rel=0.02)
+    assert out.extra_flops == flops == pytest.approx(counted.get_total_flops(), rel=0.02)
     assert out.metrics["distill"].min() > 0
     lm = lm_objective(student, tokens).metrics["lm"]
     torch.testing.assert_close(out.metrics["lm"], lm)
     parts = out.metrics
     torch.testing.assert_close(out.loss, (0.25 * parts["lm"] + 0.75 * (parts["distill"] + parts["hidden"])).mean())
+
+
+def test_teacher_past_its_context_scores_in_windows(stage0, tmp_path):
+    """A teacher whose context (16 positions) is far shorter than the samples' expansions: each piece is scored
+    from a window of at most 16 base ids, the first window from the start, each later one 8 ids on with at least
+    8 before every piece it scores. Chunks and final states equal a plain forward of each window alone."""
+    import shutil
+
+    from megaeeve.training.objectives import final_states
+
+    context, stride = 16, 8
+    short = shutil.copytree(stage0["dir"], tmp_path / "short")
+    config = json.loads((short / "config.json").read_text())
+    (short / "config.json").write_text(json.dumps({**config, "max_position_embeddings": context}))
+    meta = stage0["meta"]
+    objective = _objective({**stage0, "dir": short}, torch.float32)
+    tokens = _samples(stage0["expanded"], [KOREAN] * 3, 20)
+    new = meta.base_vocab_size + torch.arange(meta.num_added)
+    tokens[0, 2::3] = new[:6]  # the two expansions differ in length
+    table, teacher = objective.table, objective.teacher
+    with torch.no_grad():
+        chunks, hidden = objective.teacher_chunks(tokens, capture=True)[:2]
+        for b in range(2):
+            pieces = [table.table[t, :table.lengths[t]].tolist() for t in tokens[b].tolist()]
+            flat = sum(pieces, [])
+            assert len(flat) > (3 * context if b == 0 else context)
+            # target position -> (start, end): the window of inputs flat[start:end] that scores it
+            scorer, end = {}, min(context + 1, len(flat))
+            scorer.update({t: (0, end - 1) for t in range(1, end)})
+            while end < len(flat):
+                done, end = end, min(end + stride, len(flat))
+                scorer.update({t: (end - 1 - context, end - 1) for t in range(done, end)})
+            assert all(end - start <= context and start < t <= end for t, (start, end) in scorer.items())
+            assert all(t - start > context - stride or start == 0 for t, (start, _) in scorer.items())
+            runs = {}
+            for start, end in set(scorer.values()):
+                with final_states(teacher, True) as states:
+                    logits = teacher(input_ids=torch.tensor([flat[start:end]])).logits[0, :, :meta.base_vocab_size]
+                runs[start, end] = logits.float().log_softmax(-1), states[0][0]
+            pos = len(pieces[0])
+            for i in range(1, tokens.shape[1]):
+                want = 0.0
+                for j, p in enumerate(pieces[i]):
+                    start, end = scorer[pos + j]
+                    want += float(runs[start, end][0][pos + j - 1 - start, p])
+                assert chunks[b, i - 1].item() == pytest.approx(want, rel=1e-5, abs=1e-5), (b, i)
+                start, end = scorer[pos]  # the state after token i - 1's last piece predicts token i's first
+                torch.testing.assert_close(hidden[b, i - 1], runs[start, end][1][pos - 1 - start])
+                pos += len(pieces[i])
 
 
 def test_stage_objective_settings():
@@ -191,9 +239,12 @@ RUNS = [("phi", "fp32"), ("llama", "bf16")]
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory, phi2_tokenizer_dir, korean_split, english_docs):
     """Stage-0 models over phi-2's tokenizer (uneven ZeRO partitions of its 50,295 base rows on 2 ranks) and
-    Korean + English datasets; English holds no new token."""
+    Korean + English datasets; English holds no new token. The Llama's context is the samples' 32 positions:
+    its teacher reads the longer expansions (up to about 60 base ids) in windows, a different number per rank."""
     tmp = tmp_path_factory.mktemp("distill-run")
     models = {arch: make_stage0(tmp, arch, phi2_tokenizer_dir) for arch in ("phi", "llama")}
+    config = models["llama"] / "config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "max_position_embeddings": 32}))
     ko = write_prefix(tmp / "ko", models["phi"], korean_split[0][:40])
     en = write_prefix(tmp / "en", models["phi"], english_docs[:40])
     sources = [{"prefix": str(ko), "weight": 0.7, "name": "ko"}, {"prefix": str(en), "weight": 0.3, "name": "en"}]
@@ -245,6 +296,8 @@ def test_distilling_stages_on_zero3_ranks(corpus, arch, precision):
     rel = 1e-4 if precision == "fp32" else 2e-2
     for name in ("ko", "en"):
         tokens = torch.from_numpy(np.stack([valid[name][i] for i in range(len(valid[name]))]))
+        if arch == "llama" and name == "ko":  # its teacher read windows
+            assert int(objective.table.lengths[tokens].sum(1).max()) > objective.context + 1
         with torch.no_grad():
             here = objective(student, tokens).metrics
         for term, key in (("distill", f"eval_distill_{name}"), ("hidden", f"eval_hidden_{name}"),

@@ -68,7 +68,7 @@ def test_windows_score_every_token_once():
         seq = list(range(n))
         scored = []
         for w in windows(0, seq, 64, 32):
-            assert len(w.ids) <= 64 and w.first >= 1
+            assert len(w.ids) <= 64 and w.first >= 1 and w.ids == seq[w.start:w.start + len(w.ids)]
             scored += w.ids[w.first:]
             if w.first > 1:  # a later window: at least context - stride tokens of context
                 assert w.first >= 32

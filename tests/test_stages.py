@@ -33,14 +33,19 @@ _SPLIT_META = ModelMeta(base_vocab_size=100, num_added=20, padded_vocab_size=128
                         base_tokenizer_fingerprint="-", tokenizer_fingerprint="-", tokenizer_files=[])
 
 
-@pytest.fixture(scope="module")
-def split_phi():
+def _split_phi() -> torch.nn.Module:
+    """A tiny split Phi on the meta device, built as a model directory's weights are loaded into."""
     from transformers import PhiConfig
 
     config = PhiConfig(vocab_size=128, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
                        tie_word_embeddings=False)
     with torch.device("meta"):
         return build_split_model(config, _SPLIT_META, torch.float32)
+
+
+@pytest.fixture(scope="module")
+def split_phi():
+    return _split_phi()
 
 
 def test_default_table_is_the_eeve_schedule():
@@ -201,6 +206,24 @@ def test_lora_stage_settings_are_checked():
         stage_table({8: {"trainable": ["lora", "body"], "lr": 1e-4, "lora": {}}})
     with pytest.raises(ValueError, match="QLoRA"):
         stage_table({8: {"trainable": ["lora"], "lr": 1e-4, "lora": {"quantize": "nf4"}}})
+
+
+def test_a_parameter_injected_after_load_has_no_role():
+    """Roles fail closed: `body` only for a parameter of the model directory's weights. A module injected after
+    the model was built (a new head, an adapter megaeeve does not know) is an error naming it, not a body
+    parameter that stage 6-7 would train and the hand-off would not find in its input."""
+    from megaeeve.errors import MegaeeveError
+    from megaeeve.model.lora import add_lora
+
+    model = _split_phi()
+    add_lora(model, stage_table({8: {"trainable": ["lora"], "lr": 1e-4, "lora": {"target_modules": ["fc1"]}}})[8].lora)
+    roles = parameter_roles(model)  # PEFT's known layers: base weights stay body, adapters are lora
+    assert roles["model.layers.0.mlp.fc1.base_layer.weight"] == "body"
+    assert roles["model.layers.0.mlp.fc1.lora_A.default.weight"] == "lora"
+    with torch.device("meta"):
+        model.model.layers[1].probe = torch.nn.Linear(16, 4)
+    with pytest.raises(MegaeeveError, match=r"model\.layers\.1\.probe\.weight.*model\.layers\.1\.probe\.bias"):
+        parameter_roles(model)
 
 
 def test_lora_stage_plan_counts_only_the_adapters(split_phi):

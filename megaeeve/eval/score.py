@@ -26,6 +26,7 @@ class Window:
     doc: int
     ids: list[int]
     first: int
+    start: int  # where `ids` begins in the document's sequence
 
 
 def windows(doc: int, ids: list[int], context: int, stride: int) -> list[Window]:
@@ -33,10 +34,10 @@ def windows(doc: int, ids: list[int], context: int, stride: int) -> list[Window]
     if not 0 < stride < context:
         raise ValueError(f"stride must be in [1, context - 1], got stride {stride}, context {context}")
     end = min(context, len(ids))
-    out = [Window(doc, ids[:end], 1)]
+    out = [Window(doc, ids[:end], 1, 0)]
     while end < len(ids):
         done, end = end, min(end + stride, len(ids))
-        out.append(Window(doc, ids[end - context:end], done - (end - context)))
+        out.append(Window(doc, ids[end - context:end], done - (end - context), end - context))
     return out
 
 

@@ -3,7 +3,8 @@
 Interfaces the trainer relies on:
 
 - ``parameter_roles(model) -> dict[str, str]``: every parameter name -> one of "input_original",
-  "input_added", "output_original", "output_added", "body". ``bias_original`` goes with
+  "input_added", "output_original", "output_added", "lora", "body" (only tensors of the model directory's
+  weights; any other parameter is a RoleError). ``bias_original`` goes with
   output_original, ``bias_added`` with output_added. A model without new tokens (num_added = 0) has no
   ``added`` parameters, hence no input_added / output_added roles. Padding rows (vocab rounded up to a multiple)
   are not parameters at all: the embedding returns zeros for padding ids and the head returns -inf
@@ -27,16 +28,25 @@ from __future__ import annotations
 
 from torch import nn
 
-from megaeeve.model.checkpoint import ModelDirError, ModelMeta, load_model_dir, read_model_meta
+from megaeeve.errors import MegaeeveError
+from megaeeve.model.checkpoint import SOURCE_WEIGHTS, ModelDirError, ModelMeta, load_model_dir, read_model_meta
 from megaeeve.model.export import export_hf
 from megaeeve.model.extend import ExtendError, extend_model
-from megaeeve.model.lora import lora_roles
+from megaeeve.model.lora import file_name, lora_roles
 from megaeeve.model.split import SplitEmbedding, SplitLMHead
 from megaeeve.stages import ROLES
 
+
+class RoleError(MegaeeveError, ValueError):
+    """A parameter that no role covers: neither a split row, a LoRA adapter, nor a tensor of the source weights."""
+
+
 def parameter_roles(model: nn.Module) -> dict[str, str]:
     """Role of every parameter of a split model (keys as in model.named_parameters()): by module class,
-    split embedding rows, LoRA adapters (lora.py), and the body for the rest."""
+    split embedding rows, LoRA adapters (lora.py), and `body` for the rest of the model directory's weights.
+
+    Roles fail closed: a parameter outside those (a module injected after the model was built) raises
+    RoleError naming it, rather than training or freezing as body without a word."""
     roles = dict(lora_roles(model))
     for prefix, module in model.named_modules():
         side = "input" if isinstance(module, SplitEmbedding) else "output" if isinstance(module, SplitLMHead) else None
@@ -47,8 +57,17 @@ def parameter_roles(model: nn.Module) -> dict[str, str]:
             roles[f"{prefix}.{name}" if prefix else name] = f"{side}_{part}"
     if not {"input_original", "output_original"} <= set(roles.values()):
         raise ValueError("model has no split input embedding and lm_head; load it with load_model_dir")
-    return {name: roles.get(name, "body") for name, _ in model.named_parameters()}
+    source = getattr(model, SOURCE_WEIGHTS, None)
+    if source is None:
+        raise ValueError("model does not record its source weights; build it with load_model_dir or build_split_model")
+    names = [name for name, _ in model.named_parameters()]
+    roles.update((name, "body") for name in names if name not in roles and file_name(name) in source)
+    unknown = [name for name in names if name not in roles]
+    if unknown:
+        raise RoleError(f"{len(unknown)} parameter(s) in no role: not in the model directory's weights, no split "
+                        f"embedding or lm_head, no LoRA adapter (injected after load?): {', '.join(unknown[:8])}")
+    return {name: roles[name] for name in names}
 
 
-__all__ = ["ROLES", "ExtendError", "ModelDirError", "ModelMeta", "SplitEmbedding", "SplitLMHead", "export_hf",
-           "extend_model", "load_model_dir", "parameter_roles", "read_model_meta"]
+__all__ = ["ROLES", "ExtendError", "ModelDirError", "ModelMeta", "RoleError", "SplitEmbedding", "SplitLMHead",
+           "export_hf", "extend_model", "load_model_dir", "parameter_roles", "read_model_meta"]

@@ -47,6 +47,10 @@ class ModelDirError(MegaeeveError, ValueError):
     pass
 
 
+# Attribute of a model from build_split_model: the names of the tensors its model directory's weights hold.
+SOURCE_WEIGHTS = "megaeeve_source_weights"
+
+
 @dataclasses.dataclass
 class ModelMeta:
     """What a model directory holds beyond the HF config; written as megaeeve_model.json."""
@@ -129,6 +133,8 @@ def build_split_model(config, meta: ModelMeta, dtype: torch.dtype, ds_config: di
 
     With ZeRO stage 3 in `ds_config` it is built inside deepspeed.zero.Init (partitioned parameters).
     The replaced full-size modules are never initialised (no_init_weights) and are freed at once.
+    The model records the tensor names a model directory's weights hold for it (`SOURCE_WEIGHTS`, checked by
+    load_model_dir): what `parameter_roles` may call `body`, whatever is injected later.
     """
     from transformers import MODEL_FOR_CAUSAL_LM_MAPPING, AutoModelForCausalLM
     from transformers.initialization import no_init_weights
@@ -146,6 +152,7 @@ def build_split_model(config, meta: ModelMeta, dtype: torch.dtype, ds_config: di
         sizes = (meta.base_vocab_size, meta.num_added, meta.num_padding, meta.hidden_size)
         model.set_submodule(meta.input_embedding, SplitEmbedding(*sizes, dtype=dtype))
         model.set_submodule(meta.output_embedding, SplitLMHead(*sizes, bias=meta.lm_head_bias, dtype=dtype))
+    setattr(model, SOURCE_WEIGHTS, frozenset(_expected_names(model)))
     return model
 
 

@@ -42,7 +42,7 @@ from megaeeve.errors import MegaeeveError
 from megaeeve.atomic import atomic_dir, atomic_file, write_json
 from megaeeve.model import read_model_meta
 from megaeeve.model.checkpoint import copy_model_files
-from megaeeve.model.lora import ADAPTER, file_name, lora_layers, lora_roles
+from megaeeve.model.lora import ADAPTER, file_name, lora_layers, lora_roles, merged_weight
 from megaeeve.model.partition import local_values, read_partition
 from megaeeve.model.weights import SINGLE_FILE, open_weights, plan_shards, shard_name, write_index
 from megaeeve.tokenizer_io import load_tokenizer, tokenizer_fingerprint
@@ -249,7 +249,7 @@ def export_final(model: torch.nn.Module, src_dir: Path, out_dir: Path, shard_byt
 
     Trainable parameters: their fp32 masters. Frozen parameters and buffers: the input tensors, after
     each rank checked that its partition of the engine's copy still equals its slice of the input
-    bitwise (invariant 2); a LoRA layer's weight gets its merged adapters, W + scaling * B A, in fp32.
+    bitwise (invariant 2); a LoRA layer's weight gets its merged adapters (PEFT's own delta), in fp32.
     The tensors are cut into shards of at most `shard_bytes`; shard k belongs to rank k % world, which
     assembles and writes it; a trainable tensor's partitions are gathered to its owner only, so no rank
     holds more than one shard plus the parameter being gathered. Rank 0 publishes the directory atomically.
@@ -308,13 +308,13 @@ def _gather_fp32_master(p: torch.nn.Parameter, owner: int) -> torch.Tensor | Non
 
 
 def _merge_lora(layer: torch.nn.Module, weight: torch.Tensor | None) -> torch.Tensor | None:
-    """W + scaling * B A from the adapters' fp32 masters (collective: every rank calls; `weight` is None on
-    ranks that do not write this tensor)."""
+    """W + PEFT's delta (lora.merged_weight) from the adapters' fp32 masters (collective: every rank calls;
+    `weight` is None on ranks that do not write this tensor)."""
     a = safe_get_full_fp32_param(layer.lora_A[ADAPTER].weight)
     b = safe_get_full_fp32_param(layer.lora_B[ADAPTER].weight)
     if weight is None:
         return None
-    return (weight.float() + layer.scaling[ADAPTER] * (b.cpu() @ a.cpu())).contiguous()
+    return merged_weight(layer, weight, a.cpu(), b.cpu())
 
 
 def _itemsize(dtype: str) -> int:

@@ -11,9 +11,13 @@ instead of ALM's approximate one):
   position, plus an optional hidden-state term at chunk ends (`DistillSpec.hidden_weight`).
 - `mixed`: (1 - weight) * lm + weight * distill.
 
-Packing: the teacher reads the whole student sample with every new id replaced by its pieces, each sample
-right-padded to the micro-batch's longest expansion. Nothing is cut, so every student position has its full
-context on both sides (causal attention: the padding after a sample changes none of its positions).
+Packing: the teacher reads the student sample with every new id replaced by its pieces. An expansion is
+several times longer than the sample (about 3.5 base ids per token on Korean), so it is cut into windows no
+longer than the teacher's context (`max_position_embeddings`) as `megaeeve evaluate` cuts documents
+(megaeeve/eval/score.py: windows): each piece is scored once, in the first window or with at least half a
+window of context before it, and a position past the context is never scored by an extrapolating model. The
+windows of a micro-batch are right-padded to the longest and run in one forward (causal attention: the
+padding after a window changes none of its positions; one forward per call keeps ZeRO-3 ranks in step).
 
 Every objective returns per-sample means of its terms, `lm` always, so evaluation can weight samples and the
 training loop logs the terms of a distilling stage.
@@ -36,6 +40,12 @@ from megaeeve.model.split import SplitLMHead
 from megaeeve.stages import DistillSpec, Stage
 
 EPS = 1e-6  # chunk log-probabilities (after the temperature) are clamped to <= -EPS: log(1 - p) stays finite
+
+
+class TeacherChunks(NamedTuple):
+    chunks: torch.Tensor  # [batch, seq] per student position: the teacher's summed log-probability of the next token
+    hidden: torch.Tensor | None  # [batch, seq, hidden] its final state after each token's last piece, if captured
+    flops: float  # the teacher's forward over its windows, padding included
 
 
 class ObjectiveOutput(NamedTuple):
@@ -109,6 +119,7 @@ class ChunkDistillation:
     lm_weight: float  # 0 for `distill`, 1 - spec.weight for `mixed`
     base_vocab_size: int
     teacher_flops: Callable[[int], float] = field(init=False)  # forward FLOPs per token at a sequence length
+    context: int = field(init=False)  # the teacher's max_position_embeddings: the longest window it reads
 
     def __post_init__(self) -> None:
         from megaeeve.model import parameter_roles
@@ -116,22 +127,38 @@ class ChunkDistillation:
 
         module = getattr(self.teacher, "module", self.teacher)  # an inference engine wraps the module
         self.teacher_flops = functools.partial(forward_flops_per_token, module, parameter_roles(module))
+        self.context = module.config.max_position_embeddings
 
-    def teacher_chunks(self, tokens: torch.Tensor, capture: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def teacher_chunks(self, tokens: torch.Tensor, capture: bool) -> TeacherChunks:
         """Per student position i: the teacher's summed log P(pieces of token i + 1 | pieces before) [batch, seq]
-        in fp32, and (if `capture`) its final hidden state after the last piece of token i [batch, seq, hidden]."""
+        in fp32, and (if `capture`) its final hidden state after the last piece of token i [batch, seq, hidden],
+        each piece scored in the one window (score.windows) that scores it."""
+        from megaeeve.eval.score import windows
+
         expansion = self.table.expand(tokens)
         ids, seq = expansion.ids, tokens.shape[1] - 1
+        # Windows of context + 1 ids: the last one of each is only a target, so the teacher reads <= context.
+        cut = [w for row, n in enumerate(expansion.ends[:, -1].tolist())
+               for w in windows(row, ids[row, :n].tolist(), self.context + 1, self.context // 2)]
+        width = max(len(w.ids) for w in cut)
+        padded = torch.tensor([w.ids + [0] * (width - len(w.ids)) for w in cut], device=ids.device)
+        inputs, targets = padded[:, :-1], padded[:, 1:]
+        # Every scored input position j of window k (it predicts window id j + 1) and the sample position it is.
+        scored = [(k, j, w.doc, w.start + j) for k, w in enumerate(cut) for j in range(w.first - 1, len(w.ids) - 1)]
+        k, j, row, at = torch.tensor(scored, device=ids.device).unbind(1)
         with torch.no_grad(), final_states(self.teacher, capture) as states:
-            logits = self.teacher(input_ids=ids[:, :-1], use_cache=False).logits[..., :self.base_vocab_size].float()
-            piece = logits.gather(-1, ids[:, 1:, None]).squeeze(-1) - logits.logsumexp(-1)  # predicts ids[:, 1:]
+            logits = self.teacher(input_ids=inputs, use_cache=False).logits[..., :self.base_vocab_size].float()
+            lp = logits.gather(-1, targets[..., None]).squeeze(-1) - logits.logsumexp(-1)
+            piece = lp.new_zeros(len(ids), ids.shape[1] - 1).index_put_((row, at), lp[k, j])  # predicts ids[:, 1:]
             # Sum each token's pieces; bucket 0 (the first token, never predicted) and seq + 1 (padding) are dropped.
             chunks = piece.new_zeros(len(ids), seq + 2).scatter_add_(1, expansion.owner[:, 1:], piece)[:, 1:seq + 1]
             hidden = None
             if capture:
-                last = (expansion.ends[:, :seq] - 1).unsqueeze(-1).expand(-1, -1, states[0].shape[-1])
-                hidden = states[0].gather(1, last)
-        return chunks, hidden
+                state = states[0].new_zeros(len(ids), ids.shape[1] - 1, states[0].shape[-1])
+                state.index_put_((row, at), states[0][k, j])
+                last = (expansion.ends[:, :seq] - 1).unsqueeze(-1).expand(-1, -1, state.shape[-1])
+                hidden = state.gather(1, last)
+        return TeacherChunks(chunks, hidden, inputs.numel() * self.teacher_flops(inputs.shape[1]))
 
     def __call__(self, model: Any, tokens: torch.Tensor) -> ObjectiveOutput:
         tokens = tokens.to(model.device)
@@ -139,7 +166,7 @@ class ChunkDistillation:
         capture = self.spec.hidden_weight > 0
         with final_states(model, capture) as states:
             student = token_logprobs(model(input_ids=tokens[:, :-1], use_cache=False).logits, labels)
-        teacher, teacher_states = self.teacher_chunks(tokens, capture)
+        teacher, teacher_states, teacher_flops = self.teacher_chunks(tokens, capture)
         distill = binarised_kl(teacher, student, self.spec.temperature).mean(1)
         lm = -student.mean(1)
         metrics = {"lm": lm, "distill": distill}
@@ -149,9 +176,8 @@ class ChunkDistillation:
             metrics["hidden"] = diff / teacher_states.float().square().sum((1, 2))
             target = target + self.spec.hidden_weight * metrics["hidden"]
         loss = self.lm_weight * lm + (1 - self.lm_weight) * target
-        width = int(self.table.lengths[tokens].sum(1).max()) - 1  # the teacher's input columns, padding included
         return ObjectiveOutput(loss.mean(), labels.numel(), {k: v.detach() for k, v in metrics.items()},
-                               len(tokens) * width * self.teacher_flops(width))
+                               teacher_flops)
 
 
 def stage_objective(stage: Stage, model_dir: Path, ds_config: dict, dtype: torch.dtype, attn_implementation: str,
