@@ -150,7 +150,7 @@ class Bench:
             return {}
         root, results = d["root"], {}
         base = None
-        names = [n for n in ["base", *FIT_VARIANTS, "prior-exact"] if n in variants]
+        names = list(dict.fromkeys(variants))  # in the order asked for: the most wanted first
         if model != "smollm2" and "prior-exact" in names:  # the tiny Phi's own bias carries the prior exactly
             names.remove("prior-exact")
         if "prior-exact" in names and "eeve" not in names:
