@@ -29,6 +29,15 @@ gradient Adam's update is 0, but decoupled decay still shrinks the row.
 
 Each trainer's ranks record the token ids they fed the model; the bench checks that (P) and (L) saw exactly
 the same samples in the same order and that they match (M)'s per-step batch checksums (metrics.jsonl).
+
+Found on the way: under DeepSpeed on CPU, accelerate (1.16) finds no distributed backend and does not shard
+the Trainer's dataloader, so every rank of a plain Trainer run reads the same batches (each rank still does
+a full micro batch of work, so its speed is unchanged); the peer's dataset is therefore each rank's own slice.
+
+Cost: one SmolLM2 stage takes each trainer about a model load plus --steps steps of 1,024 tokens (roughly
+10-15 s a step on 2 idle cores for stages 1-3, more for 6), so all seven stages at --steps 6 take about
+40 minutes on an idle 2-core machine; `--stages 1 6` about a quarter of that. Outputs stay in --work
+(bench/out/vs-trainer: the default run's stage-0 and data under inputs/, reused by the next run).
 """
 
 from __future__ import annotations
