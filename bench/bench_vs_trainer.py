@@ -317,8 +317,9 @@ def run_trainer(name: str, work: Path, stage: int, s: Settings) -> dict:
 
 # -- measuring -----------------------------------------------------------------------------------------------
 def steady_tokens_per_s(step_times: list[float], tokens_per_step: int, skip: int, windows: int) -> float:
-    """Median over `windows` contiguous windows of the steps after the first `skip` (at least one step)."""
-    rest = step_times[min(skip, len(step_times) - 1):]
+    """Median over `windows` contiguous windows of the steps after the first `skip` (at least one step).
+    `step_times` start at step 2: step 1 is part of the launch-to-first-step time."""
+    rest = step_times[min(max(skip - 1, 0), len(step_times) - 1):]
     chunks = [c for c in np.array_split(np.array(rest), min(windows, len(rest))) if len(c)]
     return statistics.median(tokens_per_step * len(c) / float(c.sum()) for c in chunks)
 
@@ -407,7 +408,7 @@ def measure(work: Path, stage: int, s: Settings, raw: dict[str, dict], skip: int
     frozen = {n: None for n in roles if n not in keep}
     view = get_fp32_state_dict_from_zero_checkpoint(str(stage_dir / "checkpoints"))
     n, moved, drift = frozen_moved(split_before, view, frozen)
-    res["megaeeve"] = _record(s, [r["step_time_s"] for r in train], train[0]["time"] - raw["megaeeve"]["started"],
+    res["megaeeve"] = _record(s, [r["step_time_s"] for r in train][1:], train[0]["time"] - raw["megaeeve"]["started"],
                               raw["megaeeve"]["rss"], optimizer_bytes(stage_dir / "checkpoints"), n, moved, drift,
                               skip, windows)
     m_checksums = [r["batch_checksum"] for r in train]
@@ -464,31 +465,43 @@ def _split_roles(model_dir: Path) -> dict[str, str]:
 def _record(s: Settings, step_times: list[float], first_step_s: float, rss: list[float], opt_bytes: int,
             frozen: int, moved: int, drift: float, skip: int, windows: int) -> dict:
     return {"tokens_per_s": steady_tokens_per_s(step_times, s.tokens_per_step, skip, windows),
+            "fastest_step_tokens_per_s": s.tokens_per_step / min(step_times),  # the least disturbed step
             "peak_rss_mib": max(rss), "rss_per_rank_mib": rss, "optimizer_bytes": opt_bytes,
             "launch_to_first_step_s": first_step_s, "frozen_elements": frozen, "frozen_elements_moved": moved,
             "max_frozen_drift": drift, "step_times_s": step_times}
 
 
+def ratios(per: dict[str, dict]) -> dict[str, float]:
+    """(M)/(P) and (M)/(L) of one stage, from the same run."""
+    m, pe, li = per["megaeeve"], per["peer"], per["limit"]
+    return {"m_over_p": m["tokens_per_s"] / pe["tokens_per_s"], "m_over_l": m["tokens_per_s"] / li["tokens_per_s"],
+            "fastest_m_over_p": m["fastest_step_tokens_per_s"] / pe["fastest_step_tokens_per_s"],
+            "fastest_m_over_l": m["fastest_step_tokens_per_s"] / li["fastest_step_tokens_per_s"],
+            "rss_m_over_p": m["peak_rss_mib"] / pe["peak_rss_mib"],
+            "opt_m_over_p": m["optimizer_bytes"] / max(1, pe["optimizer_bytes"])}
+
+
 # -- report --------------------------------------------------------------------------------------------------
 def table(results: dict[str, dict], s: Settings, label: str) -> str:
     lines = [SECTION, "", label, "",
-             "| stage | trainer | tokens/s | peak RSS / rank (MiB) | optimizer state (MiB) | launch to step 1 (s) "
-             "| frozen elements moved (max drift) |",
-             "|---|---|---|---|---|---|---|"]
+             "| stage | trainer | tokens/s | fastest step (tokens/s) | peak RSS / rank (MiB) | optimizer state (MiB) "
+             "| launch to step 1 (s) | frozen elements moved (max drift) |",
+             "|---|---|---|---|---|---|---|---|"]
     for stage, per in results.items():
         for name in TRAINERS:
             r = per[name]
             moved = f"{r['frozen_elements_moved']:,} of {r['frozen_elements']:,}"
             if r["frozen_elements_moved"]:
                 moved += f" ({r['max_frozen_drift']:.2e})"
-            lines.append(f"| {stage} | {name} | {r['tokens_per_s']:,.0f} | {r['peak_rss_mib']:,.0f} | "
+            lines.append(f"| {stage} | {name} | {r['tokens_per_s']:,.1f} | {r['fastest_step_tokens_per_s']:,.1f} | "
+                         f"{r['peak_rss_mib']:,.0f} | "
                          f"{r['optimizer_bytes'] / 2**20:,.1f} | {r['launch_to_first_step_s']:.1f} | {moved} |")
-    lines += ["", "| stage | (M)/(P) tokens/s | (M)/(L) tokens/s | (M)/(P) peak RSS | (M)/(P) optimizer bytes |",
-              "|---|---|---|---|---|"]
+    lines += ["", "| stage | (M)/(P) tokens/s | (M)/(L) tokens/s | fastest steps (M)/(P), (M)/(L) | (M)/(P) peak RSS "
+              "| (M)/(P) optimizer bytes |", "|---|---|---|---|---|---|"]
     for stage, per in results.items():
         r = per["ratios"]
-        lines.append(f"| {stage} | {r['m_over_p']:.2f}x | {r['m_over_l']:.2f}x | {r['rss_m_over_p']:.2f}x | "
-                     f"{r['opt_m_over_p']:.2f}x |")
+        lines.append(f"| {stage} | {r['m_over_p']:.2f}x | {r['m_over_l']:.2f}x | {r['fastest_m_over_p']:.2f}x, "
+                     f"{r['fastest_m_over_l']:.2f}x | {r['rss_m_over_p']:.2f}x | {r['opt_m_over_p']:.3f}x |")
     return "\n".join(lines) + "\n"
 
 
@@ -544,11 +557,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"stage {stage}: {name}", flush=True)
             raw[name] = run_trainer(name, work, stage, s)
         per = measure(work, stage, s, raw, args.skip, args.windows)
-        m, pe, li = per["megaeeve"], per["peer"], per["limit"]
-        per["ratios"] = {"m_over_p": m["tokens_per_s"] / pe["tokens_per_s"],
-                         "m_over_l": m["tokens_per_s"] / li["tokens_per_s"],
-                         "rss_m_over_p": m["peak_rss_mib"] / pe["peak_rss_mib"],
-                         "opt_m_over_p": m["optimizer_bytes"] / max(1, pe["optimizer_bytes"])}
+        per["ratios"] = ratios(per)
         results[str(stage)] = per
         print(json.dumps({k: {x: v[x] for x in ("tokens_per_s", "peak_rss_mib", "optimizer_bytes",
                                                  "frozen_elements_moved")} if k != "ratios" else v
