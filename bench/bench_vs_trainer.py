@@ -34,9 +34,9 @@ Found on the way: under DeepSpeed on CPU, accelerate (1.16) finds no distributed
 the Trainer's dataloader, so every rank of a plain Trainer run reads the same batches (each rank still does
 a full micro batch of work, so its speed is unchanged); the peer's dataset is therefore each rank's own slice.
 
-Cost: one SmolLM2 stage takes each trainer about a model load plus --steps steps of 1,024 tokens (roughly
-10-15 s a step on 2 idle cores for stages 1-3, more for 6), so all seven stages at --steps 6 take about
-40 minutes on an idle 2-core machine; `--stages 1 6` about a quarter of that. Outputs stay in --work
+Cost: one SmolLM2 stage takes each trainer a model load plus --steps steps of 1,024 tokens. Not yet timed on
+an idle machine: on the shared 2-core VM at load 13-16, stage 1 at --steps 6 took 50 minutes for the three
+trainers (45-180 s a step), so run a subset (`--stages 1 6`) unless the cores are free. Outputs stay in --work
 (bench/out/vs-trainer: the default run's stage-0 and data under inputs/, reused by the next run).
 """
 
