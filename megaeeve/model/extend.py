@@ -19,6 +19,7 @@ from tokenizers import Tokenizer
 
 from megaeeve.atomic import atomic_dir
 from megaeeve.errors import MegaeeveError, OutputExistsError
+from megaeeve.model.architectures import check_architecture
 from megaeeve.model.checkpoint import RESERVED_NAMES, ModelMeta, write_model_dir
 from megaeeve.model.init import INIT_METHODS, eeve_rows, mean_rows, random_rows, token_pieces
 from megaeeve.tokenizer_io import load_tokenizer, tokenizer_fingerprint
@@ -111,6 +112,7 @@ def extend_model(base_model: str | Path, base_tokenizer: str | Path, tokenizer: 
     pieces = token_pieces(base_tok, new_tok, range(base_size, vocab_size))  # EEVE's init and distillation's teacher
 
     model = load_base_model(base_model) if model is None else model
+    check_architecture(model, base_model)  # the split modules must reproduce its embedding and head exactly
     inp, out = model.get_input_embeddings(), model.get_output_embeddings()
     rows, hidden = inp.weight.shape
     if rows < base_size:
