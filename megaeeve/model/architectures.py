@@ -18,6 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from tokenizers import Tokenizer
 from torch import nn
 
 from megaeeve.errors import MegaeeveError
@@ -37,15 +38,24 @@ def embedding_scale(module: nn.Module) -> float | None:
     return None if scale is None else float(scale)
 
 
-def check_architecture(model: nn.Module, base_model: str | Path) -> None:
-    """Raise UnsupportedArchitecture unless the split modules reproduce the model's input embedding and
-    lm_head bit for bit (probed on a few ids and hidden vectors)."""
+def check_architecture(model: nn.Module, base_model: str | Path, base_tok: Tokenizer, base_size: int,
+                       base_tokenizer: str | Path) -> None:
+    """Raise UnsupportedArchitecture unless every base token id has a row, and the split modules reproduce
+    the model's input embedding and lm_head bit for bit (probed on a few ids and hidden vectors)."""
     arch = type(model).__name__
     inp, out = model.get_input_embeddings(), model.get_output_embeddings()
     weight = getattr(inp, "weight", None)
     if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
         raise UnsupportedArchitecture(f"{base_model}: {arch}'s input embedding {type(inp).__name__} has no "
                                       f"[vocab, hidden] weight matrix, which extension splits")
+    if weight.shape[0] < base_size:  # Llama-3.2's vision tokenizer (<|image|> = 128256) on a 128,256-row text model
+        rows = weight.shape[0]
+        extra = [base_tok.id_to_token(i) for i in range(rows, min(base_size, rows + 3))]
+        raise UnsupportedArchitecture(
+            f"{base_model}: the model has {rows} embedding rows but the base tokenizer {base_tokenizer} has "
+            f"{base_size} tokens: ids {rows}-{base_size - 1} ({', '.join(map(repr, extra))}"
+            f"{', ...' if base_size > rows + 3 else ''}) have no row. Give the model's own tokenizer as "
+            f"--base-tokenizer (to expand_vocab, then to extend_model), or a tokenizer without those tokens")
     if out is None or not isinstance(getattr(out, "weight", None), torch.Tensor) or out.weight.shape != weight.shape:
         raise UnsupportedArchitecture(f"{base_model}: {arch} has no lm_head with a [vocab, hidden] weight like its "
                                       f"input embedding ({tuple(weight.shape)}); extension splits both")

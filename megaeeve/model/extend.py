@@ -112,12 +112,9 @@ def extend_model(base_model: str | Path, base_tokenizer: str | Path, tokenizer: 
     pieces = token_pieces(base_tok, new_tok, range(base_size, vocab_size))  # EEVE's init and distillation's teacher
 
     model = load_base_model(base_model) if model is None else model
-    check_architecture(model, base_model)  # the split modules must reproduce its embedding and head exactly
+    check_architecture(model, base_model, base_tok, base_size, base_tokenizer)  # a row per base id; exact split
     inp, out = model.get_input_embeddings(), model.get_output_embeddings()
     rows, hidden = inp.weight.shape
-    if rows < base_size:
-        raise ExtendError(f"{base_model}: the model has {rows} embedding rows but the base tokenizer "
-                          f"{base_tokenizer} has {base_size} tokens: vocabulary sizes disagree")
     if out is None or out.weight.shape != inp.weight.shape:
         raise ExtendError(f"{base_model}: the lm_head does not match the input embedding ({rows}x{hidden})")
     in_path, out_path = _module_path(model, inp), _module_path(model, out)
