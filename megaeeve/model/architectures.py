@@ -38,6 +38,17 @@ def embedding_scale(module: nn.Module) -> float | None:
     return None if scale is None else float(scale)
 
 
+def attention_implementation(config, requested: str | None) -> str | None:
+    """`requested`, except sdpa for a model class that cannot run it (Gemma 2: sdpa has no attention-logit
+    softcapping), which gets eager, as transformers' own default would choose. Only sdpa, the trainer's default,
+    falls back: another kernel asked for by name stays an error of transformers."""
+    from transformers import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    if requested != "sdpa" or getattr(MODEL_FOR_CAUSAL_LM_MAPPING[type(config)], "_supports_sdpa", True):
+        return requested
+    return "eager"
+
+
 def check_architecture(model: nn.Module, base_model: str | Path, base_tok: Tokenizer, base_size: int,
                        base_tokenizer: str | Path) -> None:
     """Raise UnsupportedArchitecture unless every base token id has a row, and the split modules reproduce

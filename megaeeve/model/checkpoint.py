@@ -29,7 +29,7 @@ from torch import nn
 
 from megaeeve.atomic import atomic_file, write_json
 from megaeeve.errors import MegaeeveError
-from megaeeve.model.architectures import embedding_scale
+from megaeeve.model.architectures import attention_implementation, embedding_scale
 from megaeeve.model.partition import read_partition
 from megaeeve.model.weights import INDEX_FILE, SINGLE_FILE, open_weights, weight_files
 from megaeeve.model.split import SplitEmbedding, SplitLMHead
@@ -142,7 +142,8 @@ def build_split_model(config, meta: ModelMeta, dtype: torch.dtype, ds_config: di
 
             stack.enter_context(prevent_arange_dtype_change())  # keeps RoPE buffers in fp32
             stack.enter_context(deepspeed.zero.Init(config_dict_or_path=ds_config))
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=attn_implementation)
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype,
+                                                 attn_implementation=attention_implementation(config, attn_implementation))
         sizes = (meta.base_vocab_size, meta.num_added, meta.num_padding, meta.hidden_size)
         scale = embedding_scale(model.get_submodule(meta.input_embedding))  # Gemma: sqrt(hidden), from the config
         model.set_submodule(meta.input_embedding, SplitEmbedding(*sizes, dtype=dtype, scale=scale))
