@@ -1,13 +1,13 @@
 """The architecture matrix: tiny random configs (one layer, hidden 32) of the families users start from.
 
-For each: extension keeps the base vocabulary's logits bit-identical; a stage trains on 2 CPU ranks with frozen
-parameters unmoved in DeepSpeed's own zero_to_fp32 view; the export of its hand-off loads in plain
-AutoModelForCausalLM with the split model's logits. The stage is 3: its trainable rows are exactly stages 1 and
-2's together (new input rows and new output rows; base rows and body frozen), in one launch of 2 ranks per
-architecture where stages 1 and 2 would take two (each launch costs ~11 s on the 2-core CI machine); chains of
-separate stages, the hand-off between them included, run in tests/test_train.py (Phi and tied Llama). Each family has its own trap: tied embeddings (Llama
-1B/3B, Gemma), attention biases (Qwen2), q/k norms (Qwen3), sliding windows (Mistral), embeddings scaled by
-sqrt(hidden) inside the embedding module (Gemma 2/3), fused qkv (Phi-3), an lm_head bias (Phi).
+Each family has its own trap: tied embeddings (Llama 1B/3B, Gemma), attention biases (Qwen2), q/k norms
+(Qwen3), sliding windows (Mistral), embeddings scaled by sqrt(hidden) inside the embedding module (Gemma 2/3),
+fused qkv (Phi-3), an lm_head bias (Phi). For each: extension keeps the base vocabulary's logits bit-identical;
+a stage trains on 2 CPU ranks with frozen parameters unmoved in DeepSpeed's own zero_to_fp32 view; the export of
+its hand-off loads in plain AutoModelForCausalLM with the split model's logits. The stage is 3: its trainable
+rows are stages 1 and 2's together (new input and new output rows; base rows and body frozen), one launch of 2
+ranks per architecture where stages 1 and 2 would take two (a launch costs ~11 s on the 2-core CI machine);
+chains of separate stages, with the hand-offs between them, run in tests/test_train.py (Phi and tied Llama).
 A family that cannot work (Gemma 3n) is refused at extension time.
 """
 

@@ -30,7 +30,8 @@ CHAT_TEMPLATE = (
     " + message['content'] | trim + '<|eot_id|>' }}{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}"
 )
-CHAT = [{"role": "system", "content": "You are a helpful assistant."}, {"role": "user", "content": "Hello, how are you?"}]
+CHAT = [{"role": "system", "content": "You are a helpful assistant."},
+        {"role": "user", "content": "Hello, how are you?"}]
 
 
 @pytest.fixture(scope="module")
@@ -96,8 +97,9 @@ def llama3_stage0(llama3):
 
 def test_more_ids_than_rows_is_refused_naming_the_option(llama3, tmp_path):
     small = save_model(tiny_llama(vocab_size=128_256), tmp_path / "text-model")  # Llama-3.2-1B's rows
-    with pytest.raises(UnsupportedArchitecture, match=r"128256 embedding rows but the base tokenizer .* 128257 tokens: "
-                                                      r"ids 128256-128256 \('<\|image\|>'\) have no row\. .*--base-tokenizer"):
+    with pytest.raises(UnsupportedArchitecture, match=r"128256 embedding rows but the base tokenizer .* 128257 "
+                                                      r"tokens: id 128256 \('<\|image\|>'\) has no row\. "
+                                                      r".*--base-tokenizer"):
         extend_model(small, llama3["base"], llama3["expanded"], tmp_path / "out")
     assert not (tmp_path / "out").exists()
 

@@ -20,7 +20,8 @@ pytestmark = pytest.mark.slow
 def thai_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("pipeline") / "thai"
     proc = subprocess.run([sys.executable, "-m", "megaeeve", "pipeline", "--tiny", "--script", "thai", "--run-dir",
-                           str(run_dir), "--steps-per-stage", "1"], cwd=REPO, capture_output=True, text=True, timeout=2400)
+                           str(run_dir), "--steps-per-stage", "1"],
+                          cwd=REPO, capture_output=True, text=True, timeout=2400)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     return run_dir
 
@@ -34,7 +35,7 @@ def test_thai_tokens_are_added_and_english_keeps_its_ids(thai_run):
     texts = [t["text"] for t in expansion["new_tokens"] if t["text"] is not None]
     assert len(texts) > 100 and all(thai.is_target_text(t) for t in texts)
     corpus = (thai_run / "corpus" / "ko_train.jsonl").read_text(encoding="utf-8")
-    assert "การประชุมทางวิชาการ" in corpus  # ORCHID's first paragraph, not konlpy's Korean
+    assert "การประชุมทางวิชาการ" in corpus  # ORCHID's first paragraph
 
 
 def test_report_works_on_thai(thai_run):

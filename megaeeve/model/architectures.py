@@ -61,20 +61,22 @@ def check_architecture(model: nn.Module, base_model: str | Path, base_tok: Token
                                       f"[vocab, hidden] weight matrix, which extension splits")
     if weight.shape[0] < base_size:  # Llama-3.2's vision tokenizer (<|image|> = 128256) on a 128,256-row text model
         rows = weight.shape[0]
-        extra = [base_tok.id_to_token(i) for i in range(rows, min(base_size, rows + 3))]
+        extra = ", ".join(repr(base_tok.id_to_token(i)) for i in range(rows, min(base_size, rows + 3)))
+        ids = f"id {rows} ({extra}) has" if base_size == rows + 1 else \
+            f"ids {rows}-{base_size - 1} ({extra}{', ...' if base_size > rows + 3 else ''}) have"
         raise UnsupportedArchitecture(
             f"{base_model}: the model has {rows} embedding rows but the base tokenizer {base_tokenizer} has "
-            f"{base_size} tokens: ids {rows}-{base_size - 1} ({', '.join(map(repr, extra))}"
-            f"{', ...' if base_size > rows + 3 else ''}) have no row. Give the model's own tokenizer as "
-            f"--base-tokenizer (to expand_vocab, then to extend_model), or a tokenizer without those tokens")
+            f"{base_size} tokens: {ids} no row. Give the model's own tokenizer as --base-tokenizer (to "
+            f"expand_vocab, then to extend_model), or a tokenizer without those tokens")
     if out is None or not isinstance(getattr(out, "weight", None), torch.Tensor) or out.weight.shape != weight.shape:
         raise UnsupportedArchitecture(f"{base_model}: {arch} has no lm_head with a [vocab, hidden] weight like its "
                                       f"input embedding ({tuple(weight.shape)}); extension splits both")
     rows, hidden = weight.shape
     for name, module in model.named_modules():  # Gemma 3n: per-layer embeddings, also looked up by token id
         if isinstance(module, nn.Embedding) and module is not inp and module.num_embeddings == rows:
-            raise UnsupportedArchitecture(f"{base_model}: {arch} has a second embedding indexed by token id, {name} "
-                                          f"({rows} rows), which extension does not grow: new ids would fall outside it")
+            raise UnsupportedArchitecture(f"{base_model}: {arch} has a second embedding indexed by token id, "
+                                          f"{name} ({rows} rows), which extension does not grow: new ids would fall "
+                                          f"outside it")
     ids = torch.cat([torch.arange(min(rows, PROBE_ROWS)), torch.arange(max(rows - PROBE_ROWS, 0), rows)])
     scale = embedding_scale(inp)
     split_in = SplitEmbedding(rows, 0, 0, hidden, dtype=weight.dtype, scale=scale)

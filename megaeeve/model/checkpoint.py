@@ -142,8 +142,8 @@ def build_split_model(config, meta: ModelMeta, dtype: torch.dtype, ds_config: di
 
             stack.enter_context(prevent_arange_dtype_change())  # keeps RoPE buffers in fp32
             stack.enter_context(deepspeed.zero.Init(config_dict_or_path=ds_config))
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype,
-                                                 attn_implementation=attention_implementation(config, attn_implementation))
+        attention = attention_implementation(config, attn_implementation)  # Gemma 2: eager, not sdpa
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=attention)
         sizes = (meta.base_vocab_size, meta.num_added, meta.num_padding, meta.hidden_size)
         scale = embedding_scale(model.get_submodule(meta.input_embedding))  # Gemma: sqrt(hidden), from the config
         model.set_submodule(meta.input_embedding, SplitEmbedding(*sizes, dtype=dtype, scale=scale))
