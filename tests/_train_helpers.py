@@ -49,13 +49,14 @@ def make_stage0(tmp: Path, arch: str, base_tokenizer_dir: Path) -> Path:
     return out
 
 
-def write_prefix(prefix: Path, tokenizer_dir: Path, docs: list[str], max_tokens: int = 400) -> Path:
+def write_prefix(prefix: Path, tokenizer_dir: Path, docs: list[str], max_tokens: int = 400,
+                 eos_token: str = "<|endoftext|>") -> Path:
     """Tokenize `docs` (+ EOS, each cut to `max_tokens`) into an indexed dataset at `prefix`."""
     from megaeeve.data.indexed import IndexedDatasetWriter
 
     tok = load_tokenizer(tokenizer_dir / "tokenizer.json")
-    eos = tok.token_to_id("<|endoftext|>")
-    writer = IndexedDatasetWriter(str(prefix), np.uint16)
+    eos = tok.token_to_id(eos_token)
+    writer = IndexedDatasetWriter(str(prefix), np.uint16 if tok.get_vocab_size() <= 2**16 else np.int32)
     for enc in tok.encode_batch(docs):
         writer.add_document(np.array(enc.ids[: max_tokens - 1] + [eos], dtype=np.int64))
     writer.finalize()

@@ -279,6 +279,12 @@ def _main(monkeypatch, capsys, *argv: str) -> tuple[int, str, str]:
 @pytest.mark.parametrize("model, total, stage1", [
     ("phi-2", 2_819_340_864, 8_649 * 2_560),  # 50,295 base + 8,649 new ids = 58,944, hidden 2560, 32 layers
     ("solar-10.7b", 10_804_924_416, 8_960 * 4_096),  # 32,000 + 8,960 = 40,960, hidden 4096, 48 layers
+    # Published parameter counts, then 8,960 new rows on each side: Llama-3.1-8B 8,030,261,248 (128,256 rows);
+    # Qwen2.5-7B 7,615,616,512 (152,064 rows, 151,665 tokens: the 399 padding rows go); Gemma-2-9B 9,241,705,984
+    # with tied embeddings (the untied head adds 256,000 rows).
+    ("llama-3.1-8b", 8_030_261_248 + 2 * 8_960 * 4_096, 8_960 * 4_096),
+    ("qwen2.5-7b", 7_615_616_512 + 2 * (151_665 + 8_960 - 152_064) * 3_584, 8_960 * 3_584),
+    ("gemma-2-9b", 9_241_705_984 + (256_000 + 2 * 8_960) * 3_584, 8_960 * 3_584),
 ])
 def test_dry_run_plans_the_real_models(monkeypatch, capsys, model, total, stage1):
     code, out, err = _main(monkeypatch, capsys, "--dry-run", "--ds_config", str(REPO / "ds_configs" / "zero3.json"),

@@ -2,6 +2,7 @@
 
     megaeeve pipeline                                  # SmolLM2-135M + konlpy Korean + pydoc English
     megaeeve pipeline --tiny                           # tiny random Phi model, a few minutes
+    megaeeve pipeline --tiny --script thai             # the same on Thai (ORCHID) instead of Korean
     megaeeve pipeline --base-model DIR --corpus 'ko/*.jsonl' --english en.jsonl --run-dir runs/mine
 
 Steps (each a directory under --run-dir; existing ones are skipped, so a rerun with the same options resumes):
@@ -31,6 +32,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     p.add_argument("--base-tokenizer", help="base tokenizer (default: the base model's)")
     p.add_argument("--corpus", nargs="+", help="your target-language text: JSONL / txt / Parquet / Arrow files, dirs "
                                               "or globs (default: konlpy's Korean); a held-out split is made from it")
+    p.add_argument("--script", help="target script, as expand-vocab's --script (default: hangul); the bundled "
+                                    "text of hangul (Korean) or thai serves when --corpus is not given")
     p.add_argument("--english", nargs="+", help="your English replay text, as --corpus (default: CPython's pydoc)")
     p.add_argument("--other-text", nargs="+",
                    help="target-language text of another domain, never trained on: the report scores it too "

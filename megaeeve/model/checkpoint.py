@@ -29,6 +29,7 @@ from torch import nn
 
 from megaeeve.atomic import atomic_file, write_json
 from megaeeve.errors import MegaeeveError
+from megaeeve.model.architectures import attention_implementation, embedding_scale
 from megaeeve.model.partition import read_partition
 from megaeeve.model.weights import INDEX_FILE, SINGLE_FILE, open_weights, weight_files
 from megaeeve.model.split import SplitEmbedding, SplitLMHead
@@ -148,9 +149,11 @@ def build_split_model(config, meta: ModelMeta, dtype: torch.dtype, ds_config: di
 
             stack.enter_context(prevent_arange_dtype_change())  # keeps RoPE buffers in fp32
             stack.enter_context(deepspeed.zero.Init(config_dict_or_path=ds_config))
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=attn_implementation)
+        attention = attention_implementation(config, attn_implementation)  # Gemma 2: eager, not sdpa
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=attention)
         sizes = (meta.base_vocab_size, meta.num_added, meta.num_padding, meta.hidden_size)
-        model.set_submodule(meta.input_embedding, SplitEmbedding(*sizes, dtype=dtype))
+        scale = embedding_scale(model.get_submodule(meta.input_embedding))  # Gemma: sqrt(hidden), from the config
+        model.set_submodule(meta.input_embedding, SplitEmbedding(*sizes, dtype=dtype, scale=scale))
         model.set_submodule(meta.output_embedding, SplitLMHead(*sizes, bias=meta.lm_head_bias, dtype=dtype))
     setattr(model, SOURCE_WEIGHTS, frozenset(_expected_names(model)))
     return model

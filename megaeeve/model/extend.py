@@ -19,6 +19,7 @@ from tokenizers import Tokenizer
 
 from megaeeve.atomic import atomic_dir
 from megaeeve.errors import MegaeeveError, OutputExistsError
+from megaeeve.model.architectures import check_architecture
 from megaeeve.model.checkpoint import RESERVED_NAMES, ModelMeta, write_model_dir
 from megaeeve.model.fit import PRIORS, FitSettings, Rows, fit_rows, group_log_shares, samples_from
 from megaeeve.model.init import INIT_METHODS, eeve_rows, mean_rows, random_rows, token_pieces
@@ -178,11 +179,9 @@ def extend_model(base_model: str | Path, base_tokenizer: str | Path, tokenizer: 
     pieces = token_pieces(base_tok, new_tok, range(base_size, vocab_size))  # EEVE's init and distillation's teacher
 
     model = load_base_model(base_model) if model is None else model
+    check_architecture(model, base_model, base_tok, base_size, base_tokenizer)  # a row per base id; exact split
     inp, out = model.get_input_embeddings(), model.get_output_embeddings()
     rows, hidden = inp.weight.shape
-    if rows < base_size:
-        raise ExtendError(f"{base_model}: the model has {rows} embedding rows but the base tokenizer "
-                          f"{base_tokenizer} has {base_size} tokens: vocabulary sizes disagree")
     if out is None or out.weight.shape != inp.weight.shape:
         raise ExtendError(f"{base_model}: the lm_head does not match the input embedding ({rows}x{hidden})")
     in_path, out_path = _module_path(model, inp), _module_path(model, out)

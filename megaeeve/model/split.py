@@ -36,12 +36,17 @@ def _split_rows(module: nn.Module, num_original: int, num_added: int, num_paddin
 
 
 class SplitEmbedding(nn.Module):
-    """Embedding over ids [0, base) from `original` and [base, base + added) from `added`."""
+    """Embedding over ids [0, base) from `original` and [base, base + added) from `added`.
+
+    `scale` multiplies every row as the replaced module did (Gemma's sqrt(hidden); None: no factor), so the
+    rows stay the base model's raw weights and the export is the plain model's embedding again.
+    """
 
     def __init__(self, num_original: int, num_added: int, num_padding: int, hidden_size: int,
-                 dtype: torch.dtype | None = None) -> None:
+                 dtype: torch.dtype | None = None, scale: float | None = None) -> None:
         super().__init__()
         _split_rows(self, num_original, num_added, num_padding, hidden_size, dtype)
+        self.scale = scale
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         # Both lookups run on clamped ids and torch.where keeps the right one: no host sync, no merged
@@ -54,11 +59,13 @@ class SplitEmbedding(nn.Module):
             out = torch.where(is_original, out, from_added)
         if self.num_padding:
             out = torch.where(is_added, out, torch.zeros((), dtype=out.dtype, device=out.device))
+        if self.scale is not None:  # as transformers does: times a 0-d tensor of the weights' dtype
+            out = out * torch.tensor(self.scale, dtype=out.dtype, device=out.device)
         return out
 
     def extra_repr(self) -> str:
         return (f"original={self.num_original}, added={self.num_added}, padding={self.num_padding}, "
-                f"hidden={self.hidden_size}")
+                f"hidden={self.hidden_size}, scale={self.scale}")
 
 
 def _affine_into(out: torch.Tensor, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> None:

