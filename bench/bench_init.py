@@ -45,7 +45,6 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "bench")]
 
-from megaeeve import assets  # noqa: E402
 from megaeeve.atomic import write_json  # noqa: E402
 
 SECTION = "## Stage-0 initialisation"

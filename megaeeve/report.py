@@ -234,7 +234,7 @@ def _verdict(evals: dict[str, dict[str, Any]], texts: list[str], final: str) -> 
                      "yes" if f < b else "no"])
         if f >= b:
             lost.append(TEXT_LABELS.get(t, t))
-    md = [f"Against the base model (bits/char; in brackets the difference to the base):", "",
+    md = ["Against the base model (bits/char; in brackets the difference to the base):", "",
           _md_table(["text", "base", "stage 0", final, f"{final} beats the base"], rows), ""]
     md.append(f"The final model is worse than its base on: {', '.join(lost)}. A run this short has not paid back "
               f"what the new vocabulary costs there (bench/RESULTS.md, \"Method comparison\", measures how many "
