@@ -149,9 +149,10 @@ def test_prior_is_exact_on_smollm2_before_the_fold(smollm2, english_docs, korean
 
 
 @pytest.mark.slow
-def test_fit_beats_eeve_rows_on_held_out_korean_and_exports_as_scored(smollm2, korean_split, english_docs):
-    """Stage 0 with fitted rows scores lower held-out Korean bits/char than EEVE's, English stays closer to the
-    base, and the plain-transformers export scores what the split directory scores."""
+def test_fit_keeps_english_where_eeve_does_not_and_exports_as_scored(smollm2, korean_split, english_docs):
+    """Stage 0 with --init fit's defaults (EEVE's rows + the prior, folded into SmolLM2's rows) stays within 0.01
+    bits/char of the base on English, where EEVE's rows lose more; the plain-transformers export scores what the
+    split directory scores (the fold lives in the rows, nothing is lost on the way out)."""
     from transformers import AutoModelForCausalLM
 
     from megaeeve.eval import EvalSettings, evaluate_model, load_hf_tokenizer
@@ -160,16 +161,16 @@ def test_fit_beats_eeve_rows_on_held_out_korean_and_exports_as_scored(smollm2, k
     held = {"ko": [d[:300] for d in korean_split[1][:6]], "en": [english_docs[-1][:1500]]}
     settings = EvalSettings(context=512, gen_tokens=0)
     scores = {}
-    for init, fit in (("eeve", FitSettings()), ("fit", FitSettings(output_steps=150, samples=32))):
+    for init in ("eeve", "fit"):
         out = s["tmp"] / f"stage0-{init}"
-        extend_model(s["gguf"], s["base_tok"], s["tokenizer"], out, model=s["base"], init=init, fit=fit)
+        extend_model(s["gguf"], s["base_tok"], s["tokenizer"], out, model=s["base"], init=init)
         res = evaluate_model(load_model_dir(out), load_hf_tokenizer(out), held, settings)
         scores[init] = {k: r.bits_per_char for k, r in res.items()}
-    base = evaluate_model(s["base"], load_hf_tokenizer(s["base_tok"]), held, settings)
-    assert scores["fit"]["ko"] < scores["eeve"]["ko"] - 0.1
-    assert abs(scores["fit"]["en"] - base["en"].bits_per_char) < abs(scores["eeve"]["en"] - base["en"].bits_per_char)
+    base = evaluate_model(s["base"], load_hf_tokenizer(s["base_tok"]), held, settings)["en"].bits_per_char
+    assert abs(scores["fit"]["en"] - base) < min(0.01, abs(scores["eeve"]["en"] - base) / 2), (scores, base)
     export_hf(s["tmp"] / "stage0-fit", s["tmp"] / "export-fit")
     plain = AutoModelForCausalLM.from_pretrained(str(s["tmp"] / "export-fit")).eval()
     exported = evaluate_model(plain, load_hf_tokenizer(s["tmp"] / "export-fit"), held, settings)
     assert abs(exported["ko"].bits_per_char - scores["fit"]["ko"]) < 1e-3
+    assert abs(exported["en"].bits_per_char - scores["fit"]["en"]) < 1e-3
     assert read_model_meta(s["tmp"] / "stage0-fit").init == "fit"
