@@ -79,7 +79,8 @@ def _read(path: Path) -> list[str]:
 def _score(model, tokenizer_dir: str, texts: dict[str, list[str]]) -> dict[str, float]:
     from megaeeve.eval import EvalSettings, evaluate_model, load_hf_tokenizer
 
-    res = evaluate_model(model, load_hf_tokenizer(tokenizer_dir), texts, EvalSettings(context=1024, gen_tokens=0))
+    context = min(1024, model.config.get_text_config().max_position_embeddings)
+    res = evaluate_model(model, load_hf_tokenizer(tokenizer_dir), texts, EvalSettings(context=context, gen_tokens=0))
     return {name: r.bits_per_char for name, r in res.items()}
 
 
@@ -102,8 +103,9 @@ def _exact_prior(stage0: Path, tokenizer_dir: Path):
 
 
 class Bench:
-    def __init__(self, out: Path) -> None:
+    def __init__(self, out: Path, report_only: bool = False) -> None:
         self.out = out.resolve()
+        self.report_only = report_only
 
     def setup_dirs(self, setup: str, model: str) -> dict:
         """Base model, tokenizer and eval texts of one (setup, model): made by the pipelines' own steps."""
@@ -147,7 +149,7 @@ class Bench:
         from megaeeve.model import load_model_dir
 
         d = self.setup_dirs(setup, model)
-        if not d:
+        if not d or (self.report_only and not (d["root"] / "inits" / "base.json").exists()):
             return {}
         root, results = d["root"], {}
         base = None
@@ -158,6 +160,8 @@ class Bench:
             names.insert(names.index("fit-exact"), "eeve")
         for name in names:
             out = root / "inits" / f"{name}.json"
+            if not out.exists() and self.report_only:
+                continue
             if not out.exists():
                 t = time.time()
                 base = base or load_base_model(d["base"])
@@ -204,22 +208,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--setups", nargs="+", default=["compare", "pipeline"], choices=["compare", "pipeline"])
     p.add_argument("--variants", nargs="+", default=["base", *FIT_VARIANTS, "fit-exact"],
                    choices=["base", *FIT_VARIANTS, "fit-exact"])
+    p.add_argument("--report-only", action="store_true", help="run nothing: tables from what --out holds")
     p.add_argument("--results", default=str(REPO / "bench" / "RESULTS.md"), help="'' to not write")
     args = p.parse_args(argv)
     start = time.time()
-    bench = Bench(args.out)
-    tables = []
+    bench = Bench(args.out, args.report_only)
+    tables, measured = [], 0.0
     for setup in args.setups:
         for model in args.models:
             res = bench.run(setup, model, ["base", *args.variants])
+            measured += sum(r["seconds"] for r in res.values())
             if res:
                 tables.append(table(setup, model, res))
                 print(tables[-1], flush=True)
     from bench_preprocess import machine
 
     text = (f"{SECTION}\n\nMachine: {machine()}, torch {__import__('torch').__version__}; load average "
-            f"{os.getloadavg()[0]:.1f} at the end. `python bench/bench_init.py`: {(time.time() - start) / 60:.1f} minutes "
-            f"(steps already in --out are reused). Held-out bits/char of each stage-0 model before any training "
+            f"{os.getloadavg()[0]:.1f} at the end. `python bench/bench_init.py`: the scores below took "
+            f"{measured / 60:.0f} minutes of extension and scoring (set-up steps not counted; this run "
+            f"{(time.time() - start) / 60:.1f} minutes, reusing what --out held). Held-out bits/char of each stage-0 model before any training "
             f"({EVAL_CHARS:,} characters per text, plain `megaeeve evaluate` scoring).\n\n" + "\n\n".join(tables))
     if args.results:
         from bench_preprocess import write_results

@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from megaeeve.errors import MegaeeveError
 from megaeeve.model.pieces import PieceTable
 
 Log = Callable[[str], None]
@@ -176,8 +177,9 @@ def samples_from(encoded: Sequence[Sequence[int]], length: int, limit: int) -> t
 
 
 # -- fitting the input rows (AweDist) -----------------------------------------------------------------------
-class _Enough(Exception):
-    """Raised by a forward hook once the layers a fit needs have run: the rest of the model is skipped."""
+class _Enough(MegaeeveError):
+    """Raised by a forward hook once the layers a fit needs have run, so the rest of the model is skipped; caught in
+    layer_states, never seen by a user (a MegaeeveError like every exception class of the package)."""
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
