@@ -39,7 +39,7 @@ from megaeeve.training.engine import check_ds_config
 from megaeeve.training.signals import REQUEUE_EXIT_CODE, StopRequest
 
 
-def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argparse.Namespace:
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ds_config", "--ds-config", "--deepspeed_config", "--deepspeed", dest="ds_config", required=True,
@@ -57,6 +57,11 @@ def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argpar
                    help="--dry-run: rank counts to plan for (default: WORLD_SIZE, else 1)")
     p.add_argument("--overwrite", action="store_true", help="retrain a stage that already has DONE")
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
+    return p
+
+
+def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argparse.Namespace:
+    p = build_parser(prog)
     args = p.parse_args(argv)
     if args.stage is None and not args.dry_run:
         p.error("--stage is required (except with --dry-run)")

@@ -32,8 +32,7 @@ def parse_texts(specs: list[str]) -> dict[str, str]:
     return texts
 
 
-@one_line_errors
-def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0], epilog=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="HF model directory, .gguf file, megaeeve model directory "
@@ -48,6 +47,12 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     parser.add_argument("--gen-tokens", type=int, default=32,
                         help="tokens generated per prompt for the speed measurement (0: skip it)")
     parser.add_argument("--device", help="torch device (default: cuda when present, else cpu)")
+    return parser
+
+
+@one_line_errors
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    parser = build_parser(prog)
     args = parser.parse_args(argv)
     if args.max_docs is not None and args.max_docs < 1:
         parser.error("--max-docs must be at least 1")

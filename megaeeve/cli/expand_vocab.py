@@ -13,7 +13,7 @@ from megaeeve.argtypes import positive_float, positive_int
 from megaeeve.errors import one_line_errors
 
 
-def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argparse.Namespace:
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--base-tokenizer", required=True, help="HF tokenizer directory or tokenizer.json")
     p.add_argument("--corpus", nargs="+", required=True, help="target-language corpus (files, dirs, globs)")
@@ -32,7 +32,11 @@ def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argpar
     p.add_argument("--english", nargs="+", default=[], help="non-target text that must tokenize as by the base (default: CPython's pydoc topics)")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--no-progress", action="store_true")
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argparse.Namespace:
+    return build_parser(prog).parse_args(argv)
 
 
 @one_line_errors

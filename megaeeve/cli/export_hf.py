@@ -15,15 +15,19 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 DTYPES = ("float32", "bfloat16", "float16")
 
 
-@one_line_errors
-def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--input", required=True, help="megaeeve model directory")
     parser.add_argument("--output", required=True, help="Hugging Face model directory to create")
     parser.add_argument("--dtype", choices=DTYPES, default="float32", help="dtype of the exported weights")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
-    args = parser.parse_args(argv)
+    return parser
+
+
+@one_line_errors
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    args = build_parser(prog).parse_args(argv)
 
     import torch
 

@@ -17,8 +17,7 @@ from megaeeve.model.fit import PRIORS, FitSettings
 from megaeeve.model.init import INIT_METHODS
 
 
-@one_line_errors
-def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--base-model", required=True, help="Hugging Face model directory or .gguf file")
@@ -52,6 +51,12 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
                         help="accept a tokenizer without new tokens (the base's own): a model directory with no "
                              "new rows, to train the base vocabulary with the same trainer (no-expansion baseline)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    return parser
+
+
+@one_line_errors
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    parser = build_parser(prog)
     args = parser.parse_args(argv)
     for flag in ("fit_input_steps", "fit_output_steps", "fit_samples"):
         if getattr(args, flag) < (1 if flag == "fit_samples" else 0):

@@ -11,13 +11,17 @@ from megaeeve.data.indexed import merge_datasets
 from megaeeve.errors import one_line_errors
 
 
-@one_line_errors
-def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description=__doc__)
     p.add_argument("--input", nargs="+", required=True, metavar="PREFIX", help="dataset prefixes (PREFIX.bin/.idx)")
     p.add_argument("--output-prefix", required=True)
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset at the output prefix")
-    args = p.parse_args(argv)
+    return p
+
+
+@one_line_errors
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    args = build_parser(prog).parse_args(argv)
     out = merge_datasets(args.input, args.output_prefix, overwrite=args.overwrite)
     print(f"{args.output_prefix}: {out.document_count - 1} documents, {out.sequence_count} sequences ({out.dtype})")
     return 0

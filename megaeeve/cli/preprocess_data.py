@@ -18,8 +18,7 @@ from megaeeve.data.preprocess import PreprocessConfig, preprocess
 from megaeeve.errors import one_line_errors
 
 
-@one_line_errors
-def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--input", nargs="+", required=True, help="files, directories or globs (quote globs)")
     p.add_argument("--output-prefix", required=True, help="writes PREFIX.bin, PREFIX.idx, PREFIX.manifest.json")
@@ -39,7 +38,12 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
                    help="encode with tiktoken (same ids, faster) for GPT-2-style byte-level BPE; refused otherwise")
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset at the output prefix")
     p.add_argument("--no-progress", action="store_true")
-    args = p.parse_args(argv)
+    return p
+
+
+@one_line_errors
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    args = build_parser(prog).parse_args(argv)
     keys = list(dict.fromkeys(args.json_keys))
     os.environ["TOKENIZERS_PARALLELISM"] = "true"  # encode_batch_fast on all `--workers` threads
     for key in keys:

@@ -18,8 +18,7 @@ from pathlib import Path
 from megaeeve.errors import one_line_errors
 
 
-@one_line_errors
-def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0], epilog=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir", type=Path)
@@ -29,6 +28,12 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     p.add_argument("--prompt", action="append", help="a prompt for the greedy samples (repeatable; default: a Korean "
                    "and an English one)")
     p.add_argument("--max-new-tokens", type=int, default=24)
+    return p
+
+
+@one_line_errors
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    p = build_parser(prog)
     args = p.parse_args(argv)
 
     from megaeeve.model import read_model_meta

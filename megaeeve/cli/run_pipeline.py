@@ -22,8 +22,7 @@ from megaeeve.pipeline import Pipeline, PipelineConfig, tiny_config
 from megaeeve.stages import SCHEDULES
 
 
-@one_line_errors
-def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0], epilog=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run-dir", type=Path, default=None, help="default: runs/default (runs/tiny with --tiny)")
@@ -46,6 +45,12 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     p.add_argument("--intermediate-vocab-size", type=int)
     p.add_argument("--min-frequency", type=int)
     p.add_argument("--ds-config", type=Path, help="default: ds_configs/zero3.json on GPUs, zero3_cpu.json on CPU")
+    return p
+
+
+@one_line_errors
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    p = build_parser(prog)
     args = p.parse_args(argv)
     if args.tiny and args.base_model:
         p.error("--tiny and --base-model exclude each other")

@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 
+def build_parser(prog: str | None = None):
+    from megaeeve.train import build_parser
+
+    return build_parser(prog)
+
+
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     from megaeeve.train import main as train
 
