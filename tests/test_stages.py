@@ -238,8 +238,8 @@ def test_lora_stage_plan_counts_only_the_adapters(split_phi):
 
 
 def _readme_run_yaml_keys() -> list[str]:
-    """The dotted keys README's RUN.yaml table names (`stages.N.*` with N literally; `training.*` expanded)."""
-    table = (Path(__file__).resolve().parents[1] / "README.md").read_text().split("**RUN.yaml**", 1)[1]
+    """The dotted keys docs/train.md's RUN.yaml table names (`stages.N.*` with N literally; `training.*` expanded)."""
+    table = (Path(__file__).resolve().parents[1] / "docs" / "train.md").read_text().split("**RUN.yaml**", 1)[1]
     rows = [line for line in table.split("\n\n", 2)[1].splitlines()[2:] if line.startswith("|")]
     keys = []
     for row in rows:
@@ -272,7 +272,7 @@ def _plain(value):
 
 
 def test_every_key_in_the_readme_run_yaml_table_is_read(tmp_path):
-    """A user copying README's RUN.yaml table gets no "unknown key": each key it names loads (set to its
+    """A user copying docs/train.md's RUN.yaml table gets no "unknown key": each key it names loads (set to its
     default, or a sample where it has none), and every key the loader reads is in the table."""
     keys = _readme_run_yaml_keys()
     for key in keys:
@@ -292,10 +292,10 @@ def test_every_key_in_the_readme_run_yaml_table_is_read(tmp_path):
         try:
             load_run_config(_write(tmp_path, raw))
         except ConfigError as e:
-            pytest.fail(f"README's RUN.yaml table names `{key}`: {e}")
+            pytest.fail(f"docs/train.md's RUN.yaml table names `{key}`: {e}")
     read = {"run_dir", "model", "data", "seq_length", "seed", "training", "schedule", "stages", "default_stages",
             "run_stages"}
     read |= {f"{section}.{f.name}" for section, cls in _SECTIONS.items() for f in dataclasses.fields(cls)
              if f.name != "number"}
     named = set(keys) | {k.split(".")[0] for k in keys}
-    assert read - named == set(), "keys the loader reads that README's RUN.yaml table leaves out"
+    assert read - named == set(), "keys the loader reads that docs/train.md's RUN.yaml table leaves out"
