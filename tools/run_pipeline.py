@@ -1,15 +1,10 @@
 #!/usr/bin/env python
 """Run the whole EEVE pipeline on the bundled default (or your own base model) and write a report.
 
-The same as `megaeeve pipeline`; the code is megaeeve/cli/run_pipeline.py.
+The same as `megaeeve pipeline` (the package installed: tools/setup_env.sh); the code is megaeeve/cli/run_pipeline.py.
 """
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from megaeeve.cli.run_pipeline import main  # noqa: E402
+from megaeeve.cli.run_pipeline import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())
