@@ -24,7 +24,7 @@ sys.path.insert(0, str(REPO))
 import yaml  # noqa: E402
 
 from megaeeve.atomic import atomic_file, write_json  # noqa: E402
-from megaeeve.pipeline import EVAL_TEXTS, Pipeline, PipelineConfig, _command  # noqa: E402
+from megaeeve.pipeline import EVAL_TEXTS, Pipeline, PipelineConfig, command  # noqa: E402
 
 INPUTS = ("corpus", "base", "tokenizer", "stage-0", "data-ko", "data-en", "run.yaml")
 
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     def evaluate(name: str, model: Path | str, tokenizer: Path | str) -> dict:
         out = pipe.root / "distill" / f"eval-{name}.json"
         if not out.exists():
-            pipe.call(f"eval-{name}", _command("evaluate", "--model", model, "--tokenizer", tokenizer,
+            pipe.call(f"eval-{name}", command("evaluate", "--model", model, "--tokenizer", tokenizer,
                                                *texts, "--gen-tokens", 0, "--output", out))
         return {text: r["bits_per_char"] for text, r in json.loads(out.read_text())["texts"].items()}
 

@@ -63,7 +63,7 @@ import yaml  # noqa: E402
 
 from megaeeve import assets  # noqa: E402
 from megaeeve.atomic import atomic_dir, atomic_file, write_json  # noqa: E402
-from megaeeve.pipeline import Pipeline, PipelineConfig, Step, _command  # noqa: E402
+from megaeeve.pipeline import Pipeline, PipelineConfig, Step, command  # noqa: E402
 
 SECTION = "## Method comparison"
 STAGES = 7
@@ -284,7 +284,7 @@ class Compare(Pipeline):
     def eval_step(self, name: str, model_dir: Path, output: Path) -> Step:
         def run() -> None:
             output.parent.mkdir(parents=True, exist_ok=True)
-            self.call(name, _command("evaluate", "--model", model_dir,
+            self.call(name, command("evaluate", "--model", model_dir,
                                      *[x for lang in LANGS for x in ("--text", f"{lang}={self.eval_text(lang)}")],
                                      "--gen-tokens", 0, "--output", output))
 
@@ -479,9 +479,9 @@ def tables(res: dict) -> str:
 
 
 def plot(res: dict, path: Path) -> None:
-    from megaeeve.report import _pyplot
+    from megaeeve.report import pyplot
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 4, figsize=(20, 4.2))
     for key, m in res["methods"].items():
         pts = m["points"]

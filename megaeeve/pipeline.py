@@ -68,7 +68,7 @@ class Step:
     run: Callable[[], None]
 
 
-def _command(name: str, *args: object) -> list[str]:
+def command(name: str, *args: object) -> list[str]:
     """`megaeeve NAME ARGS` in a process of its own, with this interpreter (a checkout or an install alike)."""
     return [sys.executable, "-m", "megaeeve", name, *map(str, args)]
 
@@ -151,7 +151,7 @@ class Pipeline:
         if self.needs_base_step:
             steps.append(Step("base", r / "base", self.write_tiny_base if c.tiny else self.convert_gguf_base))
         steps += [
-            Step("tokenizer", r / "tokenizer", lambda: self.call("tokenizer", _command(
+            Step("tokenizer", r / "tokenizer", lambda: self.call("tokenizer", command(
                 "expand-vocab", "--base-tokenizer", self.base_tokenizer,
                 "--corpus", self.corpus_file("ko_train"), "--output", r / "tokenizer",
                 "--intermediate-vocab-size", c.intermediate_vocab_size, "--min-frequency", c.min_frequency,
@@ -162,27 +162,27 @@ class Pipeline:
         steps += [self.data_step(f"data-{lang}", lang, r / "tokenizer", r / "data" / lang) for lang in ("ko", "en")]
         steps.append(Step("run.yaml", r / "run.yaml", self.write_run_config))
         steps += [self.stage_step(f"stage-{n}", r / "run.yaml", n, r / f"stage-{n}") for n in STAGES]
-        steps.append(Step("export", r / "export", lambda: self.call("export", _command(
+        steps.append(Step("export", r / "export", lambda: self.call("export", command(
             "export", "--input", r / "stage-7" / "final", "--output", r / "export"))))
         texts = [a for name, file in EVAL_TEXTS.items() if name != "other_domain" or self.has_other_domain
                  for a in ("--text", f"{name}={self.corpus_file(file)}")]
         for name, (model, tokenizer) in self.evaluated_models().items():
             out = r / "eval" / f"{name}.json"
             steps.append(Step(f"eval-{name}", out, lambda name=name, model=model, tokenizer=tokenizer, out=out:
-                              self.call(f"eval-{name}", _command("evaluate", "--model", model, "--tokenizer",
+                              self.call(f"eval-{name}", command("evaluate", "--model", model, "--tokenizer",
                                                               tokenizer, *texts, "--output", out))))
         steps.append(Step("report", r / "report", self.write_report))
         return steps
 
     def extend_step(self, name: str, tokenizer: Path, output: Path, *extra: object) -> Step:
         """`megaeeve extend`: the base model extended to `tokenizer` -> the stage-0 directory `output`."""
-        return Step(name, output, lambda: self.call(name, _command(
+        return Step(name, output, lambda: self.call(name, command(
             "extend", "--base-model", self.base_model, "--base-tokenizer", self.base_tokenizer,
             "--tokenizer", tokenizer, "--output", output, *extra)))
 
     def data_step(self, name: str, lang: str, tokenizer: Path, prefix: Path) -> Step:
         """`megaeeve preprocess`: corpus/{lang}_train.jsonl tokenized by `tokenizer` -> prefix.bin/.idx."""
-        return Step(name, prefix.with_suffix(".manifest.json"), lambda: self.call(name, _command(
+        return Step(name, prefix.with_suffix(".manifest.json"), lambda: self.call(name, command(
             "preprocess", "--input", self.corpus_file(f"{lang}_train"), "--output-prefix", prefix,
             "--tokenizer", tokenizer, "--append-eod", "--workers", self.cfg.nproc)))
 

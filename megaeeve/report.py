@@ -15,6 +15,7 @@ import contextlib
 import io
 import json
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import torch
@@ -96,7 +97,7 @@ def read_evals(run_dir: Path) -> dict[str, dict[str, Any]]:
     return {name: found[name] for name in sorted(found, key=lambda n: -1 if n == "base" else int(n[len("stage-"):]))}
 
 
-def _pyplot():
+def pyplot() -> ModuleType:
     """matplotlib's pyplot on the file-only Agg backend: reports are rendered on machines with no screen."""
     import matplotlib
 
@@ -107,7 +108,7 @@ def _pyplot():
 
 
 def _plot_tokenizer(expansion: dict[str, Any], out: Path) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     rounds = expansion["rounds"]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     xs = [r["round"] for r in rounds]
@@ -138,7 +139,7 @@ def _plot_tokenizer(expansion: dict[str, Any], out: Path) -> None:
 
 
 def _plot_losses(stages: list[tuple[int, list[dict[str, Any]]]], out: Path) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(11, 4.5))
     offset = 0
     eval_series: dict[str, tuple[list[float], list[float]]] = {}
@@ -170,7 +171,7 @@ def _plot_losses(stages: list[tuple[int, list[dict[str, Any]]]], out: Path) -> N
 
 
 def _plot_bits_per_char(evals: dict[str, dict[str, Any]], out: Path) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     stages = [n for n in evals if n != "base"]
     texts = list(evals[stages[0]])
     fig, axes = plt.subplots(1, len(texts), figsize=(5.5 * len(texts), 4), squeeze=False)
