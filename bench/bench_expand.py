@@ -29,7 +29,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench import bench_preprocess as bp  # noqa: E402  (shared driver helpers)
+from bench.common import machine, measure, tree_env, write_results  # noqa: E402
 
 SECTION = "## Vocabulary expansion: merge order, memory"
 SETTINGS = ((3000, 5), (6000, 8))  # (intermediate vocabulary size, minimum frequency)
@@ -39,7 +39,7 @@ def expand(src: Path, base: Path, corpus: Path, out: Path, extra: list[str]) -> 
     """(report, peak RSS MiB, wall s) of src's tools/expand_vocab.py."""
     cmd = [sys.executable, str(src / "tools/expand_vocab.py"), "--base-tokenizer", str(base), "--corpus", str(corpus),
            "--output", str(out), "--workers", "2", "--no-progress", "--overwrite", *extra]  # fmt: skip
-    _, wall, rss, _ = bp.measure(cmd)
+    _, wall, rss, _ = measure(cmd, env=tree_env(src))
     return json.loads((out / "expansion_report.json").read_text(encoding="utf-8")), rss, wall
 
 
@@ -118,7 +118,7 @@ def main() -> int:
     cmd = shlex.join(["python", "bench/bench_expand.py", *(["--src", *args.src] if args.src else [])])
     text = "\n".join([
         SECTION, "",
-        f"Machine: {bp.machine()}, shared with other jobs. `{cmd}`. Each figure is one run of"
+        f"Machine: {machine()}, shared with other jobs. `{cmd}`. Each figure is one run of"
         " tools/expand_vocab.py (`--workers 2`) in a fresh process; the outputs are deterministic.", "",
         "Quality: phi-2's tokenizer expanded on konlpy's Korean (train split), characters per token on the held-out"
         " split (base -> expanded).", "", *q, "",
@@ -127,7 +127,7 @@ def main() -> int:
     ]) + "\n"  # fmt: skip
     print(text)
     if args.results:
-        bp.write_results(text, Path(args.results))
+        write_results(text, Path(args.results))
     return 0
 
 

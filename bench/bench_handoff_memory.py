@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import socket
 import subprocess
@@ -29,7 +28,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / "bench")]
+sys.path.insert(0, str(REPO))
+
+from bench.common import processor, write_results  # noqa: E402
 
 
 def make_model_dir(name: str, layers: int, out: Path) -> int:
@@ -143,7 +144,7 @@ def main() -> None:
         "## Hand-off host memory per rank (sharded final/)",
         "",
         f"`python bench/bench_handoff_memory.py --layers {args.layers} --shard-mb {args.shard_mb} --nproc {args.nproc}` "
-        f"on {platform.processor() or platform.machine()} CPU ranks (gloo), ZeRO-3 bf16, stage 4 engine, random "
+        f"on {processor()} CPU ranks (gloo), ZeRO-3 bf16, stage 4 engine, random "
         "weights. Growth = peak anonymous RSS (RssAnon) during export_final minus its level just before, per rank.",
         "",
         "| widths | final/ (fp32) | shards | largest shard | largest parameter (fp32) | growth per rank | hand-off time |",
@@ -156,8 +157,6 @@ def main() -> None:
     text = "\n".join(lines)
     print(text)
     if args.write_results:
-        from bench_preprocess import write_results
-
         write_results(text, REPO / "bench" / "RESULTS.md")
 
 

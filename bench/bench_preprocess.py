@@ -32,10 +32,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -44,47 +42,20 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.common import (  # noqa: E402
+    machine, make_corpus, measure, method_encode, read_texts, time_batches, tree_env, write_results)
+
 SECTION = "## Preprocessing"
-BATCH_CHARS = 1 << 20
 
 
 # -- the measured methods, each run in its own process (`--method`) ---------------------------------
-def _texts(path: str) -> list[str]:
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line)["text"] for line in f]
-
-
-def method_encode(args: argparse.Namespace, fast: bool) -> dict:
-    os.environ["TOKENIZERS_PARALLELISM"] = "true"
-    os.environ["RAYON_NUM_THREADS"] = str(args.workers)
-    from megaeeve.tokenizer_io import load_tokenizer
-
-    tok = load_tokenizer(args.tokenizer)
-    encode = tok.encode_batch_fast if fast else tok.encode_batch
-    return _time_batches(_texts(args.input), lambda batch: sum(len(e.ids) for e in encode(batch, add_special_tokens=False)))
-
-
 def method_tiktoken(args: argparse.Namespace) -> dict:
     from megaeeve.data.fast_bpe import tiktoken_encoding
     from megaeeve.tokenizer_io import load_tokenizer
 
     encoding = tiktoken_encoding(load_tokenizer(args.tokenizer))
     count = lambda batch: sum(map(len, encoding.encode_batch(batch, num_threads=args.workers, allowed_special="all")))
-    return _time_batches(_texts(args.input), count)
-
-
-def _time_batches(texts: list[str], count) -> dict:
-    """Tokens and seconds of `count` (texts -> tokens) over ~BATCH_CHARS batches of `texts`."""
-    start = time.perf_counter()
-    tokens, batch, chars = 0, [], 0
-    for text in texts + [None]:
-        if text is not None:
-            batch.append(text)
-            chars += len(text)
-        if batch and (text is None or chars >= BATCH_CHARS):
-            tokens += count(batch)
-            batch, chars = [], 0
-    return {"seconds": time.perf_counter() - start, "docs": len(texts), "tokens": tokens}
+    return time_batches(read_texts(args.input), count)
 
 
 _TOKENIZER = None
@@ -132,37 +103,6 @@ METHODS = {
 
 
 # -- the driver ----------------------------------------------------------------------------------------
-def measure(cmd: list[str], stderr: bool = False) -> tuple[str, float, float, float]:
-    """(stdout, and stderr too when asked; wall s, peak RSS MiB, CPU s) of `cmd`, from wait4 in a small
-    wrapper process. Peak RSS is that of the largest process of the tree; CPU is user + system of the whole tree.
-    """
-    wrapper = (
-        "import os, subprocess, sys, json, time\n"
-        f"t = time.perf_counter(); p = subprocess.Popen(sys.argv[1:], stdout=subprocess.PIPE, text=True{', stderr=subprocess.STDOUT' if stderr else ''})\n"
-        "out = p.stdout.read(); _, status, ru = os.wait4(p.pid, 0)\n"
-        "print(json.dumps({'out': out, 'status': status, 'wall': time.perf_counter() - t, 'rss_kb': ru.ru_maxrss,\n"
-        "                  'cpu': ru.ru_utime + ru.ru_stime}))\n"
-    )
-    res = subprocess.run([sys.executable, "-c", wrapper, *cmd], capture_output=True, text=True)
-    info = json.loads(res.stdout)
-    if info["status"] != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed:\n{res.stderr[-3000:]}")
-    return info["out"], info["wall"], info["rss_kb"] / 1024, info["cpu"]
-
-
-def make_corpus(path: Path, lang: str, target_bytes: int) -> tuple[int, int]:
-    from megaeeve import assets
-
-    docs = assets.korean_documents() if lang == "Korean" else assets.english_documents()
-    lines = [json.dumps({"text": d}, ensure_ascii=False) + "\n" for d in docs]
-    per_copy = sum(len(line.encode()) for line in lines)
-    copies = max(1, round(target_bytes / per_copy))
-    with open(path, "w", encoding="utf-8") as f:
-        for _ in range(copies):
-            f.writelines(lines)
-    return copies * len(docs), copies * sum(len(d.encode()) for d in docs)
-
-
 def one_run(method: str, corpus: Path, tokenizer: Path, workers: int, out_dir: Path, megatron_lm: str | None,
             docs: int = 0) -> dict:  # fmt: skip
     prefix = out_dir / f"{method}-{corpus.stem}"
@@ -170,7 +110,8 @@ def one_run(method: str, corpus: Path, tokenizer: Path, workers: int, out_dir: P
         out, wall, rss, cpu = measure([sys.executable, str(REPO / "tools/preprocess_data.py"), "--input", str(corpus),
                                        "--output-prefix", str(prefix), "--tokenizer", str(tokenizer),
                                        "--workers", str(workers), "--no-progress", "--overwrite",  # repeats
-                                       *(["--tiktoken"] if method == "megaeeve --tiktoken" else [])])
+                                       *(["--tiktoken"] if method == "megaeeve --tiktoken" else [])],
+                                      env=tree_env(REPO))
         manifest = json.loads(Path(f"{prefix}.manifest.json").read_text())
         return {"seconds": manifest["seconds"] - manifest["setup_seconds"], "docs": manifest["documents"]["written"],
                 "tokens": manifest["tokens_written"], "rss": rss, "wall": wall, "cpu": cpu}
@@ -193,38 +134,6 @@ def megatron_lm_run(corpus: Path, prefix: Path, tokenizer: Path, workers: int, m
         raise RuntimeError(f"Megatron-LM printed no final rate:\n{out[-3000:]}")
     seconds = docs / float(found.group(1))
     return {"seconds": seconds, "docs": docs, "tokens": None, "rss": rss, "wall": wall, "cpu": cpu, "startup": wall - seconds}
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return f"{os.cpu_count()} CPU cores ({cpu}), {mem:.0f} GiB RAM, Python {platform.python_version()}"
-
-
-def write_results(text: str, path: Path) -> None:
-    """Replace the section of RESULTS.md that `text` heads (its first line); other benches own the others."""
-    from megaeeve.atomic import atomic_file
-
-    section = text.splitlines()[0].strip()
-    old = path.read_text(encoding="utf-8") if path.exists() else "# Benchmark results\n"
-    lines = old.splitlines(keepends=True)
-    try:
-        start = next(i for i, line in enumerate(lines) if line.strip() == section)
-        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
-    except StopIteration:
-        if lines and lines[-1].strip():
-            lines.append("\n")
-        start = end = len(lines)
-    new = lines[:start] + [text.rstrip("\n") + "\n\n"] + lines[end:]
-    with atomic_file(path, "w") as f:
-        f.write("".join(new).rstrip("\n") + "\n")
 
 
 def main() -> int:

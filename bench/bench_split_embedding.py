@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import platform
 import statistics
 import sys
 import time
@@ -22,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.common import processor  # noqa: E402
 from megaeeve.model.split import SplitEmbedding, SplitLMHead  # noqa: E402
 
 
@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
                     clock)
     rows.append(("embedding + lm_head only (fwd+bwd)", parts))
 
-    device = torch.cuda.get_device_name() if args.device == "cuda" else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    device = torch.cuda.get_device_name() if args.device == "cuda" else f"{processor()}, {torch.get_num_threads()} threads"
     print(f"device: {device}; torch {torch.__version__}; dtype {args.dtype}")
     print(f"Phi: hidden {args.hidden}, {args.layers} layers, vocab {args.base_vocab} + {args.added} -> {padded}; "
           f"batch {args.batch} x {args.seq} tokens; {args.steps} alternating steps ({args.clock} clock), "

@@ -18,7 +18,6 @@ engines (DS_ACCELERATOR=cpu, shallow model: --layers) and reports the optimizer 
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 from pathlib import Path
@@ -27,30 +26,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 
+from bench.models import phi2_config, phi2_meta
+
 from megaeeve.model import parameter_roles
 from megaeeve.model.checkpoint import ModelMeta, build_split_model
 from megaeeve.stages import DEFAULT_STAGES, trainable_names
 from megaeeve.training.engine import optimizer_state_bytes
 
-PHI2_BASE_VOCAB = 50_295
 # For the card's approach, the matrix holding each stage's trainable rows becomes trainable whole.
 HOOK_MATRICES = {"input_original": "input", "input_added": "input", "output_original": "output",
                  "output_added": "output", "body": "body"}
-
-
-def phi2_config(vocab: int, layers: int):
-    from transformers import PhiConfig
-
-    return PhiConfig(vocab_size=vocab, hidden_size=2560, intermediate_size=10240, num_hidden_layers=layers,
-                     num_attention_heads=32, partial_rotary_factor=0.4, tie_word_embeddings=False)
-
-
-def phi2_meta(new_tokens: int) -> ModelMeta:
-    vocab = PHI2_BASE_VOCAB + new_tokens
-    return ModelMeta(base_vocab_size=PHI2_BASE_VOCAB, num_added=new_tokens, padded_vocab_size=math.ceil(vocab / 64) * 64,
-                     hidden_size=2560, input_embedding="model.embed_tokens", output_embedding="lm_head",
-                     lm_head_bias=True, tied_untied=False, base_model_rows=51_200, base_model="phi-2 shapes",
-                     base_tokenizer="-", base_tokenizer_fingerprint="-", tokenizer_fingerprint="-", tokenizer_files=[])
 
 
 def split_counts(meta: ModelMeta, layers: int) -> tuple[dict[int, int], int]:

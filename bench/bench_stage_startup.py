@@ -13,7 +13,6 @@ with --overwrite, the cache kept). Goal: cold, 10x the documents costs at most 1
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 import tempfile
 import time
@@ -22,7 +21,10 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / "tests"), str(REPO / "bench")]
+sys.path[:0] = [str(REPO), str(REPO / "tests")]
+
+from bench.common import processor, write_results  # noqa: E402
+from bench.models import tiny_phi_stage0  # noqa: E402
 
 
 def synthetic(prefix: Path, documents: int, vocab: int, base: int, seed: int = 0) -> Path:
@@ -53,9 +55,6 @@ def first_step_s(ds: Path, cfg: Path, log: Path, nproc: int, *extra: str) -> flo
 
 
 def main() -> None:
-    from bench_stage_throughput import stage0
-    from bench_preprocess import write_results
-
     from _train_helpers import ds_config, run_config
     from megaeeve.model import read_model_meta
 
@@ -67,7 +66,7 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory(prefix="megaeeve-startup-") as d:
         tmp = Path(d)
-        model = stage0(tmp, 64, 2)
+        model = tiny_phi_stage0(tmp, 64, 2)
         meta = read_model_meta(model)
         ds = ds_config(tmp / "ds.json", micro=1, accum=1)
         for n in args.docs:
@@ -90,7 +89,7 @@ def main() -> None:
     lines = [
         "## Stage start-up against the number of documents",
         "",
-        f"`python bench/bench_stage_startup.py` on {platform.processor() or platform.machine()}, {args.nproc} CPU ranks "
+        f"`python bench/bench_stage_startup.py` on {processor()}, {args.nproc} CPU ranks "
         "(gloo, ZeRO-3, tiny Phi), `new_token_bias: 1.0`: launch to the first optimizer step.",
         "",
         "| documents | cold start (s) | x first row | cached start (s) | x first row |",

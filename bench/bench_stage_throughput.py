@@ -21,25 +21,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
+from bench.models import tiny_phi_stage0
 from megaeeve import assets
-from megaeeve.model import extend_model
-from megaeeve.tokenizer_io import load_tokenizer
-
-
-def stage0(tmp: Path, hidden: int, layers: int) -> Path:
-    from _train_helpers import NEW_TOKENS
-    from transformers import PhiConfig, PhiForCausalLM
-
-    base = PhiForCausalLM(PhiConfig(vocab_size=50_304, hidden_size=hidden, intermediate_size=4 * hidden,
-                                    num_hidden_layers=layers, num_attention_heads=max(1, hidden // 64),
-                                    tie_word_embeddings=False))
-    base.save_pretrained(str(tmp / "base"))
-    gpt2 = assets.save_hf_tokenizer(assets.gpt2_tokenizer(), tmp / "gpt2")
-    tok = load_tokenizer(gpt2)
-    tok.add_tokens(NEW_TOKENS)
-    expanded = assets.save_hf_tokenizer(tok, tmp / "expanded")
-    extend_model(tmp / "base", gpt2, expanded, tmp / "stage0")
-    return tmp / "stage0"
 
 
 def main() -> None:
@@ -54,7 +37,7 @@ def main() -> None:
     args = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="megaeeve-bench-") as d:
         tmp = Path(d)
-        model = stage0(tmp, args.hidden, args.layers)
+        model = tiny_phi_stage0(tmp, args.hidden, args.layers)
         ko, _ = assets.split_held_out(assets.korean_documents())
         sources = [{"prefix": str(write_prefix(tmp / "ko", model, ko[:400], 2000)), "weight": 0.7, "name": "ko"},
                    {"prefix": str(write_prefix(tmp / "en", model, assets.english_documents(), 2000)), "weight": 0.3,

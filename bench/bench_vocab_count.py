@@ -29,7 +29,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench import bench_preprocess as bp  # noqa: E402  (shared driver helpers)
+from bench.common import machine, make_corpus, measure, method_encode, tree_env, write_results  # noqa: E402
 
 SECTION = "## Vocabulary expansion"
 
@@ -48,8 +48,8 @@ def method_count(args: argparse.Namespace) -> dict:
 
 
 METHODS = {
-    "encode_batch": lambda a: bp.method_encode(a, fast=False),
-    "encode_batch_fast": lambda a: bp.method_encode(a, fast=True),
+    "encode_batch": lambda a: method_encode(a, fast=False),
+    "encode_batch_fast": lambda a: method_encode(a, fast=True),
     "count": method_count,
 }
 
@@ -60,7 +60,7 @@ def one_run(method: str, corpus: Path, tokenizer: Path, workers: int) -> dict:
         cmd = [str(Path(sys.executable).parent / "mpiexec"), "-n", "2"] + cmd[:3] + ["count"] + cmd[4:] + ["--workers", "1"]
     else:
         cmd += ["--workers", str(workers)]
-    out, wall, rss, cpu = bp.measure(cmd)
+    out, wall, rss, cpu = measure(cmd)
     rows = [json.loads(line) for line in out.strip().splitlines() if line.startswith("{")]
     return {**next(r for r in rows if r), "rss": rss, "wall": wall, "cpu": cpu}
 
@@ -74,7 +74,8 @@ def expanded_tokenizer(tmp: Path) -> Path:
     out = tmp / "expanded"
     subprocess.run([sys.executable, str(REPO / "tools/expand_vocab.py"), "--base-tokenizer", str(base),
                     "--corpus", str(corpus), "--output", str(out), "--intermediate-vocab-size", "3000",
-                    "--min-frequency", "5", "--no-progress"], check=True, stdout=subprocess.DEVNULL)  # fmt: skip
+                    "--min-frequency", "5", "--no-progress"], check=True, stdout=subprocess.DEVNULL,
+                   env=tree_env(REPO))  # fmt: skip
     return out
 
 
@@ -99,7 +100,7 @@ def main() -> int:
         tmp_path = Path(tmp)
         tokenizer = Path(args.tokenizer) if args.tokenizer else expanded_tokenizer(tmp_path)
         corpus = tmp_path / "korean.jsonl"
-        n_docs, n_bytes = bp.make_corpus(corpus, "Korean", int(args.mb * 1e6))
+        n_docs, n_bytes = make_corpus(corpus, "Korean", int(args.mb * 1e6))
         runs: dict[str, list[dict]] = {m: [] for m in methods}
         for _ in range(args.repeats):  # interleaved, so that load from elsewhere hits every method alike
             for m in methods:
@@ -111,13 +112,13 @@ def main() -> int:
         rss = {m: max(r["rss"] for r in runs[m]) for m in methods}
         cpu = {m: statistics.median(r["cpu"] for r in runs[m]) for m in methods}
         big = tmp_path / "korean-8x.jsonl"
-        bp.make_corpus(big, "Korean", int(args.mb * 8e6))
+        make_corpus(big, "Korean", int(args.mb * 8e6))
         rss8 = one_run("count", big, tokenizer, args.workers)
 
     table = render(methods, seconds, cpu, rss, rss8, tokens, n_docs, n_bytes, args)
     print(table)
     if args.results:
-        bp.write_results(table, Path(args.results))
+        write_results(table, Path(args.results))
     return 0
 
 
@@ -126,7 +127,7 @@ def render(methods, seconds, cpu, rss, rss8, tokens, n_docs, n_bytes, args) -> s
     base, base_cpu = tokens / seconds["encode_batch_fast"], tokens / cpu["encode_batch_fast"]  # the fastest bare call
     out = [
         SECTION, "",
-        f"Machine: {bp.machine()}. Workers: {args.workers}. Tokenizer: phi-2's expanded on konlpy Korean"
+        f"Machine: {machine()}. Workers: {args.workers}. Tokenizer: phi-2's expanded on konlpy Korean"
         f" (tools/expand_vocab.py, intermediate 3000, min frequency 5). Corpus: {n_docs:,} Korean documents,"
         f" {n_bytes / 1e6:.1f} MB of text, {tokens:,} tokens. Median of {args.repeats} interleaved runs;"
         " each method in a fresh process. CPU seconds: user + system of the process tree, start-up included"

@@ -58,6 +58,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO)]
 
+from bench.common import processor, write_results  # noqa: E402
+
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
@@ -507,7 +509,7 @@ def table(results: dict[str, dict], s: Settings, label: str) -> str:
 
 def machine() -> str:
     load = os.getloadavg()
-    return (f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), Python "
+    return (f"{os.cpu_count()} CPU cores ({processor()}), Python "
             f"{platform.python_version()}, torch {torch.__version__}; load average at the end "
             f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}")
 
@@ -572,8 +574,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.write_text(json.dumps({"settings": asdict(s), "stages": results}, indent=1))
     if args.results:
-        from bench.bench_preprocess import write_results
-
         write_results(text, args.results)
     return 0
 

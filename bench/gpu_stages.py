@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / "bench")]
+sys.path.insert(0, str(REPO))
 
 
 
@@ -30,7 +30,7 @@ def run_one(args: argparse.Namespace) -> dict:
     import deepspeed
     import torch
 
-    from bench_stage_memory import phi2_config, phi2_meta
+    from bench.models import phi2_config, phi2_meta
     from megaeeve.model import parameter_roles
     from megaeeve.model.checkpoint import build_split_model
     from megaeeve.stages import DEFAULT_STAGES
