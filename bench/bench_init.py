@@ -43,8 +43,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / "bench")]
+sys.path.insert(0, str(REPO))
 
+from bench.common import machine, write_results  # noqa: E402
 from megaeeve.atomic import write_json  # noqa: E402
 
 SECTION = "## Stage-0 initialisation"
@@ -109,8 +110,7 @@ class Bench:
 
     def setup_dirs(self, setup: str, model: str) -> dict:
         """Base model, tokenizer and eval texts of one (setup, model): made by the pipelines' own steps."""
-        from compare_methods import Compare, CompareConfig
-
+        from bench.compare_runner import Compare, CompareConfig
         from megaeeve.pipeline import Pipeline, PipelineConfig, tiny_config
 
         root = self.out / f"{setup}-{model}"
@@ -136,7 +136,7 @@ class Bench:
         return {"root": root, "base": pipe.base_model, "tokenizer": root / "tokenizer", "texts": texts}
 
     def debian(self) -> dict[str, list[str]]:
-        import korean_debian
+        from bench import korean_debian
 
         root = self.out / "korean-debian"
         if not root.exists():
@@ -221,16 +221,12 @@ def main(argv: list[str] | None = None) -> int:
             if res:
                 tables.append(table(setup, model, res))
                 print(tables[-1], flush=True)
-    from bench_preprocess import machine
-
     text = (f"{SECTION}\n\nMachine: {machine()}, torch {__import__('torch').__version__}; load average "
             f"{os.getloadavg()[0]:.1f} at the end. `python bench/bench_init.py`: the scores below took "
             f"{measured / 60:.0f} minutes of extension and scoring (set-up steps not counted; this run "
             f"{(time.time() - start) / 60:.1f} minutes, reusing what --out held). Held-out bits/char of each stage-0 model before any training "
             f"({EVAL_CHARS:,} characters per text, plain `megaeeve evaluate` scoring).\n\n" + "\n\n".join(tables))
     if args.results:
-        from bench_preprocess import write_results
-
         write_results(text, Path(args.results))
     print(text)
     return 0

@@ -9,7 +9,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
 import korean_debian as kd  # noqa: E402
-from compare_methods import round_robin  # noqa: E402
+from compare_runner import round_robin  # noqa: E402
 
 
 def test_korean_enough_counts_letters_only():
