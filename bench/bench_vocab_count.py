@@ -3,7 +3,7 @@
 
 Methods (same tokenizer: phi-2's expanded by tools/expand_vocab.py on konlpy's Korean; same threads):
 - encode_batch_fast (the limit, the fastest bare call): `Tokenizer.encode_batch_fast` over the texts already
-  in memory, ~1M-character batches, Rust threads on all workers (bench_preprocess.method_encode); nothing
+  in memory, ~1M-character batches, Rust threads on all workers (bench/common.py: method_encode); nothing
   read, nothing counted.
 - encode_batch: the same with offsets.
 - count: megaeeve.vocab.count.count_corpus on the JSONL file with `workers` processes: reading, JSON,
