@@ -24,6 +24,7 @@ from megaeeve.atomic import atomic_dir, atomic_file, write_json
 from megaeeve.pipeline import Pipeline, PipelineConfig, Step, command
 
 REPO = Path(__file__).resolve().parents[1]
+
 STAGES = 7
 ALL_ROLES = ["input_original", "input_added", "output_original", "output_added", "body"]
 BASE_ROLES = ["input_original", "output_original", "body"]
