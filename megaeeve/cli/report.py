@@ -16,6 +16,9 @@ import argparse
 from pathlib import Path
 
 from megaeeve.errors import one_line_errors
+from megaeeve.log import logger
+
+log = logger(__name__)
 
 
 @one_line_errors
@@ -47,5 +50,5 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
             p.error(f"{path}: the base {what} recorded in {stage0} is not there (moved?); give --base-{what}")
     out = build_report(args.run_dir, config, base_model, base_tokenizer, tuple(args.prompt or PROMPTS),
                        args.max_new_tokens)
-    print(f"wrote {out / 'report.md'}")
+    log.info(f"wrote {out / 'report.md'}")
     return 0

@@ -170,10 +170,17 @@ def load_model_dir(model_dir: str | Path, ds_config: dict | None = None, dtype: 
     With ZeRO stage 3 in `ds_config` the model is built under deepspeed.zero.Init and each rank
     fills only its own partitions from slices of the file: no rank ever holds a full tensor.
     """
+    return load_split_model(model_dir, read_model_meta(model_dir), ds_config=ds_config, dtype=dtype,
+                            attn_implementation=attn_implementation)
+
+
+def load_split_model(model_dir: str | Path, meta: ModelMeta, *, ds_config: dict | None, dtype: torch.dtype,
+                     attn_implementation: str | None) -> nn.Module:
+    """load_model_dir for a caller that has read the directory's metadata `meta` already (a stage plan reads
+    megaeeve_model.json once per stage)."""
     from transformers import AutoConfig
 
     model_dir = Path(model_dir)
-    meta = read_model_meta(model_dir)
     config = AutoConfig.from_pretrained(str(model_dir))
     model = build_split_model(config, meta, dtype, ds_config, attn_implementation)
     _load_weights(model, model_dir, is_zero3(ds_config))
