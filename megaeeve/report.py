@@ -232,7 +232,7 @@ def final_evals(done: list[tuple[int, Path]]) -> dict[int, dict[str, float]]:
     return out
 
 
-def build_report(run_dir: Path, config: Path, base_model: str, base_tokenizer: str,
+def build_report(run_dir: Path, config: Path, *, base_model: str, base_tokenizer: str,
                  prompts: tuple[str, ...] = PROMPTS, max_new_tokens: int = 24) -> Path:
     """Write run_dir/report/{report.md, tokenizer.png, loss.png, bits_per_char.png, report.json} atomically."""
     from megaeeve.model import read_model_meta
