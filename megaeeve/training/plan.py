@@ -157,13 +157,12 @@ def plan_stage(cfg: RunConfig, ds_config: dict, *, ds_path: Path, number: int, o
     if stage is None:
         raise ConfigError(f"{cfg.path}: no stage {number} in the stage table {list(cfg.stages)}")
     previous = cfg.previous_stage(number)
-    if previous is None:
-        src_dir = cfg.model
-        meta = run_meta = read_model_meta(src_dir)
-    else:
-        src_dir = cfg.stage_dir(previous) / "final"
+    src_dir = cfg.model if previous is None else cfg.stage_dir(previous) / "final"
+    if previous is not None:
         meta, run_meta = check_predecessor(cfg.stage_dir(previous), cfg.model)
-    try:
+    try:  # a model directory that is no stage's input, or the stage's roles: errors of the run config
+        if previous is None:
+            meta = run_meta = read_model_meta(src_dir)
         _, roles = meta_stage_model(src_dir, stage, ds_config, meta)
         trainable = tuple(trainable_names(roles, stage))
     except ValueError as e:
