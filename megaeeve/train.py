@@ -9,6 +9,9 @@ Stage N starts from stage N-1's final/ (stage 1, or the first of `run_stages`, f
 `model`), writes run_dir/stage-N/{checkpoints/, final/, metrics.jsonl, tensorboard/, DONE}, and
 resumes from its newest complete checkpoint when restarted. Exit codes: see megaeeve/training/signals.py
 (0 done, 2 configuration / precondition error, 99 stopped by SIGUSR1/SIGTERM, requeue).
+
+This file is the entry point only: the stage plan is megaeeve/training/plan.py, the stage it drives
+megaeeve/training/stage.py, and --dry-run megaeeve/training/dry_run.py.
 """
 
 from __future__ import annotations
