@@ -81,7 +81,7 @@ def worker(model_dir: str, shard_mb: int, out: str) -> None:
     model = load_model_dir(model_dir, ds, torch.bfloat16)
     roles = parameter_roles(model)
     freeze_for_stage(model, roles, DEFAULT_STAGES[4])
-    initialize_engine(model, roles, DEFAULT_STAGES[4], ds, 1, "bench")
+    initialize_engine(model, roles, stage=DEFAULT_STAGES[4], ds_config=ds, total_steps=1)
     load_fp32_masters(model, Path(model_dir))
     peak, running = [0], [True]
 
@@ -95,7 +95,8 @@ def worker(model_dir: str, shard_mb: int, out: str) -> None:
     thread = threading.Thread(target=sample, daemon=True)
     thread.start()
     started = time.perf_counter()
-    export_final(model, Path(model_dir), Path(model_dir).parent / "final", shard_mb * 2**20)
+    export_final(model, Path(model_dir), out_dir=Path(model_dir).parent / "final", shard_bytes=shard_mb * 2**20,
+                 rank=rank, world=dist.get_world_size())
     elapsed = time.perf_counter() - started
     running[0] = False
     thread.join()

@@ -76,7 +76,7 @@ def measure(meta: ModelMeta, layers: int, stages: list[int]) -> dict[int, int]:
                 p.normal_(0.0, 0.02)
         roles = parameter_roles(model)
         freeze_for_stage(model, roles, DEFAULT_STAGES[s])
-        engine = initialize_engine(model, roles, DEFAULT_STAGES[s], ds, 10, "bench")
+        engine = initialize_engine(model, roles, stage=DEFAULT_STAGES[s], ds_config=ds, total_steps=10)
         ids = torch.randint(0, meta.vocab_size, (1, 8))
         engine.backward(engine(input_ids=ids).logits.float().mean())
         engine.step()

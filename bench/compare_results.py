@@ -104,7 +104,7 @@ def _expansion(tok_dir: Path) -> dict:
 
 def settings(cmp: Compare) -> dict:
     from megaeeve.training.config import batch_shape
-    from megaeeve.train import read_ds_config
+    from megaeeve.training.plan import read_ds_config
 
     batch = batch_shape(read_ds_config(cmp.cfg.ds_config), cmp.cfg.nproc, str(cmp.cfg.ds_config))
     return {"scale": cmp.cc.scale, "steps_per_stage": cmp.cc.steps, "stages": STAGES, "nproc": cmp.cfg.nproc,

@@ -58,7 +58,7 @@ def run_one(args: argparse.Namespace) -> dict:
     ds = json.loads((REPO / "ds_configs" / "zero3.json").read_text())
     ds.update(train_micro_batch_size_per_gpu=args.micro, gradient_accumulation_steps=1)
     fpt = flops_per_token(model, roles, args.seq_length, trainable)
-    engine = initialize_engine(model, roles, stage, ds, args.steps + args.warmup, "gpu_stages")
+    engine = initialize_engine(model, roles, stage=stage, ds_config=ds, total_steps=args.steps + args.warmup)
     ids = torch.randint(0, meta.vocab_size, (args.micro, args.seq_length + 1), device="cuda")
 
     def step() -> None:

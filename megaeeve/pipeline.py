@@ -26,6 +26,9 @@ import yaml
 from megaeeve import assets
 from megaeeve.atomic import atomic_dir, atomic_file, write_json
 from megaeeve.errors import MegaeeveError
+from megaeeve.log import logger
+
+log = logger(__name__)
 
 DS_CONFIGS = Path(__file__).resolve().parent / "ds_configs"  # package data (the checkout's ds_configs/ links here)
 STAGES = tuple(range(1, 8))
@@ -219,18 +222,18 @@ class Pipeline:
         steps = self.steps()
         self.root.mkdir(parents=True, exist_ok=True)
         write_json(self.root / "pipeline.json", self.options())
-        print(f"training on {accelerator()} with {self.cfg.nproc} rank(s), {self.cfg.ds_config}", flush=True)
+        log.info(f"training on {accelerator()} with {self.cfg.nproc} rank(s), {self.cfg.ds_config}")
         start = time.time()
         for i, step in enumerate(steps, 1):
             head = f"[{i}/{len(steps)}] {step.name}"
             if step.output.exists():
-                print(f"{head}: done already ({step.output})", flush=True)
+                log.info(f"{head}: done already ({step.output})")
                 continue
-            print(f"{head}: running (elapsed {time.time() - start:.0f}s)", flush=True)
+            log.info(f"{head}: running (elapsed {time.time() - start:.0f}s)")
             t = time.time()
             step.run()
-            print(f"{head}: finished in {time.time() - t:.1f}s", flush=True)
-        print(f"pipeline complete in {time.time() - start:.0f}s; report: {self.result}")
+            log.info(f"{head}: finished in {time.time() - t:.1f}s")
+        log.info(f"pipeline complete in {time.time() - start:.0f}s; report: {self.result}")
 
     def call(self, name: str, cmd: list[str]) -> None:
         """Run one tool, streaming its output to the terminal and to logs/NAME.log; fail loudly."""

@@ -4,23 +4,19 @@ Any run: one made by `megaeeve pipeline` or stages trained by hand or through SL
 only the run's own outputs: its RUN.yaml, the expansion report (in stage-0, which holds the expanded
 tokenizer's files, or the pipeline's tokenizer/), stage-N/metrics.jsonl and DONE, stage-N/checkpoints, the
 model directories, and where the pipeline made them eval/*.json (tools/evaluate.py) and export/. The frozen-parameter
-check is recomputed here from the weights on disk, independently of the trainer's own bookkeeping: each
-stage's last DeepSpeed checkpoint against the stage's input. Not final/: the hand-off copies frozen tensors
-from the input by construction, so it could not show one that moved.
+check (megaeeve/training/frozen.py) is recomputed from the weights on disk, independently of the trainer's own
+bookkeeping: each stage's last DeepSpeed checkpoint against the stage's input.
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-import torch
 from megaeeve.atomic import atomic_dir
-from megaeeve.model.weights import open_weights
+from megaeeve.training.frozen import frozen_check
 
 PROMPTS = ("대한민국의 모든 국민은", "The import statement")  # the default run's languages: target, English
 TEXT_LABELS = {"held_out": "target language (held out)", "other_domain": "target language, another domain",
@@ -41,53 +37,6 @@ def stage_dirs(run_dir: Path) -> list[tuple[int, Path]]:
         if suffix.isdigit() and int(suffix) > 0 and (d / "DONE").is_file():
             found.append((int(suffix), d))
     return sorted(found)
-
-
-def checkpoint_weights(ckpt_dir: Path) -> tuple[dict[str, torch.Tensor], torch.dtype]:
-    """The latest ZeRO checkpoint in `ckpt_dir`, consolidated (trainable tensors: their fp32 masters; frozen ones:
-    as the engine held them), and the engine's dtype from the ds_config saved with it."""
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
-    from megaeeve.training.checkpoint import latest_tag
-    from megaeeve.training.engine import model_dtype
-
-    tag = latest_tag(ckpt_dir)
-    if tag is None:
-        raise FileNotFoundError(f"{ckpt_dir}: no DeepSpeed checkpoint; the frozen-parameter check reads the last one")
-    states = sorted((ckpt_dir / tag).glob("*model_states.pt"))
-    ds_config = torch.load(states[0], map_location="cpu", weights_only=False, mmap=True)["ds_config"]
-    with contextlib.redirect_stdout(io.StringIO()):  # it prints a summary line per call
-        weights = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir))
-    return weights, model_dtype(ds_config)
-
-
-def frozen_check(src: Path, ckpt_dir: Path, roles: dict[str, str], trainable_roles: list[str]) -> dict[str, Any]:
-    """A stage's last checkpoint against its input directory `src`, tensor by tensor: a frozen tensor must equal
-    the input rounded to the engine's dtype (a bf16 engine holds, and saves, frozen tensors in bf16), a
-    trainable one (fp32 master) must have changed. `roles` are the stage's own (a LoRA layer's base weight is
-    `...base_layer.weight` in the checkpoint, its input's name without it); a tensor the stage created (a LoRA
-    adapter) has no input and counts as changed once nonzero (PEFT starts lora_B at zero)."""
-    from megaeeve.model.lora import file_name
-
-    weights, dtype = checkpoint_weights(ckpt_dir)
-    out = {"frozen_total": 0, "frozen_unchanged": 0, "trainable_total": 0, "trainable_changed": 0, "violations": [],
-           "engine_dtype": str(dtype).removeprefix("torch.")}
-    with open_weights(src) as f:
-        for name, role in roles.items():
-            y = weights[name]
-            x = f.get_tensor(file_name(name)) if file_name(name) in f.keys() else None
-            if role in trainable_roles:
-                out["trainable_total"] += 1
-                out["trainable_changed"] += (bool(y.any()) if x is None else
-                                             not (x.shape == y.shape and torch.equal(x.float(), y.float())))
-                continue
-            same = x is not None and y.dtype == dtype and x.shape == y.shape and torch.equal(x.to(dtype), y)
-            out["frozen_total"] += 1
-            out["frozen_unchanged"] += same
-            if not same:
-                out["violations"].append(name)
-    out["ok"] = out["frozen_unchanged"] == out["frozen_total"] and out["trainable_changed"] == out["trainable_total"]
-    return out
 
 
 def read_evals(run_dir: Path) -> dict[str, dict[str, Any]]:
@@ -284,14 +233,16 @@ def final_evals(done: list[tuple[int, Path]]) -> dict[int, dict[str, float]]:
     return out
 
 
-def build_report(run_dir: Path, config: Path, base_model: str, base_tokenizer: str,
+def build_report(run_dir: Path, config: Path, *, base_model: str, base_tokenizer: str,
                  prompts: tuple[str, ...] = PROMPTS, max_new_tokens: int = 24) -> Path:
     """Write run_dir/report/{report.md, tokenizer.png, loss.png, bits_per_char.png, report.json} atomically."""
-    from megaeeve.train import meta_stage_model, stage_plans
+    from megaeeve.model import read_model_meta
     from megaeeve.training.config import load_run_config
+    from megaeeve.training.plan import meta_stage_model, stage_plans
 
     run_dir = Path(run_dir)
     cfg = load_run_config(config)
+    meta = read_model_meta(cfg.model)
     found = find_expansion_report(run_dir, cfg.model)
     expansion = json.loads(found.read_text(encoding="utf-8")) if found else None
     done = stage_dirs(run_dir)
@@ -300,7 +251,7 @@ def build_report(run_dir: Path, config: Path, base_model: str, base_tokenizer: s
     for number, d in done:
         previous = cfg.previous_stage(number)
         src = cfg.model if previous is None else cfg.stage_dir(previous) / "final"
-        _, roles = meta_stage_model(cfg.model, cfg.stages[number])  # the roles as the stage built them
+        _, roles = meta_stage_model(cfg.model, cfg.stages[number], meta=meta)  # the roles as the stage built them
         checks[number] = frozen_check(src, d / "checkpoints", roles, list(cfg.stages[number].trainable))
     evals = read_evals(run_dir)
     in_training = final_evals(done)

@@ -22,7 +22,7 @@ def main(rank: int, store: str, cache: str, out: str) -> None:
         time.sleep(5)  # longer than the 2 s collective timeout
         return {"a": np.arange(10)}
 
-    arrays = cached_arrays(Path(cache), "test", {"what": "slow"}, ("a",), slow_build)
+    arrays = cached_arrays(Path(cache), "test", description={"what": "slow"}, names=("a",), build=slow_build)
     dist.barrier()
     Path(f"{out}.rank{rank}").write_text(str(arrays["a"].tolist()))
     dist.destroy_process_group()

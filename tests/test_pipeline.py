@@ -66,7 +66,7 @@ def test_frozen_check_reads_the_checkpoints_and_catches_a_moved_tensor(tiny_run,
     from megaeeve.model import parameter_roles
     from megaeeve.model.weights import load_weights
     from megaeeve.report import frozen_check
-    from megaeeve.train import meta_model
+    from megaeeve.training.plan import meta_model
 
     run_dir, _ = tiny_run
     report = json.loads((run_dir / "report" / "report.json").read_text(encoding="utf-8"))

@@ -16,6 +16,9 @@ import argparse
 from pathlib import Path
 
 from megaeeve.errors import one_line_errors
+from megaeeve.log import logger
+
+log = logger(__name__)
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
@@ -50,7 +53,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     for what, path in (("model", base_model), ("tokenizer", base_tokenizer)):
         if not Path(path).exists():
             p.error(f"{path}: the base {what} recorded in {stage0} is not there (moved?); give --base-{what}")
-    out = build_report(args.run_dir, config, base_model, base_tokenizer, tuple(args.prompt or PROMPTS),
-                       args.max_new_tokens)
-    print(f"wrote {out / 'report.md'}")
+    out = build_report(args.run_dir, config, base_model=base_model, base_tokenizer=base_tokenizer,
+                       prompts=tuple(args.prompt or PROMPTS), max_new_tokens=args.max_new_tokens)
+    log.info(f"wrote {out / 'report.md'}")
     return 0

@@ -55,7 +55,7 @@ def blended_dataset(datasets: Sequence[PackedDataset], weights: Sequence[float],
                     cache_dir: Path, description: dict) -> BlendedDataset:
     """Blend `datasets` (built with samples_per_dataset(weights, size) samples each)."""
     arrays = cached_arrays(
-        cache_dir, "blend", {**description, "weights": list(weights), "size": size},
-        ("dataset_index", "dataset_sample_index"), lambda: blend_indices(weights, size),
+        cache_dir, "blend", description={**description, "weights": list(weights), "size": size},
+        names=("dataset_index", "dataset_sample_index"), build=lambda: blend_indices(weights, size),
     )
     return BlendedDataset(datasets, **arrays)

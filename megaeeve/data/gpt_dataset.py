@@ -146,8 +146,9 @@ def packed_dataset(
         if base_vocab_size is None:
             raise DataError(f"{prefix}: new_token_bias needs the base vocabulary size")
         counts = cached_arrays(
-            cache_dir, "new-tokens", {"prefix": str(prefix), "lengths": data_digest, "base_vocab_size": base_vocab_size},
-            ("counts",), lambda: {"counts": docs.tokens_at_least(base_vocab_size)},
+            cache_dir, "new-tokens",
+            description={"prefix": str(prefix), "lengths": data_digest, "base_vocab_size": base_vocab_size},
+            names=("counts",), build=lambda: {"counts": docs.tokens_at_least(base_vocab_size)},
         )["counts"]
         share = counts[documents] / np.maximum(lengths[documents], 1)
         weights = 1.0 + new_token_bias * share
@@ -157,7 +158,8 @@ def packed_dataset(
         "seed": seed, "new_token_bias": new_token_bias, "base_vocab_size": base_vocab_size,
     }
     arrays = cached_arrays(
-        cache_dir, f"packed-{split}", description, ("document_index", "sample_index", "shuffle_index"),
-        lambda: build_indices(lengths, documents, num_samples, seq_length, seed, weights),
+        cache_dir, f"packed-{split}", description=description,
+        names=("document_index", "sample_index", "shuffle_index"),
+        build=lambda: build_indices(lengths, documents, num_samples, seq_length, seed, weights),
     )
     return PackedDataset(docs, lengths, seq_length=seq_length, **arrays)

@@ -8,22 +8,25 @@ The cache directory (RUN.yaml `data.cache_dir`, default run_dir/index-cache) mus
 that every node sees (the run directory usually is). The builder publishes each entry atomically,
 its description file last; the other ranks wait for that file, not in a collective, so a build that
 takes longer than the collective timeout (100 GB of data) does not kill the job, and they say what
-they wait for while they wait.
+they wait for while they wait. The builder is global rank 0, or the only process where no process group exists
+(tools and tests build indices without one).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import numpy as np
-import torch.distributed as dist
 
 from megaeeve.atomic import atomic_file, write_json
+from megaeeve.log import logger
+from megaeeve.training.collectives import rank
+
+log = logger(__name__)
 
 
 def description_hash(description: Mapping[str, Any]) -> str:
@@ -35,22 +38,18 @@ def array_digest(a: np.ndarray) -> str:
     return hashlib.md5(np.ascontiguousarray(a).tobytes()).hexdigest()
 
 
-def _is_builder() -> bool:
-    return not dist.is_initialized() or dist.get_rank() == 0
-
-
 def _wait_for(marker: Path, poll_s: float = 0.2, report_every_s: float = 60.0) -> None:
     started = last = time.monotonic()
     while not marker.exists():
         time.sleep(poll_s)
         if time.monotonic() - last >= report_every_s:
             last = time.monotonic()
-            print(f"rank {dist.get_rank()}: waiting {last - started:.0f} s for {marker}, built by rank 0 "
-                  f"(data.cache_dir must be on a file system all nodes share)", file=sys.stderr, flush=True)
+            log.warning(f"rank {rank()}: waiting {last - started:.0f} s for {marker}, built by rank 0 "
+                        f"(data.cache_dir must be on a file system all nodes share)")
 
 
 def cached_arrays(
-    cache_dir: Path, kind: str, description: Mapping[str, Any], names: tuple[str, ...],
+    cache_dir: Path, kind: str, *, description: Mapping[str, Any], names: tuple[str, ...],
     build: Callable[[], dict[str, np.ndarray]],
 ) -> dict[str, np.ndarray]:
     """Load `names` arrays for `description` from `cache_dir`, building them on global rank 0 if absent.
@@ -63,7 +62,7 @@ def cached_arrays(
     key = f"{description_hash(description)}-{kind}"
     marker = cache_dir / f"{key}-description.json"
     if not marker.exists():
-        if _is_builder():
+        if rank() == 0:
             arrays = build()
             for name in names:
                 with atomic_file(cache_dir / f"{key}-{name}.npy") as f:

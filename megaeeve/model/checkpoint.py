@@ -128,7 +128,7 @@ def read_pieces(model_dir: str | Path, meta: ModelMeta) -> list[list[int]]:
     return pieces
 
 
-def build_split_model(config, meta: ModelMeta, dtype: torch.dtype, ds_config: dict | None = None,
+def build_split_model(config, meta: ModelMeta, dtype: torch.dtype, *, ds_config: dict | None = None,
                       attn_implementation: str | None = None) -> nn.Module:
     """The HF model of `config` with the split embedding and head installed, weights uninitialised.
 
@@ -170,12 +170,19 @@ def load_model_dir(model_dir: str | Path, ds_config: dict | None = None, dtype: 
     With ZeRO stage 3 in `ds_config` the model is built under deepspeed.zero.Init and each rank
     fills only its own partitions from slices of the file: no rank ever holds a full tensor.
     """
+    return load_split_model(model_dir, read_model_meta(model_dir), ds_config=ds_config, dtype=dtype,
+                            attn_implementation=attn_implementation)
+
+
+def load_split_model(model_dir: str | Path, meta: ModelMeta, *, ds_config: dict | None, dtype: torch.dtype,
+                     attn_implementation: str | None) -> nn.Module:
+    """load_model_dir for a caller that has read the directory's metadata `meta` already (a stage plan reads
+    megaeeve_model.json once per stage)."""
     from transformers import AutoConfig
 
     model_dir = Path(model_dir)
-    meta = read_model_meta(model_dir)
     config = AutoConfig.from_pretrained(str(model_dir))
-    model = build_split_model(config, meta, dtype, ds_config, attn_implementation)
+    model = build_split_model(config, meta, dtype, ds_config=ds_config, attn_implementation=attn_implementation)
     _load_weights(model, model_dir, is_zero3(ds_config))
     return model.eval()
 
@@ -218,7 +225,7 @@ def copy_model_files(src_dir: Path, out_dir: Path) -> None:
             shutil.copy2(entry, out_dir / entry.name)
 
 
-def write_model_dir(tmp: Path, state_dict: dict[str, torch.Tensor], config, meta: ModelMeta,
+def write_model_dir(tmp: Path, state_dict: dict[str, torch.Tensor], *, config, meta: ModelMeta,
                     tokenizer_dir: Path, base_tokenizer, pieces: list[list[int]]) -> None:
     """Fill a fresh (temporary) directory with a model directory's files; the caller renames it."""
     save_file({k: v.detach().contiguous() for k, v in state_dict.items()}, str(tmp / MODEL_FILE),

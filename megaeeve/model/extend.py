@@ -235,7 +235,8 @@ def extend_model(base_model: str | Path, base_tokenizer: str | Path, tokenizer: 
         tokenizer_files=tokenizer_files, init=init, fit=fit_record,
     )
     with atomic_dir(output, overwrite=overwrite) as tmp:
-        write_model_dir(tmp, state, config, meta, tokenizer, base_tok, pieces)
+        write_model_dir(tmp, state, config=config, meta=meta, tokenizer_dir=tokenizer, base_tokenizer=base_tok,
+                        pieces=pieces)
     return meta
 
 

@@ -27,7 +27,6 @@ import os
 import random
 import re
 import shutil
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -40,13 +39,16 @@ from safetensors.torch import save_file
 
 from megaeeve.errors import MegaeeveError
 from megaeeve.atomic import atomic_dir, atomic_file, write_json
-from megaeeve.model import read_model_meta
+from megaeeve.log import logger
+from megaeeve.model import ModelMeta, read_model_meta
 from megaeeve.model.checkpoint import copy_model_files
 from megaeeve.model.lora import ADAPTER, file_name, lora_layers, lora_roles, merged_weight
 from megaeeve.model.partition import local_values, read_partition
 from megaeeve.model.weights import SINGLE_FILE, open_weights, plan_shards, shard_name, write_index
 from megaeeve.tokenizer_io import load_tokenizer, tokenizer_fingerprint
-from megaeeve.training.collectives import all_reduce_values
+from megaeeve.training.collectives import all_reduce_values, group_size
+
+log = logger(__name__)
 
 DONE = "DONE"
 COMPLETE = "COMPLETE"  # in a checkpoint directory, written last: {"step", "world_size", "files": {name: bytes}}
@@ -81,15 +83,14 @@ def latest_tag(ckpt_dir: Path) -> str | None:
     return latest.read_text().strip() if latest.is_file() else None
 
 
-def save(engine: Any, ckpt_dir: Path, step: int, consumed_samples: int, keep: int) -> None:
-    """Save a resumable checkpoint (all ranks, in step); rank 0 marks it complete, points `latest` at it and
-    then keeps only the newest `keep` complete checkpoints (all of them if `keep` <= 0), so the one before
-    stays until this one is complete."""
+def save(engine: Any, ckpt_dir: Path, *, step: int, consumed_samples: int, keep: int, rank: int, world: int) -> None:
+    """Save a resumable checkpoint (all `world` ranks, in step; `rank` is this one's); rank 0 marks it complete,
+    points `latest` at it and then keeps only the newest `keep` complete checkpoints (all of them if `keep` <= 0),
+    so the one before stays until this one is complete."""
     tag = f"step{step:08d}"
-    rank, world = dist.get_rank(), dist.get_world_size()
     if rank == 0:  # a tag saved again (a stage resumed at its last step) is not complete until written again;
         (ckpt_dir / tag / COMPLETE).unlink(missing_ok=True)  # save_checkpoint's first barrier orders this first
-    with _recorded_writes(engine, step) as written:
+    with _recorded_writes(engine, step, rank) as written:
         engine.save_checkpoint(str(ckpt_dir), tag=tag, save_latest=False,
                                client_state={"step": step, "consumed_samples": consumed_samples, "rng": rng_state()})
     sizes = {}
@@ -102,7 +103,7 @@ def save(engine: Any, ckpt_dir: Path, step: int, consumed_samples: int, keep: in
     if rank == 0:
         write_json(ckpt_dir / tag / COMPLETE, {"step": step, "world_size": world,
                                                "files": {k: v for files in every for k, v in files.items()}})
-        _pause("before-latest", step)
+        _pause("before-latest", step, rank)
         with atomic_file(ckpt_dir / "latest", "w") as f:  # for DeepSpeed's tools (zero_to_fp32)
             f.write(tag)
         _prune(ckpt_dir, keep, tag)
@@ -144,7 +145,7 @@ def _incomplete_reason(tag_dir: Path) -> str | None:
 
 
 @contextlib.contextmanager
-def _recorded_writes(engine: Any, step: int):
+def _recorded_writes(engine: Any, step: int, rank: int):
     """Yield the list of files this rank writes through DeepSpeed's checkpoint engine inside the block."""
     written: list[Path] = []
     real = engine.checkpoint_engine.save
@@ -152,13 +153,13 @@ def _recorded_writes(engine: Any, step: int):
     def save(state_dict: Any, path: str) -> None:
         k = len(written)
         written.append(Path(path))
-        _pause(f"before-file-{k}", step)
-        if _pausing(f"inside-file-{k}", step):
+        _pause(f"before-file-{k}", step, rank)
+        if _pausing(f"inside-file-{k}", step, rank):
             data = io.BytesIO()
             torch.save(state_dict, data)
             with open(path, "wb") as f:
                 f.write(data.getbuffer()[: len(data.getbuffer()) // 2])
-            _pause(f"inside-file-{k}", step)
+            _pause(f"inside-file-{k}", step, rank)
         real(state_dict, path)
 
     engine.checkpoint_engine.save = save
@@ -168,22 +169,23 @@ def _recorded_writes(engine: Any, step: int):
         del engine.checkpoint_engine.save  # the instance attribute: the class's method again
 
 
-def _pausing(point: str, step: int) -> bool:
-    return os.environ.get(PAUSE_ENV) == f"{dist.get_rank()}:{step}:{point}"
+def _pausing(point: str, step: int, rank: int) -> bool:
+    return os.environ.get(PAUSE_ENV) == f"{rank}:{step}:{point}"
 
 
-def _pause(point: str, step: int) -> None:
-    """The test hook (PAUSE_ENV): announce the pause on stderr and wait to be killed."""
-    if _pausing(point, step):
-        print(f"checkpoint test pause: rank {dist.get_rank()} at {point} of step {step}", file=sys.stderr, flush=True)
+def _pause(point: str, step: int, rank: int) -> None:
+    """The test hook (PAUSE_ENV): announce the pause and wait to be killed. A warning, so that a rank other than 0
+    says it too (the logger keeps their info lines quiet)."""
+    if _pausing(point, step, rank):
+        log.warning(f"checkpoint test pause: rank {rank} at {point} of step {step}")
         time.sleep(3600)
 
 
-def resume(engine: Any, ckpt_dir: Path) -> tuple[int, int] | None:
+def resume(engine: Any, ckpt_dir: Path, rank: int) -> tuple[int, int] | None:
     """Load the newest complete checkpoint if any: returns (step, consumed samples) and restores RNG states.
     A newer checkpoint whose save was cut short is reported in one line (rank 0) and skipped."""
     choice: list[str | None] = [None]
-    if dist.get_rank() == 0:
+    if rank == 0:
         choice[0] = _newest_complete(ckpt_dir)
     dist.broadcast_object_list(choice, src=0)  # every rank loads the same tag
     tag = choice[0]
@@ -197,7 +199,7 @@ def resume(engine: Any, ckpt_dir: Path) -> tuple[int, int] | None:
 
 
 def _newest_complete(ckpt_dir: Path) -> str | None:
-    """The newest complete checkpoint's tag; each newer, incomplete one is reported on stderr."""
+    """The newest complete checkpoint's tag; each newer, incomplete one is reported as a warning."""
     chosen, skipped = None, []
     for tag_dir in reversed(_tags(ckpt_dir)):
         reason = _incomplete_reason(tag_dir)
@@ -207,8 +209,7 @@ def _newest_complete(ckpt_dir: Path) -> str | None:
         skipped.append((tag_dir.name, reason))
     then = f"resuming from {chosen}" if chosen else "no complete checkpoint before it: the stage starts from step 0"
     for name, reason in skipped:
-        print(f"warning: {ckpt_dir}: checkpoint {name} is incomplete ({reason}: its save was cut short); {then}",
-              file=sys.stderr, flush=True)
+        log.warning(f"{ckpt_dir}: checkpoint {name} is incomplete ({reason}: its save was cut short); {then}")
     return chosen
 
 
@@ -218,10 +219,12 @@ def _config_shape(model_dir: Path) -> dict[str, Any]:
                                     "intermediate_size", "num_attention_heads")}
 
 
-def check_predecessor(stage_dir: Path, final_dir: Path, stage0_dir: Path) -> None:
-    """Refuse a predecessor stage that is incomplete or whose vocabulary/shape differs from the run's model."""
+def check_predecessor(stage_dir: Path, stage0_dir: Path) -> tuple[ModelMeta, ModelMeta]:
+    """Refuse a predecessor stage that is incomplete or whose vocabulary/shape differs from the run's model.
+    Returns the metadata of its final/ and of the run's model, each read once (the stage plan keeps both)."""
     if not (stage_dir / DONE).is_file():
         raise StageError(f"{stage_dir} has no {DONE} marker: finish that stage first")
+    final_dir = stage_dir / "final"
     ours, theirs = read_model_meta(stage0_dir), read_model_meta(final_dir)
     for key in ("base_vocab_size", "num_added", "padded_vocab_size", "hidden_size", "tokenizer_fingerprint"):
         if getattr(ours, key) != getattr(theirs, key):
@@ -233,6 +236,7 @@ def check_predecessor(stage_dir: Path, final_dir: Path, stage0_dir: Path) -> Non
     tokenizer = final_dir / "tokenizer.json"
     if tokenizer.is_file() and tokenizer_fingerprint(load_tokenizer(tokenizer)) != ours.tokenizer_fingerprint:
         raise StageError(f"{tokenizer} is not the tokenizer of the run's model {stage0_dir}")
+    return theirs, ours
 
 
 def load_fp32_masters(model: torch.nn.Module, src_dir: Path) -> None:
@@ -244,8 +248,9 @@ def load_fp32_masters(model: torch.nn.Module, src_dir: Path) -> None:
                 safe_set_local_fp32_param(p, read_partition(f, name, p).float())
 
 
-def export_final(model: torch.nn.Module, src_dir: Path, out_dir: Path, shard_bytes: int) -> None:
-    """Write the stage's weights as the model directory `out_dir`; every rank calls, in step.
+def export_final(model: torch.nn.Module, src_dir: Path, *, out_dir: Path, shard_bytes: int, rank: int,
+                 world: int) -> None:
+    """Write the stage's weights as the model directory `out_dir`; every one of the `world` ranks calls, in step.
 
     Trainable parameters: their fp32 masters. Frozen parameters and buffers: the input tensors, after
     each rank checked that its partition of the engine's copy still equals its slice of the input
@@ -254,7 +259,6 @@ def export_final(model: torch.nn.Module, src_dir: Path, out_dir: Path, shard_byt
     assembles and writes it; a trainable tensor's partitions are gathered to its owner only, so no rank
     holds more than one shard plus the parameter being gathered. Rank 0 publishes the directory atomically.
     """
-    rank, world = dist.get_rank(), dist.get_world_size()
     adapters = lora_layers(model)
     params = {file_name(n): p for n, p in model.named_parameters() if n not in lora_roles(model)}
     with open_weights(src_dir) as src:
@@ -263,7 +267,7 @@ def export_final(model: torch.nn.Module, src_dir: Path, out_dir: Path, shard_byt
                  for name in [*params, *(k for k in src.keys() if k not in params)]]
         shards = plan_shards(sizes, shard_bytes)
         files = [SINGLE_FILE] if len(shards) == 1 else [shard_name(k, len(shards)) for k in range(len(shards))]
-        with _shared_atomic_dir(out_dir) as tmp:
+        with _shared_atomic_dir(out_dir, rank) as tmp:
             moved: list[str] = []
             for k, names in enumerate(shards):
                 mine = k % world == rank
@@ -271,7 +275,7 @@ def export_final(model: torch.nn.Module, src_dir: Path, out_dir: Path, shard_byt
                 for name in names:
                     p = params.get(name)
                     if p is not None and p.requires_grad:
-                        full = _gather_fp32_master(p, owner=k % world)  # collective: every rank, same order
+                        full = _gather_fp32_master(p, owner=k % world, rank=rank, world=world)  # collective
                         if mine:
                             shard[name] = full
                         continue
@@ -294,13 +298,13 @@ def export_final(model: torch.nn.Module, src_dir: Path, out_dir: Path, shard_byt
                 copy_model_files(src_dir, tmp)
 
 
-def _gather_fp32_master(p: torch.nn.Parameter, owner: int) -> torch.Tensor | None:
+def _gather_fp32_master(p: torch.nn.Parameter, *, owner: int, rank: int, world: int) -> torch.Tensor | None:
     """The full fp32 master of a trainable parameter on rank `owner` only (None elsewhere): each rank sends
     its zero-padded partition, so no other rank materialises the whole tensor (DeepSpeed's
-    safe_get_full_fp32_param all-reduces a full-size tensor on every rank)."""
-    assert dist.get_world_size(group=p.ds_process_group) == dist.get_world_size(), "ZeRO partitions span the world"
+    safe_get_full_fp32_param all-reduces a full-size tensor on every rank); every rank calls, in the same order."""
+    assert group_size(p.ds_process_group) == world, "ZeRO partitions span the world"
     local = safe_get_local_fp32_param(p).contiguous()
-    parts = [torch.empty_like(local) for _ in range(dist.get_world_size())] if dist.get_rank() == owner else None
+    parts = [torch.empty_like(local) for _ in range(world)] if rank == owner else None
     dist.gather(local, parts, dst=owner)
     if parts is None:
         return None
@@ -322,10 +326,9 @@ def _itemsize(dtype: str) -> int:
 
 
 @contextlib.contextmanager
-def _shared_atomic_dir(out_dir: Path):
+def _shared_atomic_dir(out_dir: Path, rank: int):
     """atomic_dir for all ranks: rank 0 makes the temporary directory (on the shared run directory), every
     rank writes into it, and rank 0 publishes it once all are done."""
-    rank = dist.get_rank()
     with contextlib.ExitStack() as stack:
         path = [str(stack.enter_context(atomic_dir(out_dir, overwrite=True))) if rank == 0 else None]
         dist.broadcast_object_list(path, src=0)

@@ -1,4 +1,10 @@
-"""Small collectives on the accelerator's device (NCCL only reduces device tensors; gloo takes CPU ones)."""
+"""The one place (with model/partition.py) that asks torch.distributed where this process stands, and small
+collectives on the accelerator's device (NCCL only reduces device tensors; gloo takes CPU ones).
+
+The trainer learns its rank and world once, in its stage plan (megaeeve/training/plan.py), and hands them
+down; `rank()` and `group_size()` serve the few places below that plan: the index cache (reached from data
+builders that tools also call without any process group) and a ZeRO parameter's own process group.
+"""
 
 from __future__ import annotations
 
@@ -12,10 +18,19 @@ def comm_device() -> torch.device:
     return torch.device(get_accelerator().current_device_name())
 
 
+def rank() -> int:
+    """This process's global rank; 0 without a process group (single-process tools and tests)."""
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def group_size(group: dist.ProcessGroup) -> int:
+    """How many ranks `group` spans (a ZeRO-3 parameter's `ds_process_group`)."""
+    return dist.get_world_size(group=group)
+
+
 def all_reduce_values(values: list[float], op: dist.ReduceOp = dist.ReduceOp.SUM) -> list[float]:
     """Reduce a few numbers over all ranks (float64, so integer counts up to 2**53 stay exact)."""
     t = torch.tensor(values, dtype=torch.float64, device=comm_device())
     if dist.is_initialized():
         dist.all_reduce(t, op=op)
     return t.tolist()
-

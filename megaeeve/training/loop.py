@@ -8,7 +8,6 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
 from megaeeve.data.sampler import micro_batch_indices
 from megaeeve.training.collectives import all_reduce_values
@@ -28,6 +27,8 @@ class LoopState:
 
 @dataclass
 class LoopSettings:
+    rank: int  # this process's, and how many train together (from the stage plan)
+    world: int
     total_steps: int
     batch: BatchShape
     seq_length: int
@@ -39,11 +40,11 @@ class LoopSettings:
     checkpoint_every: int
 
 
-def evaluate(engine: Any, data: StageData, micro: int, objective: Objective) -> dict[str, float]:
+def evaluate(engine: Any, data: StageData, s: LoopSettings, objective: Objective) -> dict[str, float]:
     """Held-out metrics per dataset: `eval_loss_<name>` (next-token cross entropy, whatever the objective) and
     `eval_<term>_<name>` for the objective's other terms. Every rank runs the same number of forward passes
     (ZeRO-3 gathers parameters collectively); samples past the end are padding with weight 0."""
-    rank, world = dist.get_rank(), dist.get_world_size()
+    rank, world, micro = s.rank, s.world, s.batch.micro
     engine.eval()
     out = {}
     with torch.no_grad():
@@ -67,13 +68,13 @@ def evaluate(engine: Any, data: StageData, micro: int, objective: Objective) -> 
     return out
 
 
-def train(engine: Any, data: StageData, state: LoopState, s: LoopSettings, metrics: Metrics,
-          stop: StopRequest, save: Callable[[LoopState], None], objective: Objective) -> bool:
+def train(engine: Any, data: StageData, *, state: LoopState, s: LoopSettings, metrics: Metrics, stop: StopRequest,
+          save: Callable[[LoopState], None], objective: Objective) -> bool:
     """Train until `s.total_steps`; returns False if stopped early by a signal (after a checkpoint). An
     objective of several terms (distillation) also logs each as `<term>_loss`."""
-    rank, world = dist.get_rank(), dist.get_world_size()
+    rank, world = s.rank, s.world
     if state.step == 0:  # where the stage starts from: the curves' first point
-        metrics.log({"kind": "eval", "step": 0, **evaluate(engine, data, s.batch.micro, objective)})
+        metrics.log({"kind": "eval", "step": 0, **evaluate(engine, data, s, objective)})
     engine.train()
     while state.step < s.total_steps:
         t0 = time.perf_counter()
@@ -122,7 +123,7 @@ def train(engine: Any, data: StageData, state: LoopState, s: LoopSettings, metri
             }
             metrics.log(record)
         if s.eval_every and state.step % s.eval_every == 0 and state.step < s.total_steps:
-            metrics.log({"kind": "eval", "step": state.step, **evaluate(engine, data, s.batch.micro, objective)})
+            metrics.log({"kind": "eval", "step": state.step, **evaluate(engine, data, s, objective)})
         if stop.agreed():
             save(state)
             return False

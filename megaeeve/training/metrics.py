@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,9 @@ from typing import Any, Protocol
 from tqdm import tqdm
 
 from megaeeve.atomic import atomic_file
+from megaeeve.log import logger, on_terminal
+
+log = logger(__name__)
 
 SINKS = ("tensorboard", "wandb")
 
@@ -134,14 +136,14 @@ class Progress:
 
     def __init__(self, s: MetricsSettings) -> None:
         self.s, self.started, self.bar = s, time.monotonic(), None
-        if sys.stderr.isatty():
+        if on_terminal():
             self.bar = tqdm(total=s.total_steps, initial=s.start_step, desc=f"stage {s.stage}", unit="step")
 
     def log(self, record: dict[str, Any]) -> None:
         if record["kind"] != "train":
             if self.bar is None:
                 evals = " ".join(f"{k} {v:.4f}" for k, v in record.items() if k.startswith("eval_loss"))
-                print(f"stage {self.s.stage} step {record['step']}: {evals}", file=sys.stderr, flush=True)
+                log.info(f"stage {self.s.stage} step {record['step']}: {evals}")
             return
         if self.bar is not None:
             self.bar.n = record["step"]
@@ -150,9 +152,9 @@ class Progress:
             return
         done = record["step"] - self.s.start_step
         eta = (time.monotonic() - self.started) / done * (self.s.total_steps - record["step"]) if done else 0.0
-        print(f"stage {self.s.stage} step {record['step']}/{self.s.total_steps} loss {record['loss']:.4f} "
-              f"lr {record['lr']:.3g} tokens/s {record['tokens_per_s']:,.0f} ETA {time.strftime('%H:%M:%S', time.gmtime(eta))}",
-              file=sys.stderr, flush=True)
+        log.info(f"stage {self.s.stage} step {record['step']}/{self.s.total_steps} loss {record['loss']:.4f} "
+                 f"lr {record['lr']:.3g} tokens/s {record['tokens_per_s']:,.0f} "
+                 f"ETA {time.strftime('%H:%M:%S', time.gmtime(eta))}")
 
     def close(self) -> None:
         if self.bar is not None:

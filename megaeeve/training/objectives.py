@@ -29,7 +29,6 @@ import contextlib
 import functools
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Iterator, NamedTuple, Protocol
 
 import torch
@@ -37,7 +36,8 @@ import torch.nn.functional as F
 
 from megaeeve.model.pieces import PieceTable
 from megaeeve.model.split import SplitLMHead
-from megaeeve.stages import DistillSpec, Stage
+from megaeeve.stages import DistillSpec
+from megaeeve.training.plan import StagePlan
 
 EPS = 1e-6  # chunk log-probabilities (after the temperature) are clamped to <= -EPS: log(1 - p) stays finite
 
@@ -180,17 +180,17 @@ class ChunkDistillation:
                                teacher_flops)
 
 
-def stage_objective(stage: Stage, model_dir: Path, ds_config: dict, dtype: torch.dtype, attn_implementation: str,
-                    device: torch.device) -> Objective:
-    """The stage's objective; a distilling one loads its teacher from `model_dir`, the run's stage-0 directory."""
+def stage_objective(plan: StagePlan) -> Objective:
+    """The planned stage's objective; a distilling one loads its teacher from the run's stage-0 directory."""
+    stage = plan.stage
     if stage.objective == "lm":
         return lm_objective
-    from megaeeve.model import read_model_meta
     from megaeeve.model.checkpoint import read_pieces
     from megaeeve.training.teacher import load_teacher
 
-    meta = read_model_meta(model_dir)
-    table = PieceTable(read_pieces(model_dir, meta), meta.base_vocab_size, device)
-    teacher = load_teacher(model_dir, ds_config, dtype, attn_implementation, device)
+    model_dir, meta = plan.cfg.model, plan.run_meta
+    table = PieceTable(read_pieces(model_dir, meta), meta.base_vocab_size, plan.device)
+    teacher = load_teacher(model_dir, meta, ds_config=plan.ds_config, dtype=plan.dtype,
+                           attn_implementation=plan.cfg.training.attn_implementation, device=plan.device)
     lm_weight = 1 - stage.distill.weight if stage.objective == "mixed" else 0.0
     return ChunkDistillation(teacher, table, stage.distill, lm_weight, meta.base_vocab_size)

@@ -15,13 +15,15 @@ from typing import Any
 
 import torch
 
-from megaeeve.model.checkpoint import is_zero3, load_model_dir
+from megaeeve.model.checkpoint import ModelMeta, is_zero3, load_split_model
 
 
-def load_teacher(model_dir: Path, ds_config: dict, dtype: torch.dtype, attn_implementation: str,
+def load_teacher(model_dir: Path, meta: ModelMeta, *, ds_config: dict, dtype: torch.dtype, attn_implementation: str,
                  device: torch.device) -> Any:
-    """The frozen model of `model_dir`, in eval mode: an inference engine under ZeRO-3, else a module on `device`."""
-    model = load_model_dir(model_dir, ds_config, dtype, attn_implementation).requires_grad_(False)
+    """The frozen model of `model_dir` (whose metadata is `meta`), in eval mode: an inference engine under ZeRO-3,
+    else a module on `device`."""
+    model = load_split_model(model_dir, meta, ds_config=ds_config, dtype=dtype,
+                             attn_implementation=attn_implementation).requires_grad_(False)
     if not is_zero3(ds_config):
         return model.to(device)
     import deepspeed
