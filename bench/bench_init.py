@@ -12,6 +12,8 @@ same characters for every tokenizer):
   fit            `megaeeve extend --init fit`, the default: eeve + the mass-preserving output prior (counts of
                  the expansion report), in the lm_head bias when the model has one, else folded into the rows
                  along u (u . h ~= 1)
+  fit-eeve-norm  the same with the new input rows at the mean's own norm (--fit-input-norm 0): fit's
+                 default rescales them to a base row's mean norm
   fit-exact      (models without a bias) the same offsets carried exactly by an lm_head bias added in memory:
                  what the fold costs is fit - fit-exact
   fit+input      fit, then the new input rows fitted to the base's hidden states (AweDist: first 4 layers,
@@ -53,6 +55,7 @@ FIT_VARIANTS = {  # name -> (init, FitSettings overrides)
     "eeve": ("eeve", {}),
     "mean": ("mean", {}),
     "fit": ("fit", {}),
+    "fit-eeve-norm": ("fit", {"input_norm": 0.0}),
     "fit+input": ("fit", {"input_steps": 60}),
     "fit+output": ("fit", {"output_steps": 300}),
     "fit+output l2=10": ("fit", {"output_steps": 300, "output_l2": 10.0}),

@@ -92,6 +92,25 @@ def test_prior_keeps_every_base_probability_outside_the_groups_through_a_bias(ph
         assert (new[..., meta.base_vocab_size:] - old[..., :1]).abs().max() > 0.1  # the new tokens did change
 
 
+def test_new_input_rows_are_the_means_direction_at_a_base_rows_norm(phi, tmp_path):
+    """--init fit keeps EEVE's direction for a new input row (the mean of its pieces, computed here from the base
+    model's own embedding and the base tokenizer) at the base input rows' mean norm times input_norm; 0 keeps
+    EEVE's row as it is."""
+    base_emb = phi["base"].get_input_embeddings().weight.detach().float()
+    expanded = Tokenizer.from_file(str(phi["tokenizer"] / "tokenizer.json"))
+    for norm in (1.0, 1.5, 0.0):
+        out = tmp_path / f"norm-{norm}"
+        meta = extend_model(phi["base_dir"], phi["base_tok_dir"], phi["tokenizer"], out, model=phi["base"],
+                            init="fit", fit=FitSettings(input_norm=norm))
+        pieces = token_pieces(load_tokenizer(phi["base_tok_dir"]), expanded, range(meta.base_vocab_size, meta.vocab_size))
+        mean = torch.stack([base_emb[p].mean(0) for p in pieces])
+        expected = mean if not norm else mean / mean.norm(dim=1, keepdim=True) * base_emb.norm(dim=1).mean() * norm
+        with torch.no_grad():
+            rows = load_model_dir(out).get_input_embeddings()(torch.arange(meta.base_vocab_size, meta.vocab_size)[None])
+        assert (rows[0].float() - expected).abs().max() < 1e-5, norm
+        assert (mean.norm(dim=1) < base_emb.norm(dim=1).mean()).float().mean() > 0.5  # the mean does shrink
+
+
 def test_fit_settings_are_refused_clearly(phi, tmp_path, capsys):
     tool = runpy.run_path(str(REPO / "tools" / "extend_model.py"))["main"]
     args = ["--base-model", str(phi["base_dir"]), "--base-tokenizer", str(phi["base_tok_dir"])]

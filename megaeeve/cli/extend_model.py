@@ -37,6 +37,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--prior", choices=PRIORS, default=defaults.prior,
                         help="--init fit's output prior: counts (each new token and its first piece get the log of "
                              "their share of the piece's emissions, from expansion_report.json) or none")
+    parser.add_argument("--fit-input-norm", type=float, default=defaults.input_norm,
+                        help="--init fit: new input rows rescaled to this multiple of the base rows' mean norm "
+                             "(0: the mean of the pieces as it is, EEVE's)")
     parser.add_argument("--fit-input-steps", type=int, default=defaults.input_steps,
                         help="--init fit: Adam steps fitting the new input rows to the base's hidden states (0: off)")
     parser.add_argument("--fit-output-steps", type=int, default=defaults.output_steps,
@@ -58,7 +61,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     parser = build_parser(prog)
     args = parser.parse_args(argv)
-    for flag in ("fit_input_steps", "fit_output_steps", "fit_samples"):
+    for flag in ("fit_input_norm", "fit_input_steps", "fit_output_steps", "fit_samples"):
         if getattr(args, flag) < (1 if flag == "fit_samples" else 0):
             parser.error(f"--{flag.replace('_', '-')} must be {'positive' if flag == 'fit_samples' else '>= 0'}, "
                          f"got {getattr(args, flag)}")
@@ -68,7 +71,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     meta = extend_model(args.base_model, args.base_tokenizer, args.tokenizer, args.output,
                         pad_vocab_to_multiple_of=args.pad_vocab_to_multiple_of, overwrite=args.overwrite,
                         init=args.init, allow_no_new_tokens=args.allow_no_new_tokens,
-                        fit=FitSettings(prior=args.prior, input_steps=args.fit_input_steps,
+                        fit=FitSettings(prior=args.prior, input_norm=args.fit_input_norm, input_steps=args.fit_input_steps,
                                         output_steps=args.fit_output_steps, samples=args.fit_samples),
                         fit_text=args.fit_text, fit_english=args.fit_english)
     print(describe(meta))
