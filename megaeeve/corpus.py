@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
-from megaeeve.errors import MegaeeveError
+from megaeeve.errors import CorpusError
 
 # Reasons a record is not a document. Order is stable: manifests list them in this order.
 SKIP_REASONS = (
@@ -54,10 +54,6 @@ TABLE_SUFFIXES = (".parquet", ".arrow")
 COMPRESSION_SUFFIXES = (".gz", ".zst", ".zstd")
 COMPRESSION_NAMES = {".gz": "gzip", ".zst": "zstd", ".zstd": "zstd"}
 ZSTD_READ_SIZE = 1 << 17  # compressed bytes per decompress call (zstd's recommended input size)
-
-
-class CorpusError(MegaeeveError, ValueError):
-    """Bad input: the message names the file and line (or row) and what is wrong."""
 
 
 @dataclass(frozen=True)

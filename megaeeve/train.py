@@ -30,11 +30,10 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 import numpy as np
 import torch
 
-from megaeeve.data.gpt_dataset import DataError
-from megaeeve.errors import one_line_errors
+from megaeeve.errors import ConfigError, DataError, StageError, one_line_errors
 from megaeeve.stages import DEFAULT_STAGES, Stage
-from megaeeve.training.checkpoint import DONE, StageError
-from megaeeve.training.config import BatchShape, ConfigError, RunConfig, batch_shape, load_run_config
+from megaeeve.training.checkpoint import DONE
+from megaeeve.training.config import BatchShape, RunConfig, batch_shape, load_run_config
 from megaeeve.training.engine import check_ds_config
 from megaeeve.training.signals import REQUEUE_EXIT_CODE, StopRequest
 

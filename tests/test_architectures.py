@@ -21,7 +21,7 @@ from _train_helpers import NEW_TOKENS, check_stage, ds_config, read_log, roles_o
 
 from megaeeve import assets
 from megaeeve.model import export_hf, extend_model, load_model_dir, read_model_meta
-from megaeeve.model.architectures import UnsupportedArchitecture
+from megaeeve.errors import UnsupportedArchitecture
 from megaeeve.tokenizer_io import load_tokenizer
 
 TINY = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,

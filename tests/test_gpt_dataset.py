@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from megaeeve.data.blending import blend_indices, blended_dataset, samples_per_dataset
-from megaeeve.data.gpt_dataset import DataError, build_indices, document_split, packed_dataset
+from megaeeve.data.gpt_dataset import build_indices, document_split, packed_dataset
 from megaeeve.data.indexed import IndexedDataset
 from megaeeve.data.sampler import micro_batch_indices
+from megaeeve.errors import DataError
 
 
 def _megatron_dataset(prefix, docs):

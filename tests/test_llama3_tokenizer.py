@@ -20,7 +20,7 @@ from _vocab_helpers import python_sources
 
 from megaeeve import assets
 from megaeeve.model import export_hf, extend_model, read_model_meta
-from megaeeve.model.architectures import UnsupportedArchitecture
+from megaeeve.errors import UnsupportedArchitecture
 from megaeeve.tokenizer_io import load_tokenizer
 from megaeeve.vocab import ExpandConfig, expand_vocab
 

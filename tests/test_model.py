@@ -13,8 +13,8 @@ from safetensors.torch import load_file
 from tokenizers import Tokenizer
 
 from megaeeve import assets
-from megaeeve.model import ExtendError, extend_model, load_model_dir, parameter_roles, read_model_meta
-from megaeeve.model.architectures import UnsupportedArchitecture
+from megaeeve.model import extend_model, load_model_dir, parameter_roles, read_model_meta
+from megaeeve.errors import ExtendError, UnsupportedArchitecture
 from megaeeve.model.checkpoint import MODEL_FILE
 from _model_helpers import KOREAN_ADDED_TOKENS, byte_level, expand, model_dir_like, save_model, tiny_llama, tiny_phi
 

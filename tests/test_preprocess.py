@@ -19,7 +19,8 @@ import pytest
 
 from megaeeve.corpus import SKIP_REASONS
 from megaeeve.data.indexed import IndexedDataset
-from megaeeve.data.preprocess import PreprocessConfig, PreprocessError, preprocess
+from megaeeve.data.preprocess import PreprocessConfig, preprocess
+from megaeeve.errors import PreprocessError
 from megaeeve.tokenizer_io import load_tokenizer, tokenizer_fingerprint
 
 REPO = Path(__file__).resolve().parents[1]
@@ -256,7 +257,8 @@ def test_tiktoken_refuses_merges_where_ids_differ():
     """Merges a+b, b+c, a+bc on "abc": Hugging Face stops at [ab, c], tiktoken would go on to [abc]. Was accepted."""
     from tokenizers import Tokenizer, models, pre_tokenizers
 
-    from megaeeve.data.fast_bpe import NotEligible, byte_symbols, tiktoken_encoding
+    from megaeeve.data.fast_bpe import byte_symbols, tiktoken_encoding
+    from megaeeve.errors import NotEligible
 
     byte_of = byte_symbols()
     vocab = {ch: i for i, ch in enumerate(sorted(byte_of, key=byte_of.get))}

@@ -12,8 +12,8 @@ import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers
 
 from megaeeve import assets
-from megaeeve.corpus import CorpusError
-from megaeeve.vocab import ExpandConfig, ExpansionError, UnsupportedTokenizer, expand_vocab
+from megaeeve.errors import CorpusError, ExpansionError, UnsupportedTokenizer
+from megaeeve.vocab import ExpandConfig, expand_vocab
 from megaeeve.vocab.count import count_corpus
 from megaeeve.vocab.family import detect_family
 from megaeeve.vocab.merge import build_target

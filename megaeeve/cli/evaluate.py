@@ -19,7 +19,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def parse_texts(specs: list[str]) -> dict[str, str]:
-    from megaeeve.eval import EvalError
+    from megaeeve.errors import EvalError
 
     texts: dict[str, str] = {}
     for spec in specs:

@@ -28,7 +28,7 @@ from typing import Protocol
 import numpy as np
 
 from megaeeve.data.index_cache import array_digest, cached_arrays
-from megaeeve.errors import MegaeeveError
+from megaeeve.errors import DataError
 
 
 class TokenDocuments(Protocol):
@@ -41,10 +41,6 @@ class TokenDocuments(Protocol):
     def get(self, idx: int, offset: int = 0, length: int | None = None) -> np.ndarray: ...
 
     def tokens_at_least(self, threshold: int) -> np.ndarray: ...
-
-
-class DataError(MegaeeveError, ValueError):
-    """The data cannot provide what the run asks for (an empty split, a missing prefix)."""
 
 
 def _mix64(x: np.ndarray) -> np.ndarray:

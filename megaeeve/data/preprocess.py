@@ -40,23 +40,19 @@ import numpy as np
 
 from megaeeve.atomic import write_json
 from megaeeve.corpus import (
-    DEFAULT_MAX_CHARS, SKIP_REASONS, CorpusError, Record, Shard, expand_inputs, iter_batches, plan_shards,
+    DEFAULT_MAX_CHARS, SKIP_REASONS, Record, Shard, expand_inputs, iter_batches, plan_shards,
 )
 from megaeeve.data.indexed import (
-    IndexedDataset, IndexedDatasetError, IndexedDatasetWriter, bin_path, check_output_prefix, dtype_for_vocab, exists,
+    IndexedDataset, IndexedDatasetWriter, bin_path, check_output_prefix, dtype_for_vocab, exists,
     idx_path, merge_datasets, readable_by_all,
 )
-from megaeeve.errors import MegaeeveError
+from megaeeve.errors import CorpusError, IndexedDatasetError, NotEligible, PreprocessError
 from megaeeve.tokenizer_io import load_tokenizer, tokenizer_fingerprint
 
 MANIFEST_FORMAT = "megaeeve-preprocess/1"
 BATCH_BYTES_PER_WORKER = 1 << 17
 EXAMPLES_PER_REASON = 3
 MPI_ENV_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "MPI_LOCALNRANKS")
-
-
-class PreprocessError(MegaeeveError, ValueError):
-    """The run cannot produce a dataset (bad input, no EOD token, ids that do not fit); says why."""
 
 
 @dataclass
@@ -155,7 +151,7 @@ class _Encoded:
 def batch_encoder(tok, cfg: PreprocessConfig, workers: int) -> Callable[[list[str]], list]:
     """texts -> per text a tokenizers.Encoding (its `.ids`) or, on the tiktoken path, the ids list."""
     if cfg.tiktoken:
-        from megaeeve.data.fast_bpe import NotEligible, tiktoken_batch_encoder
+        from megaeeve.data.fast_bpe import tiktoken_batch_encoder
 
         try:
             return tiktoken_batch_encoder(tok, workers)

@@ -21,14 +21,10 @@ import torch
 from tokenizers import Tokenizer
 from torch import nn
 
-from megaeeve.errors import MegaeeveError
+from megaeeve.errors import UnsupportedArchitecture
 from megaeeve.model.split import SplitEmbedding, SplitLMHead
 
 PROBE_ROWS = 64  # ids (first and last rows) and hidden vectors the probes run on
-
-
-class UnsupportedArchitecture(MegaeeveError, ValueError):
-    pass
 
 
 def embedding_scale(module: nn.Module) -> float | None:

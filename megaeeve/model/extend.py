@@ -18,7 +18,7 @@ import torch
 from tokenizers import Tokenizer
 
 from megaeeve.atomic import atomic_dir
-from megaeeve.errors import MegaeeveError, OutputExistsError
+from megaeeve.errors import ExtendError, OutputExistsError
 from megaeeve.model.architectures import check_architecture
 from megaeeve.model.checkpoint import RESERVED_NAMES, ModelMeta, write_model_dir
 from megaeeve.model.fit import PRIORS, FitSettings, Rows, fit_rows, group_log_shares, samples_from
@@ -27,10 +27,6 @@ from megaeeve.model.pieces import PieceTable
 from megaeeve.tokenizer_io import load_tokenizer, tokenizer_fingerprint
 
 EXPANSION_REPORT = "expansion_report.json"
-
-
-class ExtendError(MegaeeveError, ValueError):
-    pass
 
 
 def load_base_model(path: str | Path):

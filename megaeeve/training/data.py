@@ -6,7 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from megaeeve.data.blending import BlendedDataset, blended_dataset, samples_per_dataset
-from megaeeve.data.gpt_dataset import DataError, PackedDataset, document_split, packed_dataset
+from megaeeve.data.gpt_dataset import PackedDataset, document_split, packed_dataset
+from megaeeve.errors import DataError
 from megaeeve.stages import Stage
 from megaeeve.training.config import RunConfig
 

@@ -18,7 +18,8 @@ import numpy as np
 from tokenizers import Tokenizer
 from tqdm import tqdm
 
-from megaeeve.corpus import CorpusError, Shard, iter_batches, plan_shards
+from megaeeve.corpus import Shard, iter_batches, plan_shards
+from megaeeve.errors import CorpusError
 from megaeeve.vocab.scripts import Script
 
 MPI_ENV = ("PMI_SIZE", "PMI_RANK", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK")

@@ -11,13 +11,13 @@ from tokenizers import Tokenizer
 
 from megaeeve.assets import english_documents
 from megaeeve.atomic import atomic_dir, write_json
-from megaeeve.corpus import CorpusError, expand_inputs, iter_documents, sample_documents
-from megaeeve.errors import OutputExistsError
-from megaeeve.tokenizer_io import TokenizerLoadError, load_tokenizer, tokenizer_fingerprint
+from megaeeve.corpus import expand_inputs, iter_documents, sample_documents
+from megaeeve.errors import CorpusError, ExpansionError, OutputExistsError, TokenizerLoadError
+from megaeeve.tokenizer_io import load_tokenizer, tokenizer_fingerprint
 from megaeeve.vocab.count import Counts, mpi_world
 from megaeeve.vocab.family import Family, detect_family
 from megaeeve.vocab.intermediate import target_candidates, train_intermediate
-from megaeeve.vocab.merge import ExpansionError, NewPiece
+from megaeeve.vocab.merge import NewPiece
 from megaeeve.vocab.refine import Refined, Threshold, refine
 from megaeeve.vocab.scripts import parse_script
 

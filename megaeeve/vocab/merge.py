@@ -24,13 +24,9 @@ from dataclasses import dataclass, field, replace
 
 from tokenizers import Tokenizer
 
-from megaeeve.errors import MegaeeveError
+from megaeeve.errors import ExpansionError
 from megaeeve.vocab.family import Family
 from megaeeve.vocab.scripts import Script
-
-
-class ExpansionError(MegaeeveError, ValueError):
-    """The expansion cannot produce a valid tokenizer from these inputs (message says why)."""
 
 
 @dataclass(frozen=True)

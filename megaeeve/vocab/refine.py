@@ -23,9 +23,10 @@ from typing import Sequence
 
 from tokenizers import Tokenizer
 
+from megaeeve.errors import ExpansionError
 from megaeeve.vocab.count import Counts, count_corpus
 from megaeeve.vocab.family import Family
-from megaeeve.vocab.merge import ExpansionError, TargetTokenizer, build_target
+from megaeeve.vocab.merge import TargetTokenizer, build_target
 from megaeeve.vocab.scripts import Script
 
 
