@@ -16,13 +16,13 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 from tokenizers import Tokenizer
-from tqdm import tqdm
 
 from megaeeve.corpus import Shard, iter_batches, plan_shards
 from megaeeve.errors import CorpusError
+from megaeeve.mpi import mpi_world
+from megaeeve.progress import Progress
 from megaeeve.vocab.scripts import Script
 
-MPI_ENV = ("PMI_SIZE", "PMI_RANK", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK")
 SHARDS_PER_WORKER = 8  # small shards: balanced workers, a progress bar that moves
 
 
@@ -34,15 +34,6 @@ class Counts:
     tokens: int
     chars: int
     seconds: float = 0.0
-
-
-def mpi_world() -> Any | None:
-    """MPI.COMM_WORLD when started by mpiexec with more than one rank, else None (no MPI import)."""
-    if not any(v in os.environ for v in MPI_ENV):
-        return None
-    from mpi4py import MPI
-
-    return MPI.COMM_WORLD if MPI.COMM_WORLD.Get_size() > 1 else None
 
 
 def _batches(shard: Shard, batch_bytes: int) -> Iterator[list[str]]:
@@ -106,7 +97,7 @@ def count_corpus(
     total = Counts(np.zeros(tok.get_vocab_size(with_added_tokens=True), dtype=np.int64), {}, 0, 0, 0)
     start = time.perf_counter()
     error = None
-    bar = tqdm(desc=desc, unit="doc", disable=not progress or rank != 0, dynamic_ncols=True)
+    bar = Progress(desc, len(shards), enabled=progress and rank == 0)
     try:
         if workers > 1 and len(shards) > 1:
             # spawn: the tokenizers library's thread pool does not survive fork
@@ -115,12 +106,14 @@ def count_corpus(
                 parts = pool.imap_unordered(_worker_count, shards)
                 for part in parts:
                     _add(total, part)
-                    bar.update(part.documents)
-                    bar.set_postfix(tokens_per_s=f"{total.tokens / (time.perf_counter() - start):,.0f}")
+                    bar.update(part.documents, part.tokens)
+                    bar.part_done()
         else:
             for shard in shards:
-                _add(total, _count_shard(tok, script, shard, batch_bytes))
-                bar.update(total.documents - bar.n)
+                part = _count_shard(tok, script, shard, batch_bytes)
+                _add(total, part)
+                bar.update(part.documents, part.tokens)
+                bar.part_done()
     except CorpusError as e:
         if comm is None:
             raise

@@ -13,8 +13,9 @@ from megaeeve.assets import english_documents
 from megaeeve.atomic import atomic_dir, write_json
 from megaeeve.corpus import expand_inputs, iter_documents, sample_documents
 from megaeeve.errors import CorpusError, ExpansionError, OutputExistsError, TokenizerLoadError
+from megaeeve.mpi import mpi_world
 from megaeeve.tokenizer_io import load_tokenizer, tokenizer_fingerprint
-from megaeeve.vocab.count import Counts, mpi_world
+from megaeeve.vocab.count import Counts
 from megaeeve.vocab.family import Family, detect_family
 from megaeeve.vocab.intermediate import target_candidates, train_intermediate
 from megaeeve.vocab.merge import NewPiece
