@@ -34,7 +34,7 @@ def stage0(tmp_path_factory, gpt2_tokenizer_dir):
     base = assets.gpt2_tokenizer()
     expanded = expand(base, tmp / "expanded")
     out = tmp / "stage0"
-    extend_model(save_model(tiny_llama(), tmp / "base"), gpt2_tokenizer_dir, expanded, out)
+    extend_model(save_model(tiny_llama(), tmp / "base"), gpt2_tokenizer_dir, tokenizer=expanded, output=out)
     return {"dir": out, "meta": read_model_meta(out), "base": base,
             "expanded": Tokenizer.from_file(str(expanded / "tokenizer.json"))}
 

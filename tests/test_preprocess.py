@@ -280,8 +280,9 @@ def test_tiktoken_gives_identical_ids_on_an_expanded_gpt2(korean_split, english_
 
     base, hangul = assets.gpt2_tokenizer(), parse_script("hangul")
     family = detect_family(base)
-    intermediate = train_intermediate(base, family, korean_split[0], 2000)
-    target = build_target(base, family, hangul, target_candidates(intermediate, base, family, hangul)).tokenizer
+    intermediate = train_intermediate(base, family, docs=korean_split[0], vocab_size=2000)
+    target = build_target(base, family, script=hangul, pieces=target_candidates(intermediate, base, family,
+                          hangul)).tokenizer
     docs = korean_split[0] + korean_split[1] + english_docs + ["한국어Hello 가나다라마바사 ㄱㄴ 읽었다", "a<|endoftext|>한"]
     ids = tiktoken_batch_encoder(target, 2)(docs)
     assert ids == [e.ids for e in target.encode_batch(docs, add_special_tokens=False)]

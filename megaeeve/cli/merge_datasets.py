@@ -9,6 +9,9 @@ import argparse
 
 from megaeeve.data.indexed import merge_datasets
 from megaeeve.errors import one_line_errors
+from megaeeve.log import logger
+
+log = logger(__name__)
 
 
 @one_line_errors
@@ -19,6 +22,6 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset at the output prefix")
     args = p.parse_args(argv)
     out = merge_datasets(args.input, args.output_prefix, overwrite=args.overwrite)
-    print(f"{args.output_prefix}: {out.document_count - 1} documents, {out.sequence_count} sequences ({out.dtype})")
+    log.info(f"{args.output_prefix}: {out.document_count - 1} documents, {out.sequence_count} sequences ({out.dtype})")
     return 0
 

@@ -64,7 +64,7 @@ def document_split(num_documents: int, valid_fraction: float, prefix: str) -> tu
 
 
 def build_indices(
-    lengths: np.ndarray, documents: np.ndarray, num_samples: int, seq_length: int, seed: int,
+    lengths: np.ndarray, documents: np.ndarray, *, num_samples: int, seq_length: int, seed: int,
     doc_weights: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """document_index, sample_index and shuffle_index for `num_samples` samples (see module doc)."""
@@ -130,7 +130,7 @@ class PackedDataset:
 
 
 def packed_dataset(
-    docs: TokenDocuments, prefix: str | Path, documents: np.ndarray, split: str, num_samples: int,
+    docs: TokenDocuments, prefix: str | Path, *, documents: np.ndarray, split: str, num_samples: int,
     seq_length: int, seed: int, cache_dir: Path, new_token_bias: float = 0.0,
     base_vocab_size: int | None = None,
 ) -> PackedDataset:
@@ -154,6 +154,7 @@ def packed_dataset(
     }
     arrays = cached_arrays(
         cache_dir, f"packed-{split}", description, ("document_index", "sample_index", "shuffle_index"),
-        lambda: build_indices(lengths, documents, num_samples, seq_length, seed, weights),
+        lambda: build_indices(lengths, documents, num_samples=num_samples, seq_length=seq_length, seed=seed,
+                              doc_weights=weights),
     )
     return PackedDataset(docs, lengths, seq_length=seq_length, **arrays)

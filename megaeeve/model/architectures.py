@@ -45,7 +45,7 @@ def attention_implementation(config, requested: str | None) -> str | None:
     return "eager"
 
 
-def check_architecture(model: nn.Module, base_model: str | Path, base_tok: Tokenizer, base_size: int,
+def check_architecture(model: nn.Module, base_model: str | Path, *, base_tok: Tokenizer, base_size: int,
                        base_tokenizer: str | Path) -> None:
     """Raise UnsupportedArchitecture unless every base token id has a row, and the split modules reproduce
     the model's input embedding and lm_head bit for bit (probed on a few ids and hidden vectors)."""

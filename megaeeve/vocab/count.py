@@ -84,6 +84,7 @@ def _add(total: Counts, part: Counts) -> None:
 def count_corpus(
     tok: Tokenizer,
     files: Sequence[str],
+    *,
     script: Script,
     workers: int = 1,
     batch_bytes: int = 1 << 18,

@@ -185,7 +185,7 @@ class _Builder:
 
 
 def build_target(
-    base: Tokenizer, family: Family, script: Script, pieces: list[str], banned: frozenset[str] = frozenset()
+    base: Tokenizer, family: Family, *, script: Script, pieces: list[str], banned: frozenset[str] = frozenset()
 ) -> TargetTokenizer:
     """The base tokenizer extended by `pieces` (vocabulary spellings), built in their order (see above),
     creating none of the `banned` pieces."""
