@@ -8,6 +8,7 @@ BPE does. Under `mpiexec -n K` each rank takes every K-th shard and the counts a
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import time
@@ -100,18 +101,16 @@ def count_corpus(
     error = None
     bar = Progress(desc, len(shards), enabled=progress and rank == 0)
     try:
-        if workers > 1 and len(shards) > 1:
-            # spawn: the tokenizers library's thread pool does not survive fork
-            ctx = multiprocessing.get_context("spawn")
-            with ctx.Pool(min(workers, len(shards)), _init_worker, (tok.to_str(), script, batch_bytes)) as pool:
+        with contextlib.ExitStack() as stack:
+            if workers > 1 and len(shards) > 1:
+                # spawn: the tokenizers library's thread pool does not survive fork
+                ctx = multiprocessing.get_context("spawn")
+                pool = stack.enter_context(
+                    ctx.Pool(min(workers, len(shards)), _init_worker, (tok.to_str(), script, batch_bytes)))
                 parts = pool.imap_unordered(_worker_count, shards)
-                for part in parts:
-                    _add(total, part)
-                    bar.update(part.documents, part.tokens)
-                    bar.part_done()
-        else:
-            for shard in shards:
-                part = _count_shard(tok, script, shard, batch_bytes)
+            else:
+                parts = (_count_shard(tok, script, shard, batch_bytes) for shard in shards)
+            for part in parts:
                 _add(total, part)
                 bar.update(part.documents, part.tokens)
                 bar.part_done()
