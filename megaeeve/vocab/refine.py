@@ -124,7 +124,7 @@ def refine(
     """Run rounds of build -> count -> drop/add until a round neither drops nor adds.
 
     `candidates` come in the intermediate tokenizer's merge order, which the build keeps; characters added
-    by step 6 go first, most frequent first.
+    by step 6 go first, most frequent first. `log` takes each round's summary (default: this module's logger).
     """
     selection = _Selection(set(candidates), {p: (1, i, "") for i, p in enumerate(candidates)})
     base_vocab = base.get_vocab(with_added_tokens=True)
