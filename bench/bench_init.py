@@ -179,8 +179,9 @@ class Bench:
                     stage0 = root / "inits" / name
                     if not stage0.exists():
                         f = time.time()
-                        extend_model(d["base"], d["base"], d["tokenizer"], stage0, model=load_base_model(d["base"]),
-                                     init=init, fit=dataclasses.replace(FitSettings(), **overrides))
+                        extend_model(d["base"], d["base"], tokenizer=d["tokenizer"], output=stage0,
+                                     model=load_base_model(d["base"]), init=init,
+                                     fit=dataclasses.replace(FitSettings(), **overrides))
                         fit_seconds = time.time() - f
                     scored = _score(load_model_dir(stage0), str(stage0), d["texts"])
                 write_json(out, {"bits_per_char": scored, "extend_seconds": fit_seconds,

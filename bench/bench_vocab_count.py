@@ -40,7 +40,7 @@ def method_count(args: argparse.Namespace) -> dict:
     from megaeeve.vocab.scripts import parse_script
 
     tok = load_tokenizer(args.tokenizer)
-    counts = count_corpus(tok, [args.input], parse_script("hangul"), workers=args.workers, progress=False)
+    counts = count_corpus(tok, [args.input], script=parse_script("hangul"), workers=args.workers, progress=False)
     comm = mpi_world()
     if comm is not None and comm.Get_rank() != 0:
         return {}

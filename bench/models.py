@@ -37,7 +37,7 @@ def tiny_phi_stage0(tmp: Path, hidden: int, layers: int) -> Path:
     tok = load_tokenizer(gpt2)
     tok.add_tokens(NEW_TOKENS)
     expanded = assets.save_hf_tokenizer(tok, tmp / "expanded")
-    extend_model(tmp / "base", gpt2, expanded, tmp / "stage0")
+    extend_model(tmp / "base", gpt2, tokenizer=expanded, output=tmp / "stage0")
     return tmp / "stage0"
 
 

@@ -19,15 +19,11 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 
-from megaeeve.errors import MegaeeveError
+from megaeeve.errors import AssetMissing
 
 EOS = "<|endoftext|>"
 # phi-2 (CodeGen's tokenizer) adds runs of 31..2 spaces and 9..2 tabs after GPT-2's 50,257 tokens.
 PHI2_WHITESPACE_TOKENS = [" " * n for n in range(31, 1, -1)] + ["\t" * n for n in range(9, 1, -1)]
-
-
-class AssetMissing(MegaeeveError, RuntimeError):
-    pass
 
 
 def package_dir(package: str) -> Path:

@@ -7,7 +7,8 @@ and the non-zero ranks must be quiet unless asked (`MEGAEEVE_LOG=debug`), or eac
 
 - INFO and DEBUG go to stdout, WARNING and above to stderr (the split the package's output always had, so a
   caller reading stdout for results is not disturbed by warnings). Warnings and errors carry `warning: ` and
-  `error: ` in front, as a user reads them on a terminal.
+  `error: ` in front, as a user reads them on a terminal. An INFO line logged with `extra=STDERR` (progress and
+  status lines, where a progress bar would draw) goes to stderr too, with no prefix.
 - `setup(rank, world)` is called once a process knows its rank (the trainer, after torch.distributed is up):
   with more than one rank every line starts with `[rank R] `; rank 0 logs at the chosen level, the others only
   warnings, unless the level is DEBUG, where every rank logs everything.
@@ -25,6 +26,7 @@ import os
 import sys
 
 ROOT = "megaeeve"
+STDERR = {"stderr": True}  # `log.info(..., extra=STDERR)`: a progress or status line, on stderr beside the bars
 LEVEL_ENV = "MEGAEEVE_LOG"  # debug | info | warning | error
 
 
@@ -49,7 +51,7 @@ class _Streams(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            stream = sys.stderr if record.levelno >= logging.WARNING else sys.stdout
+            stream = sys.stderr if record.levelno >= logging.WARNING or getattr(record, "stderr", False) else sys.stdout
             stream.write(self.format(record) + "\n")
             stream.flush()
         except Exception:  # a logging failure never takes the job down (logging's own rule)

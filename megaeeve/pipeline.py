@@ -25,7 +25,7 @@ import yaml
 
 from megaeeve import assets
 from megaeeve.atomic import atomic_dir, atomic_file, write_json
-from megaeeve.errors import MegaeeveError
+from megaeeve.errors import PipelineError
 from megaeeve.log import logger
 
 log = logger(__name__)
@@ -74,14 +74,6 @@ class Step:
 def command(name: str, *args: object) -> list[str]:
     """`megaeeve NAME ARGS` in a process of its own, with this interpreter (a checkout or an install alike)."""
     return [sys.executable, "-m", "megaeeve", name, *map(str, args)]
-
-
-class PipelineError(MegaeeveError, RuntimeError):
-    """A step failed (its tool already said why) or the run directory belongs to other options."""
-
-    def __init__(self, message: str, exit_code: int = 2) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
 
 
 def accelerator() -> str:

@@ -8,11 +8,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer
 
-from megaeeve.errors import MegaeeveError
-
-
-class TokenizerLoadError(MegaeeveError, ValueError):
-    pass
+from megaeeve.errors import TokenizerLoadError
 
 
 def load_tokenizer(path: str | os.PathLike) -> Tokenizer:

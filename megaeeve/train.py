@@ -25,10 +25,10 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from megaeeve.errors import one_line_errors
+from megaeeve.errors import ConfigError, one_line_errors
 from megaeeve.log import logger
 from megaeeve.stages import DEFAULT_STAGES
-from megaeeve.training.config import ConfigError, load_run_config
+from megaeeve.training.config import load_run_config
 from megaeeve.training.plan import read_ds_config
 
 log = logger(__name__)

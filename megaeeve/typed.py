@@ -16,11 +16,7 @@ import typing
 from pathlib import Path
 from typing import Any, Mapping
 
-from megaeeve.errors import MegaeeveError
-
-
-class ConfigTypeError(MegaeeveError, ValueError):
-    """A configuration value has the wrong type; the message starts with its dotted key."""
+from megaeeve.errors import ConfigTypeError
 
 
 _EXPECTED = {int: "an integer", float: "a number", bool: "true or false", str: "a string", Path: "a path"}

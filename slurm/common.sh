@@ -34,7 +34,8 @@ activate_python() {
 query_run_config() {
     "$PYTHON" - "$MEGAEEVE_RUN_CONFIG" "$@" <<'PY'
 import sys
-from megaeeve.training.config import ConfigError, load_run_config
+from megaeeve.errors import ConfigError
+from megaeeve.training.config import load_run_config
 try:
     cfg = load_run_config(sys.argv[1])
     if sys.argv[2] == "stage":

@@ -45,7 +45,7 @@ def make_stage0(tmp: Path, arch: str, base_tokenizer_dir: Path) -> Path:
     tok.add_tokens(NEW_TOKENS)
     tok_dir = assets.save_hf_tokenizer(tok, tmp / f"{arch}-expanded-tokenizer")
     out = tmp / f"{arch}-stage0"
-    extend_model(base_dir, base_tokenizer_dir, tok_dir, out, pad_vocab_to_multiple_of=64)
+    extend_model(base_dir, base_tokenizer_dir, tokenizer=tok_dir, output=out, pad_vocab_to_multiple_of=64)
     return out
 
 

@@ -21,7 +21,7 @@ from _train_helpers import NEW_TOKENS, check_stage, ds_config, read_log, roles_o
 
 from megaeeve import assets
 from megaeeve.model import export_hf, extend_model, load_model_dir, read_model_meta
-from megaeeve.model.architectures import UnsupportedArchitecture
+from megaeeve.errors import UnsupportedArchitecture
 from megaeeve.tokenizer_io import load_tokenizer
 
 TINY = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
@@ -84,7 +84,8 @@ def matrix(tmp_path_factory, phi2_tokenizer_dir, korean_split, english_docs):
         base = tiny_model(arch, rows)
         base_dir = tmp / f"{arch}-base"
         base.save_pretrained(str(base_dir))
-        extend_model(base_dir, phi2_tokenizer_dir, tok_dir, tmp / f"{arch}-stage0", pad_vocab_to_multiple_of=64)
+        extend_model(base_dir, phi2_tokenizer_dir, tokenizer=tok_dir, output=tmp / f"{arch}-stage0",
+                     pad_vocab_to_multiple_of=64)
         cells[arch] = {"base": base, "stage0": tmp / f"{arch}-stage0"}
     ko = write_prefix(tmp / "ko", tok_dir, korean_split[0][:24])
     en = write_prefix(tmp / "en", tok_dir, english_docs[:24])
@@ -168,11 +169,11 @@ def test_unsupported_architectures_are_refused_at_extension(phi2_tokenizer_dir, 
     rows = 50_304
     with pytest.raises(UnsupportedArchitecture, match="second embedding indexed by token id, "
                                                       "model.embed_tokens_per_layer"):
-        extend_model("gemma3n", phi2_tokenizer_dir, tok_dir, tmp_path / "out", model=_gemma3n(rows))
+        extend_model("gemma3n", phi2_tokenizer_dir, tokenizer=tok_dir, output=tmp_path / "out", model=_gemma3n(rows))
     # An embedding whose scale megaeeve cannot see (as if transformers renamed the attribute) is caught by the
     # probe instead of training a model that differs from the base.
     gemma = tiny_model("gemma2", rows)
     del gemma.get_input_embeddings().scalar_embed_scale
     with pytest.raises(UnsupportedArchitecture, match="computes more than a row lookup"):
-        extend_model("gemma2", phi2_tokenizer_dir, tok_dir, tmp_path / "out", model=gemma)
+        extend_model("gemma2", phi2_tokenizer_dir, tokenizer=tok_dir, output=tmp_path / "out", model=gemma)
     assert not (tmp_path / "out").exists()

@@ -10,8 +10,9 @@ import sys
 import pytest
 
 from megaeeve.corpus import (
-    CorpusError, Shard, expand_inputs, iter_documents, iter_records, iter_texts, plan_shards, sample_documents,
+    Shard, expand_inputs, iter_documents, iter_records, iter_texts, plan_shards, sample_documents,
 )
+from megaeeve.errors import CorpusError
 
 
 def write_lines(path, lines: list[bytes], newline: bytes = b"\n", trailing: bool = True) -> None:

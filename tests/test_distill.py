@@ -20,7 +20,7 @@ from megaeeve.model.checkpoint import read_pieces
 from megaeeve.model.pieces import PieceTable
 from megaeeve.stages import DistillSpec, stage_table
 from megaeeve.training.objectives import ChunkDistillation, binarised_kl, lm_objective, token_logprobs
-from megaeeve.typed import ConfigTypeError
+from megaeeve.errors import ConfigTypeError
 from megaeeve.vocab.family import detect_family
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -34,7 +34,7 @@ def stage0(tmp_path_factory, gpt2_tokenizer_dir):
     base = assets.gpt2_tokenizer()
     expanded = expand(base, tmp / "expanded")
     out = tmp / "stage0"
-    extend_model(save_model(tiny_llama(), tmp / "base"), gpt2_tokenizer_dir, expanded, out)
+    extend_model(save_model(tiny_llama(), tmp / "base"), gpt2_tokenizer_dir, tokenizer=expanded, output=out)
     return {"dir": out, "meta": read_model_meta(out), "base": base,
             "expanded": Tokenizer.from_file(str(expanded / "tokenizer.json"))}
 
@@ -60,7 +60,7 @@ def test_pieces_table_spells_every_new_token(stage0):
 
 
 def test_missing_or_foreign_pieces_table_is_refused(stage0, tmp_path):
-    from megaeeve.model import ModelDirError
+    from megaeeve.errors import ModelDirError
 
     with pytest.raises(ModelDirError, match="extend the base model again"):
         read_pieces(tmp_path, stage0["meta"])

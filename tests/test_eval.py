@@ -96,7 +96,7 @@ def final_and_export(tmp_path_factory, phi2_tokenizer_dir) -> tuple[Path, Path]:
     tmp = tmp_path_factory.mktemp("split")
     base_tok = assets.phi2_tokenizer()
     expanded = expand(base_tok, tmp / "expanded", report_base_size=base_tok.get_vocab_size(with_added_tokens=True))
-    extend_model(save_model(tiny_phi(), tmp / "base"), phi2_tokenizer_dir, expanded, tmp / "stage-0")
+    extend_model(save_model(tiny_phi(), tmp / "base"), phi2_tokenizer_dir, tokenizer=expanded, output=tmp / "stage-0")
     state = load_any_model(tmp / "stage-0", device="cpu").state_dict()
     torch.manual_seed(0)
     for name in ("model.embed_tokens.added", "lm_head.added", "lm_head.bias_added"):

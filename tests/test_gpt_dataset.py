@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from megaeeve.data.blending import blend_indices, blended_dataset, samples_per_dataset
-from megaeeve.data.gpt_dataset import DataError, build_indices, document_split, packed_dataset
+from megaeeve.data.gpt_dataset import build_indices, document_split, packed_dataset
 from megaeeve.data.indexed import IndexedDataset
 from megaeeve.data.sampler import micro_batch_indices
+from megaeeve.errors import DataError
 
 
 def _megatron_dataset(prefix, docs):
@@ -37,7 +38,8 @@ def dataset(tmp_path_factory, docs):
 
 def test_samples_are_the_shuffled_document_stream(dataset, docs, tmp_path):
     train, _ = document_split(len(docs), 0.1, "d")
-    ds = packed_dataset(dataset, "d", train, "train", num_samples=50, seq_length=16, seed=3, cache_dir=tmp_path)
+    ds = packed_dataset(dataset, "d", documents=train, split="train", num_samples=50, seq_length=16, seed=3,
+                        cache_dir=tmp_path)
     stream = np.concatenate([docs[d] for d in ds.document_index])
     assert set(ds.document_index[: len(train)]) == set(train)  # the first epoch holds each train document once
     for i in range(len(ds)):
@@ -49,22 +51,24 @@ def test_samples_are_the_shuffled_document_stream(dataset, docs, tmp_path):
 def test_indices_are_a_pure_function_of_their_inputs(dataset, docs):
     lengths = np.asarray(dataset.sequence_lengths)
     docs_ids = np.arange(len(docs))
-    a = build_indices(lengths, docs_ids, 40, 8, seed=1)
-    b = build_indices(lengths, docs_ids, 40, 8, seed=1)
-    c = build_indices(lengths, docs_ids, 40, 8, seed=2)
+    a = build_indices(lengths, docs_ids, num_samples=40, seq_length=8, seed=1)
+    b = build_indices(lengths, docs_ids, num_samples=40, seq_length=8, seed=1)
+    c = build_indices(lengths, docs_ids, num_samples=40, seq_length=8, seed=2)
     assert all(np.array_equal(a[k], b[k]) for k in a)
     assert not np.array_equal(a["shuffle_index"], c["shuffle_index"])
 
 
 def test_index_cache_is_reused_and_keyed_by_inputs(dataset, docs, tmp_path):
     ids = np.arange(len(docs))
-    first = packed_dataset(dataset, "d", ids, "train", 30, 8, seed=5, cache_dir=tmp_path)
+    first = packed_dataset(dataset, "d", documents=ids, split="train", num_samples=30, seq_length=8, seed=5,
+                           cache_dir=tmp_path)
     files = sorted(p.name for p in tmp_path.iterdir())
-    again = packed_dataset(dataset, "d", ids, "train", 30, 8, seed=5, cache_dir=tmp_path)
+    again = packed_dataset(dataset, "d", documents=ids, split="train", num_samples=30, seq_length=8, seed=5,
+                           cache_dir=tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == files
     assert isinstance(again.shuffle_index, np.memmap)
     assert [again[i].tolist() for i in range(30)] == [first[i].tolist() for i in range(30)]
-    packed_dataset(dataset, "d", ids, "train", 30, 8, seed=6, cache_dir=tmp_path)
+    packed_dataset(dataset, "d", documents=ids, split="train", num_samples=30, seq_length=8, seed=6, cache_dir=tmp_path)
     assert len(list(tmp_path.iterdir())) == 2 * len(files)
 
 
@@ -100,9 +104,10 @@ def test_blend_follows_the_weights_at_every_prefix():
 
 def test_blended_dataset_reads_each_source(dataset, docs, tmp_path):
     ids = np.arange(len(docs))
-    parts = [packed_dataset(dataset, "d", ids, "train", n, 8, seed=k, cache_dir=tmp_path)
+    parts = [packed_dataset(dataset, "d", documents=ids, split="train", num_samples=n, seq_length=8, seed=k,
+                            cache_dir=tmp_path)
              for k, n in enumerate(samples_per_dataset([3, 1], 20))]
-    blend = blended_dataset(parts, [3, 1], 20, tmp_path, {"test": 1})
+    blend = blended_dataset(parts, [3, 1], size=20, cache_dir=tmp_path, description={"test": 1})
     seen = [blend[i][0] for i in range(20)]
     assert seen.count(0) == 15 and seen.count(1) == 5
     k, tokens = blend[3]
@@ -130,7 +135,8 @@ def test_new_token_bias_raises_the_share_of_new_tokens(tmp_path):
     ids = np.arange(len(docs))
 
     def share(bias: float) -> float:
-        packed = packed_dataset(ds, "bias", ids, "train", 200, 16, seed=0, cache_dir=tmp_path,
+        packed = packed_dataset(ds, "bias", documents=ids, split="train", num_samples=200, seq_length=16, seed=0,
+                                cache_dir=tmp_path,
                                 new_token_bias=bias, base_vocab_size=base)
         tokens = np.concatenate([packed[i] for i in range(len(packed))])
         return float((tokens >= base).mean())
@@ -139,7 +145,8 @@ def test_new_token_bias_raises_the_share_of_new_tokens(tmp_path):
     assert plain == pytest.approx(100 / (40 * 30 + 10 * 30), abs=0.03)
     assert biased > 2 * plain
     with pytest.raises(DataError, match="base vocabulary"):
-        packed_dataset(ds, "bias", ids, "train", 10, 16, seed=0, cache_dir=tmp_path, new_token_bias=1.0)
+        packed_dataset(ds, "bias", documents=ids, split="train", num_samples=10, seq_length=16, seed=0,
+                       cache_dir=tmp_path, new_token_bias=1.0)
 
 
 @pytest.mark.parametrize("chunk", [1, 7, 64, 1 << 22])

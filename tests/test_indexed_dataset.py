@@ -14,11 +14,11 @@ import pytest
 import megaeeve.data.indexed as indexed
 from megaeeve.data.indexed import (
     IndexedDataset,
-    IndexedDatasetError,
     IndexedDatasetWriter,
     dtype_for_vocab,
     merge_datasets,
 )
+from megaeeve.errors import IndexedDatasetError
 
 REPO = Path(__file__).resolve().parents[1]
 # megatron-core warns about missing GPU extras on import and about numpy 2's copy keyword in its builder.

@@ -20,7 +20,7 @@ from _vocab_helpers import python_sources
 
 from megaeeve import assets
 from megaeeve.model import export_hf, extend_model, read_model_meta
-from megaeeve.model.architectures import UnsupportedArchitecture
+from megaeeve.errors import UnsupportedArchitecture
 from megaeeve.tokenizer_io import load_tokenizer
 from megaeeve.vocab import ExpandConfig, expand_vocab
 
@@ -91,7 +91,8 @@ def llama3_stage0(llama3):
     """A tiny random tied Llama with a row for every Llama-3 id (128,264 rows: Llama-3.2-Vision's text rows)."""
     tmp = llama3["tmp"]
     base_dir = save_model(tiny_llama(vocab_size=128_264), tmp / "llama3-base")
-    extend_model(base_dir, llama3["base"], llama3["expanded"], tmp / "stage0", pad_vocab_to_multiple_of=64)
+    extend_model(base_dir, llama3["base"], tokenizer=llama3["expanded"], output=tmp / "stage0",
+                 pad_vocab_to_multiple_of=64)
     return tmp / "stage0"
 
 
@@ -100,7 +101,7 @@ def test_more_ids_than_rows_is_refused_naming_the_option(llama3, tmp_path):
     with pytest.raises(UnsupportedArchitecture, match=r"128256 embedding rows but the base tokenizer .* 128257 "
                                                       r"tokens: id 128256 \('<\|image\|>'\) has no row\. "
                                                       r".*--base-tokenizer"):
-        extend_model(small, llama3["base"], llama3["expanded"], tmp_path / "out")
+        extend_model(small, llama3["base"], tokenizer=llama3["expanded"], output=tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 

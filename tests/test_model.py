@@ -13,8 +13,8 @@ from safetensors.torch import load_file
 from tokenizers import Tokenizer
 
 from megaeeve import assets
-from megaeeve.model import ExtendError, extend_model, load_model_dir, parameter_roles, read_model_meta
-from megaeeve.model.architectures import UnsupportedArchitecture
+from megaeeve.model import extend_model, load_model_dir, parameter_roles, read_model_meta
+from megaeeve.errors import ExtendError, UnsupportedArchitecture
 from megaeeve.model.checkpoint import MODEL_FILE
 from _model_helpers import KOREAN_ADDED_TOKENS, byte_level, expand, model_dir_like, save_model, tiny_llama, tiny_phi
 
@@ -34,7 +34,7 @@ def _case(tmp: Path, base_tok: Tokenizer, base_tok_dir: Path, model, via_cli: bo
         assert tool("extend_model", "--base-model", base_dir, "--base-tokenizer", base_tok_dir,
                     "--tokenizer", expanded, "--output", stage0, "--init", "eeve") == 0
     else:
-        extend_model(base_dir, base_tok_dir, expanded, stage0)
+        extend_model(base_dir, base_tok_dir, tokenizer=expanded, output=stage0)
     return {"base": model, "base_tok": base_tok, "expanded": Tokenizer.from_file(str(expanded / "tokenizer.json")),
             "stage0": stage0, "meta": read_model_meta(stage0), "split": load_model_dir(stage0), "tmp": tmp,
             "expanded_dir": expanded, "base_dir": base_dir, "base_tok_dir": base_tok_dir}
@@ -240,16 +240,16 @@ def test_errors_leave_no_output(llama, tmp_path, capsys):
     args = (llama["base_dir"], llama["base_tok_dir"])
     bad_tok = _changed_base_id(llama["base_tok"], tmp_path / "bad-tok", 1234)
     with pytest.raises(ExtendError, match="not an extension of the base tokenizer: id 1234"):
-        extend_model(*args, bad_tok, tmp_path / "out")
+        extend_model(*args, tokenizer=bad_tok, output=tmp_path / "out")
     small = save_model(tiny_llama(vocab_size=50000), tmp_path / "small-model")
     with pytest.raises(UnsupportedArchitecture, match="50000 embedding rows .* 50257 tokens: ids 50000-50256 .* "
                                                       "--base-tokenizer"):
-        extend_model(small, llama["base_tok_dir"], llama["expanded_dir"], tmp_path / "out")
+        extend_model(small, llama["base_tok_dir"], tokenizer=llama["expanded_dir"], output=tmp_path / "out")
     report = expand(llama["base_tok"], tmp_path / "wrong-report", report_base_size=50000)
     with pytest.raises(ExtendError, match="base_vocab_size 50000 but the base tokenizer has 50257"):
-        extend_model(*args, report, tmp_path / "out")
+        extend_model(*args, tokenizer=report, output=tmp_path / "out")
     with pytest.raises(FileExistsError):
-        extend_model(*args, llama["expanded_dir"], llama["stage0"])
+        extend_model(*args, tokenizer=llama["expanded_dir"], output=llama["stage0"])
     assert not (tmp_path / "out").exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
     assert tool("extend_model", "--base-model", args[0], "--base-tokenizer", args[1], "--tokenizer", bad_tok,

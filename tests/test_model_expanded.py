@@ -22,7 +22,8 @@ def extended(tmp_path_factory, phi2_tokenizer_dir, korean_split):
     expand_vocab(ExpandConfig(str(phi2_tokenizer_dir), [str(corpus)], str(tmp / "tokenizer"),
                               intermediate_vocab_size=600, min_frequency=5, progress=False), log=lambda *a: None)
     base = tiny_phi()
-    meta = extend_model(save_model(base, tmp / "base"), phi2_tokenizer_dir, tmp / "tokenizer", tmp / "stage0")
+    meta = extend_model(save_model(base, tmp / "base"), phi2_tokenizer_dir, tokenizer=tmp / "tokenizer",
+                        output=tmp / "stage0")
     return tmp, base, meta
 
 

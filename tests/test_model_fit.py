@@ -74,7 +74,8 @@ def test_prior_keeps_every_base_probability_outside_the_groups_through_a_bias(ph
     """Tiny Phi (lm_head bias): on base-tokenized English and Korean, every base token outside the groups has the
     base model's log-probability to fp32 precision, and each group's members sum to the base's first piece."""
     out = phi["tmp"] / "stage0-prior"
-    meta = extend_model(phi["base_dir"], phi["base_tok_dir"], phi["tokenizer"], out, model=phi["base"], init="fit",
+    meta = extend_model(phi["base_dir"], phi["base_tok_dir"], tokenizer=phi["tokenizer"], output=out,
+                        model=phi["base"], init="fit",
                         fit=PRIOR_ONLY)
     assert meta.init == "fit" and meta.fit["settings"]["output_steps"] == 0 and "fold" not in meta.fit
     split = load_model_dir(out)
@@ -145,7 +146,8 @@ def test_prior_is_exact_on_smollm2_before_the_fold(smollm2, english_docs, korean
     groups exact; the model directory folds them into the rows and records how well u . h ~= 1 held."""
     s = smollm2
     out = s["tmp"] / "stage0-prior"
-    meta = extend_model(s["gguf"], s["base_tok"], s["tokenizer"], out, model=s["base"], init="fit", fit=PRIOR_ONLY)
+    meta = extend_model(s["gguf"], s["base_tok"], tokenizer=s["tokenizer"], output=out, model=s["base"], init="fit",
+                        fit=PRIOR_ONLY)
     fold = meta.fit["fold"]
     assert abs(fold["mean"] - 1) < 0.05 and fold["samples"] > 1000
     pieces = read_pieces(out, meta)
@@ -182,7 +184,7 @@ def test_fit_keeps_english_where_eeve_does_not_and_exports_as_scored(smollm2, ko
     scores = {}
     for init in ("eeve", "fit"):
         out = s["tmp"] / f"stage0-{init}"
-        extend_model(s["gguf"], s["base_tok"], s["tokenizer"], out, model=s["base"], init=init)
+        extend_model(s["gguf"], s["base_tok"], tokenizer=s["tokenizer"], output=out, model=s["base"], init=init)
         res = evaluate_model(load_model_dir(out), load_hf_tokenizer(out), held, settings)
         scores[init] = {k: r.bits_per_char for k, r in res.items()}
     base = evaluate_model(s["base"], load_hf_tokenizer(s["base_tok"]), held, settings)["en"].bits_per_char

@@ -10,7 +10,8 @@ import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
 from megaeeve import assets
-from megaeeve.model.init import InitError, eeve_rows, mean_rows, random_rows, token_pieces
+from megaeeve.errors import InitError
+from megaeeve.model.init import eeve_rows, mean_rows, random_rows, token_pieces
 
 
 @pytest.fixture(scope="module")

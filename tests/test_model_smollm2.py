@@ -24,7 +24,8 @@ def test_smollm2_gguf_extension(tmp_path):
     base_tok.save(str(tmp_path / "base-tok" / "tokenizer.json"))
     expanded = expand(base_tok, tmp_path / "expanded")
     base = load_base_model(gguf).eval()  # what --base-model FILE.gguf loads (~20 s): once, shared with the check
-    meta = extend_model(gguf, tmp_path / "base-tok" / "tokenizer.json", expanded, tmp_path / "stage0", model=base)
+    meta = extend_model(gguf, tmp_path / "base-tok" / "tokenizer.json", tokenizer=expanded,
+                        output=tmp_path / "stage0", model=base)
     assert (meta.base_vocab_size, meta.num_added, meta.padded_vocab_size) == (49152, 7, 49216)
     assert meta.tied_untied and "untied" in describe(meta)
 

@@ -28,7 +28,7 @@ def _free_port() -> int:
 def test_zero3_load_equals_plain_load(tmp_path, phi2_tokenizer_dir):
     expanded = expand(assets.phi2_tokenizer(), tmp_path / "expanded")
     stage0 = tmp_path / "stage0"
-    extend_model(save_model(tiny_phi(), tmp_path / "base"), phi2_tokenizer_dir, expanded, stage0)
+    extend_model(save_model(tiny_phi(), tmp_path / "base"), phi2_tokenizer_dir, tokenizer=expanded, output=stage0)
     verdict = tmp_path / "verdict.json"
     env = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from megaeeve import assets
-from megaeeve.pipeline import DS_CONFIGS, Pipeline, PipelineConfig, PipelineError, tiny_config
+from megaeeve.errors import PipelineError
+from megaeeve.pipeline import DS_CONFIGS, Pipeline, PipelineConfig, tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -19,7 +19,8 @@ import pytest
 
 from megaeeve.corpus import SKIP_REASONS
 from megaeeve.data.indexed import IndexedDataset
-from megaeeve.data.preprocess import PreprocessConfig, PreprocessError, preprocess
+from megaeeve.data.preprocess import PreprocessConfig, preprocess
+from megaeeve.errors import PreprocessError
 from megaeeve.tokenizer_io import load_tokenizer, tokenizer_fingerprint
 
 REPO = Path(__file__).resolve().parents[1]
@@ -256,7 +257,8 @@ def test_tiktoken_refuses_merges_where_ids_differ():
     """Merges a+b, b+c, a+bc on "abc": Hugging Face stops at [ab, c], tiktoken would go on to [abc]. Was accepted."""
     from tokenizers import Tokenizer, models, pre_tokenizers
 
-    from megaeeve.data.fast_bpe import NotEligible, byte_symbols, tiktoken_encoding
+    from megaeeve.data.fast_bpe import byte_symbols, tiktoken_encoding
+    from megaeeve.errors import NotEligible
 
     byte_of = byte_symbols()
     vocab = {ch: i for i, ch in enumerate(sorted(byte_of, key=byte_of.get))}
@@ -278,8 +280,9 @@ def test_tiktoken_gives_identical_ids_on_an_expanded_gpt2(korean_split, english_
 
     base, hangul = assets.gpt2_tokenizer(), parse_script("hangul")
     family = detect_family(base)
-    intermediate = train_intermediate(base, family, korean_split[0], 2000)
-    target = build_target(base, family, hangul, target_candidates(intermediate, base, family, hangul)).tokenizer
+    intermediate = train_intermediate(base, family, docs=korean_split[0], vocab_size=2000)
+    target = build_target(base, family, script=hangul, pieces=target_candidates(intermediate, base, family,
+                          hangul)).tokenizer
     docs = korean_split[0] + korean_split[1] + english_docs + ["한국어Hello 가나다라마바사 ㄱㄴ 읽었다", "a<|endoftext|>한"]
     ids = tiktoken_batch_encoder(target, 2)(docs)
     assert ids == [e.ids for e in target.encode_batch(docs, add_special_tokens=False)]

@@ -10,10 +10,11 @@ import pytest
 import torch
 import yaml
 
+from megaeeve.errors import ConfigError
 from megaeeve.model import parameter_roles
 from megaeeve.model.checkpoint import ModelMeta, build_split_model
 from megaeeve.stages import DEFAULT_STAGES, ROLES, DistillSpec, LoraSpec, Stage, stage_table, trainable_names
-from megaeeve.training.config import ConfigError, DataConfig, TrainingConfig, batch_shape, load_run_config
+from megaeeve.training.config import DataConfig, TrainingConfig, batch_shape, load_run_config
 from megaeeve.training.engine import freeze_for_stage, param_groups, warmup_cosine
 
 DESIGN_TABLE = {  # ../shared/DESIGN.md "The seven stages"

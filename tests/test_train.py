@@ -429,7 +429,7 @@ def test_model_without_new_tokens_trains_all_its_parameters(corpus, gpt2_tokeniz
 
     base = save_model(tiny_llama(), tmp_path / "base")
     stage0 = tmp_path / "stage0"
-    extend_model(base, gpt2_tokenizer_dir, gpt2_tokenizer_dir, stage0, allow_no_new_tokens=True)
+    extend_model(base, gpt2_tokenizer_dir, tokenizer=gpt2_tokenizer_dir, output=stage0, allow_no_new_tokens=True)
     en = write_prefix(tmp_path / "en", gpt2_tokenizer_dir, english_docs[:40])
     roles = ["input_original", "output_original", "body"]
     stages = {1: {"trainable": roles, "lr": 1e-3, "steps": 2}, 2: {"trainable": ["input_added"], "lr": 1e-3}}

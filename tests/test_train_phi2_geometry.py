@@ -39,7 +39,8 @@ def test_phi2_widths_bf16_two_ranks_stages_1_to_5(tmp_path, phi2_tokenizer_dir, 
     tok.add_tokens([chr(0xAC00 + i) for i in range(NEW_TOKENS)])  # Hangul syllables, in Korean text
     expanded = assets.save_hf_tokenizer(tok, tmp_path / "tokenizer")
     stage0 = tmp_path / "stage0"
-    extend_model(_phi2_one_layer(tmp_path / "base"), phi2_tokenizer_dir, expanded, stage0, pad_vocab_to_multiple_of=64)
+    extend_model(_phi2_one_layer(tmp_path / "base"), phi2_tokenizer_dir, tokenizer=expanded, output=stage0,
+                 pad_vocab_to_multiple_of=64)
     meta = read_model_meta(stage0)
     assert (meta.base_vocab_size, meta.num_added, meta.padded_vocab_size) == (50_295, NEW_TOKENS, 58_944)
 

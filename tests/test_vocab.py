@@ -12,8 +12,8 @@ import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers
 
 from megaeeve import assets
-from megaeeve.corpus import CorpusError
-from megaeeve.vocab import ExpandConfig, ExpansionError, UnsupportedTokenizer, expand_vocab
+from megaeeve.errors import CorpusError, ExpansionError, UnsupportedTokenizer
+from megaeeve.vocab import ExpandConfig, expand_vocab
 from megaeeve.vocab.count import count_corpus
 from megaeeve.vocab.family import detect_family
 from megaeeve.vocab.merge import build_target
@@ -59,7 +59,7 @@ def test_build_target_reaches_each_piece_with_merges_only_after_base_ones():
     base = assets.gpt2_tokenizer()
     family = detect_family(base)
     pieces = [family.text_piece(t) for t in (" 대한민국", "한국", "국어", " 한국어", "ㆍ")]
-    target = build_target(base, family, HANGUL, pieces)
+    target = build_target(base, family, script=HANGUL, pieces=pieces)
     assert target.base_vocab_size == 50257 and [n.id for n in target.new] == list(range(50257, 50257 + len(target.new)))
     assert target.unreachable == [family.text_piece("ㆍ")]
     assert {n.piece for n in target.new if n.kind == "selected"} == set(pieces[:-1])
@@ -78,8 +78,9 @@ def test_thresholds_follow_the_card_words(tmp_path):
     family = detect_family(base)
     docs = [" 한국"] * 3 + [" 대학"] * 2 + ["가"] * 3 + ["나"] * 4  # threshold 3
     corpus = assets.write_jsonl(docs, tmp_path / "count.jsonl")
-    result = refine(base, family, HANGUL, [family.text_piece(" 한국"), family.text_piece(" 대학")], [str(corpus)],
-                    Threshold(count=3), progress=False, log=lambda *a: None)  # fmt: skip
+    result = refine(base, family, script=HANGUL, candidates=[family.text_piece(" 한국"), family.text_piece(" 대학")],
+                    count_files=[str(corpus)], threshold=Threshold(count=3), progress=False,
+                    log=lambda *a: None)  # fmt: skip
     selected = {n.text for n in result.target.new if n.kind == "selected"}
     assert selected == {" 한국", "나"}  # " 대학" (2) dropped, "가" (exactly 3) not added, "나" (4) added
     assert result.rounds[0].added == ["나"] and " 대학" in result.rounds[0].dropped
@@ -90,12 +91,12 @@ def test_counts_sum_over_mpi_ranks(tmp_path, korean_jsonl):
     """`mpiexec -n 2`: each rank counts part of the corpus, the totals equal a one-process count."""
     tok = assets.gpt2_tokenizer()
     tok.save(str(tmp_path / "tok.json"))
-    single = count_corpus(tok, [str(korean_jsonl)], HANGUL, batch_bytes=4096, progress=False)
+    single = count_corpus(tok, [str(korean_jsonl)], script=HANGUL, batch_bytes=4096, progress=False)
     script = (
         "import sys, numpy as np; from tokenizers import Tokenizer; from mpi4py import MPI;"
         "from megaeeve.vocab.count import count_corpus; from megaeeve.vocab.scripts import parse_script;"
         f"c = count_corpus(Tokenizer.from_file({str(tmp_path / 'tok.json')!r}), [{str(korean_jsonl)!r}],"
-        " parse_script('hangul'), batch_bytes=4096, progress=False);"
+        " script=parse_script('hangul'), batch_bytes=4096, progress=False);"
         f"MPI.COMM_WORLD.Get_rank() == 0 and np.savez({str(tmp_path / 'mpi.npz')!r}, tokens=c.token_counts,"
         " chars=np.array([c.char_counts.get(ch, 0) for ch in sys.argv[1]]), docs=c.documents)"
     )

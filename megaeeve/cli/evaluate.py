@@ -14,12 +14,15 @@ import os
 from pathlib import Path
 
 from megaeeve.errors import one_line_errors
+from megaeeve.log import logger
+
+log = logger(__name__)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def parse_texts(specs: list[str]) -> dict[str, str]:
-    from megaeeve.eval import EvalError
+    from megaeeve.errors import EvalError
 
     texts: dict[str, str] = {}
     for spec in specs:
@@ -66,8 +69,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     model = load_any_model(args.model, device=args.device)
     settings = EvalSettings(context=args.context, batch_tokens=args.batch_tokens, gen_tokens=args.gen_tokens)
     results = evaluate_model(model, tokenizer, texts, settings)
-    print(f"model {args.model}")
-    print(format_table(results))
+    log.info(f"model {args.model}")
+    log.info(format_table(results))
     if args.output:
         write_json(args.output, results_json(args.model, results))
     return 0

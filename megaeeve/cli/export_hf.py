@@ -9,6 +9,9 @@ import argparse
 import os
 
 from megaeeve.errors import one_line_errors
+from megaeeve.log import logger
+
+log = logger(__name__)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -35,7 +38,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
 
     export_hf(args.input, args.output, dtype=getattr(torch, args.dtype), overwrite=args.overwrite)
     meta = read_model_meta(args.input)
-    print(f"wrote {args.output}: vocab_size {meta.padded_vocab_size} ({meta.vocab_size} tokens, "
-          f"{meta.num_padding} zero padding rows suppressed in generation_config)")
+    log.info(f"wrote {args.output}: vocab_size {meta.padded_vocab_size} ({meta.vocab_size} tokens, "
+             f"{meta.num_padding} zero padding rows suppressed in generation_config)")
     return 0
 

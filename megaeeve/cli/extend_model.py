@@ -13,8 +13,11 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from megaeeve.errors import one_line_errors
+from megaeeve.log import logger
 from megaeeve.model.fit import PRIORS, FitSettings
 from megaeeve.model.init import INIT_METHODS
+
+log = logger(__name__)
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
@@ -68,13 +71,13 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
 
     from megaeeve.model.extend import describe, extend_model
 
-    meta = extend_model(args.base_model, args.base_tokenizer, args.tokenizer, args.output,
+    meta = extend_model(args.base_model, args.base_tokenizer, tokenizer=args.tokenizer, output=args.output,
                         pad_vocab_to_multiple_of=args.pad_vocab_to_multiple_of, overwrite=args.overwrite,
                         init=args.init, allow_no_new_tokens=args.allow_no_new_tokens,
                         fit=FitSettings(prior=args.prior, input_norm=args.fit_input_norm, input_steps=args.fit_input_steps,
                                         output_steps=args.fit_output_steps, samples=args.fit_samples),
                         fit_text=args.fit_text, fit_english=args.fit_english)
-    print(describe(meta))
-    print(f"wrote {args.output}")
+    log.info(describe(meta))
+    log.info(f"wrote {args.output}")
     return 0
 

@@ -9,6 +9,9 @@ import argparse
 
 from megaeeve.data.indexed import merge_datasets
 from megaeeve.errors import one_line_errors
+from megaeeve.log import logger
+
+log = logger(__name__)
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
@@ -23,6 +26,6 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     args = build_parser(prog).parse_args(argv)
     out = merge_datasets(args.input, args.output_prefix, overwrite=args.overwrite)
-    print(f"{args.output_prefix}: {out.document_count - 1} documents, {out.sequence_count} sequences ({out.dtype})")
+    log.info(f"{args.output_prefix}: {out.document_count - 1} documents, {out.sequence_count} sequences ({out.dtype})")
     return 0
 

@@ -16,6 +16,9 @@ from megaeeve.argtypes import positive_float, positive_int
 from megaeeve.corpus import DEFAULT_MAX_CHARS
 from megaeeve.data.preprocess import PreprocessConfig, preprocess
 from megaeeve.errors import one_line_errors
+from megaeeve.log import logger
+
+log = logger(__name__)
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
@@ -57,7 +60,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         manifest = preprocess(cfg)
         if manifest is not None:
             d = manifest["documents"]
-            print(f"{prefix}: {d['written']} documents, {manifest['tokens_written']} tokens ({manifest['dtype']}); "
-                  f"{d['skipped']} skipped, {manifest['blank_lines']} blank lines; {manifest['seconds']} s")
+            log.info(f"{prefix}: {d['written']} documents, {manifest['tokens_written']} tokens ({manifest['dtype']}); "
+                     f"{d['skipped']} skipped, {manifest['blank_lines']} blank lines; {manifest['seconds']} s")
     return 0
 

@@ -51,7 +51,7 @@ class BlendedDataset:
         return k, self.datasets[k][int(self.dataset_sample_index[i])]
 
 
-def blended_dataset(datasets: Sequence[PackedDataset], weights: Sequence[float], size: int,
+def blended_dataset(datasets: Sequence[PackedDataset], weights: Sequence[float], *, size: int,
                     cache_dir: Path, description: dict) -> BlendedDataset:
     """Blend `datasets` (built with samples_per_dataset(weights, size) samples each)."""
     arrays = cached_arrays(

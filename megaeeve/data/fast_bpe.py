@@ -25,14 +25,10 @@ from typing import Callable
 
 from tokenizers import Tokenizer
 
-from megaeeve.errors import MegaeeveError
+from megaeeve.errors import NotEligible
 
 # The pre-tokenizer regex of tokenizers' ByteLevel(use_regex=True), i.e. GPT-2's.
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
-
-
-class NotEligible(MegaeeveError, ValueError):
-    """The tokenizer is not one that tiktoken encodes identically; the message says why."""
 
 
 def byte_symbols() -> dict[str, int]:

@@ -28,7 +28,7 @@ from typing import Protocol
 import numpy as np
 
 from megaeeve.data.index_cache import array_digest, cached_arrays
-from megaeeve.errors import MegaeeveError
+from megaeeve.errors import DataError
 
 
 class TokenDocuments(Protocol):
@@ -41,10 +41,6 @@ class TokenDocuments(Protocol):
     def get(self, idx: int, offset: int = 0, length: int | None = None) -> np.ndarray: ...
 
     def tokens_at_least(self, threshold: int) -> np.ndarray: ...
-
-
-class DataError(MegaeeveError, ValueError):
-    """The data cannot provide what the run asks for (an empty split, a missing prefix)."""
 
 
 def _mix64(x: np.ndarray) -> np.ndarray:
@@ -68,7 +64,7 @@ def document_split(num_documents: int, valid_fraction: float, prefix: str) -> tu
 
 
 def build_indices(
-    lengths: np.ndarray, documents: np.ndarray, num_samples: int, seq_length: int, seed: int,
+    lengths: np.ndarray, documents: np.ndarray, *, num_samples: int, seq_length: int, seed: int,
     doc_weights: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """document_index, sample_index and shuffle_index for `num_samples` samples (see module doc)."""
@@ -134,7 +130,7 @@ class PackedDataset:
 
 
 def packed_dataset(
-    docs: TokenDocuments, prefix: str | Path, documents: np.ndarray, split: str, num_samples: int,
+    docs: TokenDocuments, prefix: str | Path, *, documents: np.ndarray, split: str, num_samples: int,
     seq_length: int, seed: int, cache_dir: Path, new_token_bias: float = 0.0,
     base_vocab_size: int | None = None,
 ) -> PackedDataset:
@@ -160,6 +156,7 @@ def packed_dataset(
     arrays = cached_arrays(
         cache_dir, f"packed-{split}", description=description,
         names=("document_index", "sample_index", "shuffle_index"),
-        build=lambda: build_indices(lengths, documents, num_samples, seq_length, seed, weights),
+        build=lambda: build_indices(lengths, documents, num_samples=num_samples, seq_length=seq_length, seed=seed,
+                                    doc_weights=weights),
     )
     return PackedDataset(docs, lengths, seq_length=seq_length, **arrays)

@@ -25,7 +25,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from megaeeve.atomic import atomic_file
-from megaeeve.errors import MegaeeveError, OutputExistsError
+from megaeeve.errors import IndexedDatasetError, OutputExistsError
 
 MAGIC = b"MMIDIDX\x00\x00"
 VERSION = 1
@@ -38,10 +38,6 @@ DTYPE_CODES = {
 CODE_DTYPES = {code: dtype for dtype, code in DTYPE_CODES.items()}
 WRITABLE_DTYPES = (np.dtype(np.uint16), np.dtype(np.int32))
 CHUNK = 1 << 16  # index entries per buffer / per streamed chunk (memory: a few of these, whatever the size)
-
-
-class IndexedDatasetError(MegaeeveError, ValueError):
-    """A dataset file is missing, truncated or inconsistent, or a prefix cannot name one; says which."""
 
 
 def idx_path(prefix: str | os.PathLike) -> str:

@@ -8,9 +8,9 @@
 
 from megaeeve.eval.evaluate import EvalSettings, TextEval, evaluate_model, format_table, results_json
 from megaeeve.eval.generate import generation_speed, greedy
-from megaeeve.eval.load import EvalError, default_device, load_any_model
+from megaeeve.eval.load import default_device, load_any_model
 from megaeeve.eval.texts import read_texts
 from megaeeve.tokenizer_io import load_hf_tokenizer
 
-__all__ = ["EvalError", "EvalSettings", "TextEval", "default_device", "evaluate_model", "format_table",
+__all__ = ["EvalSettings", "TextEval", "default_device", "evaluate_model", "format_table",
            "generation_speed", "greedy", "load_any_model", "load_hf_tokenizer", "read_texts", "results_json"]

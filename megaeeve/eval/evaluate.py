@@ -13,8 +13,8 @@ from typing import Any
 
 from torch import nn
 
+from megaeeve.errors import EvalError
 from megaeeve.eval.generate import generation_speed, prefix_id
-from megaeeve.eval.load import EvalError
 from megaeeve.eval.score import sequence_nll
 
 

@@ -15,7 +15,7 @@ import time
 import torch
 from torch import nn
 
-from megaeeve.eval.load import EvalError
+from megaeeve.errors import EvalError
 
 
 def prefix_id(tokenizer) -> int:

@@ -7,13 +7,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from megaeeve.errors import MegaeeveError
 from megaeeve.model.checkpoint import META_FILE, load_model_dir
 from megaeeve.model.extend import load_base_model
-
-
-class EvalError(MegaeeveError, ValueError):
-    """The model, tokenizer or settings cannot be evaluated together; the message says why."""
 
 
 def default_device() -> torch.device:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import itertools
 from pathlib import Path
 
-from megaeeve.corpus import CorpusError, expand_inputs, iter_documents
+from megaeeve.corpus import expand_inputs, iter_documents
+from megaeeve.errors import CorpusError
 
 
 def read_texts(path: str | Path, max_docs: int | None = None) -> list[str]:

@@ -28,17 +28,13 @@ from __future__ import annotations
 
 from torch import nn
 
-from megaeeve.errors import MegaeeveError
-from megaeeve.model.checkpoint import SOURCE_WEIGHTS, ModelDirError, ModelMeta, load_model_dir, read_model_meta
+from megaeeve.errors import RoleError
+from megaeeve.model.checkpoint import SOURCE_WEIGHTS, ModelMeta, load_model_dir, read_model_meta
 from megaeeve.model.export import export_hf
-from megaeeve.model.extend import ExtendError, extend_model
+from megaeeve.model.extend import extend_model
 from megaeeve.model.lora import file_name, lora_roles
 from megaeeve.model.split import SplitEmbedding, SplitLMHead
 from megaeeve.stages import ROLES
-
-
-class RoleError(MegaeeveError, ValueError):
-    """A parameter that no role covers: neither a split row, a LoRA adapter, nor a tensor of the source weights."""
 
 
 def parameter_roles(model: nn.Module) -> dict[str, str]:
@@ -69,5 +65,5 @@ def parameter_roles(model: nn.Module) -> dict[str, str]:
     return {name: roles[name] for name in names}
 
 
-__all__ = ["ROLES", "ExtendError", "ModelDirError", "ModelMeta", "RoleError", "SplitEmbedding", "SplitLMHead",
+__all__ = ["ROLES", "ModelMeta", "SplitEmbedding", "SplitLMHead",
            "export_hf", "extend_model", "load_model_dir", "parameter_roles", "read_model_meta"]

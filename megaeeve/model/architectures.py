@@ -21,14 +21,10 @@ import torch
 from tokenizers import Tokenizer
 from torch import nn
 
-from megaeeve.errors import MegaeeveError
+from megaeeve.errors import UnsupportedArchitecture
 from megaeeve.model.split import SplitEmbedding, SplitLMHead
 
 PROBE_ROWS = 64  # ids (first and last rows) and hidden vectors the probes run on
-
-
-class UnsupportedArchitecture(MegaeeveError, ValueError):
-    pass
 
 
 def embedding_scale(module: nn.Module) -> float | None:
@@ -49,7 +45,7 @@ def attention_implementation(config, requested: str | None) -> str | None:
     return "eager"
 
 
-def check_architecture(model: nn.Module, base_model: str | Path, base_tok: Tokenizer, base_size: int,
+def check_architecture(model: nn.Module, base_model: str | Path, *, base_tok: Tokenizer, base_size: int,
                        base_tokenizer: str | Path) -> None:
     """Raise UnsupportedArchitecture unless every base token id has a row, and the split modules reproduce
     the model's input embedding and lm_head bit for bit (probed on a few ids and hidden vectors)."""

@@ -28,7 +28,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from megaeeve.atomic import atomic_file, write_json
-from megaeeve.errors import MegaeeveError
+from megaeeve.errors import ModelDirError
 from megaeeve.model.architectures import attention_implementation, embedding_scale
 from megaeeve.model.partition import read_partition
 from megaeeve.model.weights import INDEX_FILE, SINGLE_FILE, open_weights, weight_files
@@ -42,10 +42,6 @@ PIECES_FILE = "new_token_pieces.json"
 FORMAT = "megaeeve-model/1"
 RESERVED_NAMES = {MODEL_FILE, INDEX_FILE, META_FILE, CONFIG_FILE, BASE_TOKENIZER_DIR, PIECES_FILE,
                   "generation_config.json"}
-
-
-class ModelDirError(MegaeeveError, ValueError):
-    pass
 
 
 # Attribute of a model from build_split_model: the names of the tensors its model directory's weights hold.

@@ -18,7 +18,8 @@ import torch
 from tokenizers import Tokenizer
 
 from megaeeve.atomic import atomic_dir
-from megaeeve.errors import MegaeeveError, OutputExistsError
+from megaeeve.errors import ExtendError, OutputExistsError
+from megaeeve.log import logger
 from megaeeve.model.architectures import check_architecture
 from megaeeve.model.checkpoint import RESERVED_NAMES, ModelMeta, write_model_dir
 from megaeeve.model.fit import PRIORS, FitSettings, Rows, fit_rows, group_log_shares, samples_from
@@ -26,11 +27,9 @@ from megaeeve.model.init import INIT_METHODS, eeve_rows, mean_rows, random_rows,
 from megaeeve.model.pieces import PieceTable
 from megaeeve.tokenizer_io import load_tokenizer, tokenizer_fingerprint
 
+log = logger(__name__)
+
 EXPANSION_REPORT = "expansion_report.json"
-
-
-class ExtendError(MegaeeveError, ValueError):
-    pass
 
 
 def load_base_model(path: str | Path):
@@ -56,7 +55,7 @@ def base_vocab_size_of(tokenizer_dir: Path, base: Tokenizer) -> int:
     return size
 
 
-def check_extension(base: Tokenizer, expanded: Tokenizer, base_vocab_size: int, tokenizer_path: Path,
+def check_extension(base: Tokenizer, expanded: Tokenizer, *, base_vocab_size: int, tokenizer_path: Path,
                     allow_no_new_tokens: bool = False) -> int:
     """Validate that `expanded` keeps every base id's string and appends contiguous ids; return its size."""
     size = expanded.get_vocab_size(with_added_tokens=True)
@@ -131,8 +130,8 @@ def _fitted(model, rows: Rows, pieces: list[list[int]], base_size: int, new_tok:
     except ValueError as e:
         raise ExtendError(f"--init fit: {e}") from e
     model.eval()
-    return fit_rows(model, rows, PieceTable(pieces, base_size), target, english_ids, shares, fit, context,
-                    log=lambda m: print(m, flush=True))
+    return fit_rows(model, rows, table=PieceTable(pieces, base_size), target=target, english=english_ids,
+                    shares=shares, settings=fit, context=context, log=log.info)
 
 
 def _module_path(model, module) -> str:
@@ -146,7 +145,7 @@ def _initializer_range(model, base_model: str | Path) -> float:
     return float(std)
 
 
-def extend_model(base_model: str | Path, base_tokenizer: str | Path, tokenizer: str | Path, output: str | Path,
+def extend_model(base_model: str | Path, base_tokenizer: str | Path, *, tokenizer: str | Path, output: str | Path,
                  pad_vocab_to_multiple_of: int = 64, overwrite: bool = False, model=None,
                  init: str = "eeve", allow_no_new_tokens: bool = False, fit: FitSettings = FitSettings(),
                  fit_text: list[str] | None = None, fit_english: list[str] | None = None) -> ModelMeta:
@@ -175,11 +174,13 @@ def extend_model(base_model: str | Path, base_tokenizer: str | Path, tokenizer: 
         raise ExtendError(f"{tokenizer}: holds {sorted(clash)}, which a model directory reserves")
     base_tok, new_tok = load_tokenizer(base_tokenizer), load_tokenizer(tokenizer)
     base_size = base_vocab_size_of(tokenizer, base_tok)
-    vocab_size = check_extension(base_tok, new_tok, base_size, tokenizer, allow_no_new_tokens)
+    vocab_size = check_extension(base_tok, new_tok, base_vocab_size=base_size, tokenizer_path=tokenizer,
+                                 allow_no_new_tokens=allow_no_new_tokens)
     pieces = token_pieces(base_tok, new_tok, range(base_size, vocab_size))  # EEVE's init and distillation's teacher
 
     model = load_base_model(base_model) if model is None else model
-    check_architecture(model, base_model, base_tok, base_size, base_tokenizer)  # a row per base id; exact split
+    # a row per base id; exact split
+    check_architecture(model, base_model, base_tok=base_tok, base_size=base_size, base_tokenizer=base_tokenizer)
     inp, out = model.get_input_embeddings(), model.get_output_embeddings()
     rows, hidden = inp.weight.shape
     if out is None or out.weight.shape != inp.weight.shape:

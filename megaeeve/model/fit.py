@@ -224,7 +224,7 @@ def layer_states(model: nn.Module, layers: int, **inputs) -> list[torch.Tensor]:
     return states
 
 
-def fit_input_rows(model: nn.Module, rows: Rows, table: PieceTable, samples: torch.Tensor, steps: int,
+def fit_input_rows(model: nn.Module, rows: Rows, *, table: PieceTable, samples: torch.Tensor, steps: int,
                    context: int, layers: int = 4, lr: float = 1e-3, batch: int = 4, log: Log | None = None) -> Rows:
     """New input rows moved for `steps` Adam steps so that the hidden states of the first `layers` layers at each
     position of the expanded samples match the base's at the end of the same token's pieces (relative squared
@@ -265,7 +265,7 @@ def fit_input_rows(model: nn.Module, rows: Rows, table: PieceTable, samples: tor
 
 
 # -- fitting the output rows (softmax regression on final hidden states) ---------------------------------------
-def fit_output_rows(model: nn.Module, rows: Rows, samples: torch.Tensor, steps: int, lr: float = 1e-2,
+def fit_output_rows(model: nn.Module, rows: Rows, *, samples: torch.Tensor, steps: int, lr: float = 1e-2,
                     l2: float = 1.0, batch: int = 1024, log: Log | None = None) -> Rows:
     """New output rows (and new bias entries) fitted for `steps` Adam steps to next-token cross entropy over the
     expanded vocabulary on the model's final hidden states of `samples` (base rows frozen), with an L2 pull
@@ -347,7 +347,7 @@ class FitSettings:
 PRIORS = ("counts", "none")
 
 
-def fit_rows(model: nn.Module, rows: Rows, table: PieceTable, target: torch.Tensor, english: torch.Tensor,
+def fit_rows(model: nn.Module, rows: Rows, *, table: PieceTable, target: torch.Tensor, english: torch.Tensor,
              shares: Mapping[int, float] | None, settings: FitSettings, context: int,
              log: Log | None = None) -> tuple[Rows, dict]:
     """Rescale the new input rows (settings.input_norm), apply the prior (shares, None for none), then fit the input rows on `target` samples and the output rows
@@ -367,9 +367,9 @@ def fit_rows(model: nn.Module, rows: Rows, table: PieceTable, target: torch.Tens
             record["fold"] = dataclasses_asdict(fold)
         rows = apply_offsets(rows, shares, u)
     if settings.input_steps:
-        rows = fit_input_rows(model, rows, table, target[: max(1, len(target) // 4)], settings.input_steps, context,
-                              layers=settings.input_layers, log=log)
+        rows = fit_input_rows(model, rows, table=table, samples=target[: max(1, len(target) // 4)],
+                              steps=settings.input_steps, context=context, layers=settings.input_layers, log=log)
     if settings.output_steps:
-        rows = fit_output_rows(model, rows, torch.cat([target, english]), settings.output_steps, l2=settings.output_l2,
-                               log=log)
+        rows = fit_output_rows(model, rows, samples=torch.cat([target, english]), steps=settings.output_steps,
+                               l2=settings.output_l2, log=log)
     return rows, record

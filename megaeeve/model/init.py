@@ -26,14 +26,10 @@ import torch
 import torch.nn.functional as F
 from tokenizers import Tokenizer
 
-from megaeeve.errors import MegaeeveError
+from megaeeve.errors import InitError
 
 INIT_METHODS = ("fit", "eeve", "mean", "random")
 SEED = 0
-
-
-class InitError(MegaeeveError, ValueError):
-    pass
 
 
 def token_pieces(base: Tokenizer, expanded: Tokenizer, new_ids: range) -> list[list[int]]:

@@ -37,8 +37,8 @@ import torch.distributed as dist
 from deepspeed.utils import safe_get_full_fp32_param, safe_get_local_fp32_param, safe_set_local_fp32_param
 from safetensors.torch import save_file
 
-from megaeeve.errors import MegaeeveError
 from megaeeve.atomic import atomic_dir, atomic_file, write_json
+from megaeeve.errors import StageError
 from megaeeve.log import logger
 from megaeeve.model import ModelMeta, read_model_meta
 from megaeeve.model.checkpoint import copy_model_files
@@ -57,10 +57,6 @@ TAG = re.compile(r"step\d{8}")
 # of STEP, so a test can kill -9 inside the save deterministically. Points: before-file-K, inside-file-K (half of
 # the rank's K-th DeepSpeed file written), and on rank 0 before-latest (after the COMPLETE marker).
 PAUSE_ENV = "MEGAEEVE_TEST_CHECKPOINT_PAUSE"
-
-
-class StageError(MegaeeveError, RuntimeError):
-    """A stage cannot start (missing or mismatching predecessor, completed stage without --overwrite)."""
 
 
 def rng_state() -> dict[str, Any]:

@@ -14,14 +14,10 @@ from typing import Any, ClassVar, Mapping
 
 import yaml
 
-from megaeeve.errors import MegaeeveError
+from megaeeve.errors import ConfigError, ConfigTypeError
 from megaeeve.stages import Stage, stage_table
 from megaeeve.training.metrics import SINKS
-from megaeeve.typed import ConfigTypeError, build, coerce
-
-
-class ConfigError(MegaeeveError, ValueError):
-    """A RUN.yaml or ds_config value is missing or wrong; the message names the file and key."""
+from megaeeve.typed import build, coerce
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from megaeeve.data.blending import BlendedDataset, blended_dataset, samples_per_dataset
-from megaeeve.data.gpt_dataset import DataError, PackedDataset, document_split, packed_dataset
+from megaeeve.data.gpt_dataset import PackedDataset, document_split, packed_dataset
+from megaeeve.errors import DataError
 from megaeeve.stages import Stage
 from megaeeve.training.config import RunConfig
 
@@ -45,11 +46,12 @@ def stage_data(cfg: RunConfig, stage: Stage, num_samples: int, base_vocab_size: 
         docs = open_prefix(source.prefix)
         train_docs, valid_docs = document_split(len(docs), cfg.data.valid_fraction, str(source.prefix))
         common = dict(seq_length=cfg.seq_length, cache_dir=cache_dir, base_vocab_size=vocab)
-        train_sets.append(packed_dataset(docs, source.prefix, train_docs, "train", n, seed=cfg.seed + stage.number + 7919 * k,
+        train_sets.append(packed_dataset(docs, source.prefix, documents=train_docs, split="train", num_samples=n,
+                                         seed=cfg.seed + stage.number + 7919 * k,
                                          new_token_bias=cfg.data.new_token_bias, **common))
-        valid[source.name] = packed_dataset(docs, source.prefix, valid_docs, "valid", cfg.training.eval_samples,
-                                            seed=cfg.seed, **common)
-    train = blended_dataset(train_sets, w, num_samples, cache_dir,
-                            {"datasets": [str(s.prefix) for s in sources], "seed": cfg.seed + stage.number,
+        valid[source.name] = packed_dataset(docs, source.prefix, documents=valid_docs, split="valid",
+                                            num_samples=cfg.training.eval_samples, seed=cfg.seed, **common)
+    train = blended_dataset(train_sets, w, size=num_samples, cache_dir=cache_dir,
+                            description={"datasets": [str(s.prefix) for s in sources], "seed": cfg.seed + stage.number,
                              "seq_length": cfg.seq_length, "bias": cfg.data.new_token_bias})
     return StageData([s.name for s in sources], train, valid)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from megaeeve.data.gpt_dataset import DataError
+from megaeeve.errors import DataError
 from megaeeve.log import logger
 from megaeeve.stages import Stage
 from megaeeve.training.config import RunConfig, batch_shape

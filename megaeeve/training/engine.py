@@ -15,8 +15,8 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
+from megaeeve.errors import ConfigError
 from megaeeve.stages import EMBEDDING_ROLES, Stage, trainable_names
-from megaeeve.training.config import ConfigError
 
 # Adam(W) keeps two fp32 moments per trainable parameter; ZeRO keeps an fp32 master copy too.
 ADAM_STATE_BYTES = 8

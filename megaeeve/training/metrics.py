@@ -92,7 +92,7 @@ class TensorBoardSink:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
-            from megaeeve.training.config import ConfigError
+            from megaeeve.errors import ConfigError
 
             raise ConfigError("training.report_to names tensorboard, which is not installed: "
                               "pip install 'megaeeve[tensorboard]'") from None
@@ -116,7 +116,7 @@ class WandbSink:
         try:
             import wandb
         except ImportError:
-            from megaeeve.training.config import ConfigError
+            from megaeeve.errors import ConfigError
 
             raise ConfigError("training.report_to names wandb, which is not installed: pip install 'megaeeve[wandb]'") \
                 from None

@@ -24,10 +24,11 @@ from typing import Any, Mapping
 
 import torch
 
+from megaeeve.errors import ConfigError, StageError
 from megaeeve.model import ModelMeta, parameter_roles, read_model_meta
 from megaeeve.stages import Stage, trainable_names
-from megaeeve.training.checkpoint import DONE, StageError, check_predecessor
-from megaeeve.training.config import BatchShape, ConfigError, RunConfig, batch_shape
+from megaeeve.training.checkpoint import DONE, check_predecessor
+from megaeeve.training.config import BatchShape, RunConfig, batch_shape
 from megaeeve.training.engine import check_ds_config, model_dtype, optimizer_state_bytes
 
 MIN_STEPS = 100

@@ -12,8 +12,9 @@ import shutil
 import numpy as np
 import torch
 
+from megaeeve.errors import StageError
 from megaeeve.log import logger, setup as setup_logging
-from megaeeve.training.checkpoint import DONE, StageError
+from megaeeve.training.checkpoint import DONE
 from megaeeve.training.config import RunConfig
 from megaeeve.training.plan import StagePlan
 from megaeeve.training.signals import REQUEUE_EXIT_CODE, StopRequest

@@ -10,7 +10,5 @@
 """
 
 from megaeeve.vocab.expand import REPORT, ExpandConfig, expand_vocab, read_report
-from megaeeve.vocab.family import UnsupportedTokenizer
-from megaeeve.vocab.merge import ExpansionError
 
-__all__ = ["REPORT", "ExpandConfig", "ExpansionError", "UnsupportedTokenizer", "expand_vocab", "read_report"]
+__all__ = ["REPORT", "ExpandConfig", "expand_vocab", "read_report"]

@@ -8,6 +8,7 @@ BPE does. Under `mpiexec -n K` each rank takes every K-th shard and the counts a
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import time
@@ -16,12 +17,13 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 from tokenizers import Tokenizer
-from tqdm import tqdm
 
-from megaeeve.corpus import CorpusError, Shard, iter_batches, plan_shards
+from megaeeve.corpus import Shard, iter_batches, plan_shards
+from megaeeve.errors import CorpusError
+from megaeeve.mpi import mpi_world
+from megaeeve.progress import Progress
 from megaeeve.vocab.scripts import Script
 
-MPI_ENV = ("PMI_SIZE", "PMI_RANK", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK")
 SHARDS_PER_WORKER = 8  # small shards: balanced workers, a progress bar that moves
 
 
@@ -33,15 +35,6 @@ class Counts:
     tokens: int
     chars: int
     seconds: float = 0.0
-
-
-def mpi_world() -> Any | None:
-    """MPI.COMM_WORLD when started by mpiexec with more than one rank, else None (no MPI import)."""
-    if not any(v in os.environ for v in MPI_ENV):
-        return None
-    from mpi4py import MPI
-
-    return MPI.COMM_WORLD if MPI.COMM_WORLD.Get_size() > 1 else None
 
 
 def _batches(shard: Shard, batch_bytes: int) -> Iterator[list[str]]:
@@ -92,6 +85,7 @@ def _add(total: Counts, part: Counts) -> None:
 def count_corpus(
     tok: Tokenizer,
     files: Sequence[str],
+    *,
     script: Script,
     workers: int = 1,
     batch_bytes: int = 1 << 18,
@@ -105,21 +99,21 @@ def count_corpus(
     total = Counts(np.zeros(tok.get_vocab_size(with_added_tokens=True), dtype=np.int64), {}, 0, 0, 0)
     start = time.perf_counter()
     error = None
-    bar = tqdm(desc=desc, unit="doc", disable=not progress or rank != 0, dynamic_ncols=True)
+    bar = Progress(desc, len(shards), enabled=progress and rank == 0)
     try:
-        if workers > 1 and len(shards) > 1:
-            # spawn: the tokenizers library's thread pool does not survive fork
-            ctx = multiprocessing.get_context("spawn")
-            with ctx.Pool(min(workers, len(shards)), _init_worker, (tok.to_str(), script, batch_bytes)) as pool:
+        with contextlib.ExitStack() as stack:
+            if workers > 1 and len(shards) > 1:
+                # spawn: the tokenizers library's thread pool does not survive fork
+                ctx = multiprocessing.get_context("spawn")
+                pool = stack.enter_context(
+                    ctx.Pool(min(workers, len(shards)), _init_worker, (tok.to_str(), script, batch_bytes)))
                 parts = pool.imap_unordered(_worker_count, shards)
-                for part in parts:
-                    _add(total, part)
-                    bar.update(part.documents)
-                    bar.set_postfix(tokens_per_s=f"{total.tokens / (time.perf_counter() - start):,.0f}")
-        else:
-            for shard in shards:
-                _add(total, _count_shard(tok, script, shard, batch_bytes))
-                bar.update(total.documents - bar.n)
+            else:
+                parts = (_count_shard(tok, script, shard, batch_bytes) for shard in shards)
+            for part in parts:
+                _add(total, part)
+                bar.update(part.documents, part.tokens)
+                bar.part_done()
     except CorpusError as e:
         if comm is None:
             raise

@@ -5,21 +5,25 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from tokenizers import Tokenizer
 
 from megaeeve.assets import english_documents
 from megaeeve.atomic import atomic_dir, write_json
-from megaeeve.corpus import CorpusError, expand_inputs, iter_documents, sample_documents
-from megaeeve.errors import OutputExistsError
-from megaeeve.tokenizer_io import TokenizerLoadError, load_tokenizer, tokenizer_fingerprint
-from megaeeve.vocab.count import Counts, mpi_world
+from megaeeve.corpus import expand_inputs, iter_documents, sample_documents
+from megaeeve.errors import CorpusError, ExpansionError, OutputExistsError, TokenizerLoadError
+from megaeeve.log import logger
+from megaeeve.mpi import mpi_world
+from megaeeve.tokenizer_io import load_tokenizer, tokenizer_fingerprint
+from megaeeve.vocab.count import Counts
 from megaeeve.vocab.family import Family, detect_family
 from megaeeve.vocab.intermediate import target_candidates, train_intermediate
-from megaeeve.vocab.merge import ExpansionError, NewPiece
+from megaeeve.vocab.merge import NewPiece
 from megaeeve.vocab.refine import Refined, Threshold, refine
 from megaeeve.vocab.scripts import parse_script
+
+log = logger(__name__)
 
 REPORT = "expansion_report.json"
 
@@ -151,8 +155,9 @@ def _write(out: Path, hf: Any, result: Refined, report: dict[str, Any], probe: l
     write_json(out / REPORT, report)
 
 
-def expand_vocab(cfg: ExpandConfig, log=print) -> dict[str, Any]:
-    """Run steps 1-7 and write `cfg.output` atomically (rank 0 under MPI); returns the report."""
+def expand_vocab(cfg: ExpandConfig, log: Callable[[str], None] = log.info) -> dict[str, Any]:
+    """Run steps 1-7 and write `cfg.output` atomically (rank 0 under MPI); returns the report. `log` takes each
+    progress message (rank 0 only; default: this module's logger)."""
     comm = mpi_world()
     rank = comm.Get_rank() if comm else 0
     say = log if rank == 0 else (lambda *a, **k: None)
@@ -181,7 +186,7 @@ def expand_vocab(cfg: ExpandConfig, log=print) -> dict[str, Any]:
     sample = _Tally()
     docs = _documents(corpus, "corpus", sample_documents(corpus, cfg.intermediate_sample_bytes), sample)
     intermediate = train_intermediate(
-        base, family, docs, cfg.intermediate_vocab_size, show_progress=cfg.progress and rank == 0
+        base, family, docs=docs, vocab_size=cfg.intermediate_vocab_size, show_progress=cfg.progress and rank == 0
     )
     candidates = target_candidates(intermediate, base, family, script)
     if not candidates:
@@ -191,7 +196,8 @@ def expand_vocab(cfg: ExpandConfig, log=print) -> dict[str, Any]:
         )
     say(f"{len(candidates)} {script.name} candidates not in the base vocabulary")
     result = refine(
-        base, family, script, candidates, count_files, threshold, cfg.workers, progress=cfg.progress, log=say
+        base, family, script=script, candidates=candidates, count_files=count_files, threshold=threshold,
+        workers=cfg.workers, progress=cfg.progress, log=say,
     )
 
     target = result.target

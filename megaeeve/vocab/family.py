@@ -17,14 +17,10 @@ from typing import Any
 
 from tokenizers import Tokenizer
 
-from megaeeve.errors import MegaeeveError
+from megaeeve.errors import UnsupportedTokenizer
 from megaeeve.vocab.scripts import Script
 
 _BYTE_FALLBACK = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
-
-
-class UnsupportedTokenizer(MegaeeveError, ValueError):
-    """The base tokenizer's model or settings cannot be expanded by merging BPE entries."""
 
 
 def _bytes_to_unicode() -> dict[int, str]:

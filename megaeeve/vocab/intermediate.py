@@ -17,7 +17,7 @@ from megaeeve.vocab.scripts import Script
 
 
 def train_intermediate(
-    base: Tokenizer, family: Family, docs: Iterable[str], vocab_size: int, show_progress: bool = False
+    base: Tokenizer, family: Family, *, docs: Iterable[str], vocab_size: int, show_progress: bool = False
 ) -> Tokenizer:
     """A BPE tokenizer of `vocab_size` trained on `docs` with the base's text pipeline."""
     spec = json.loads(base.to_str())

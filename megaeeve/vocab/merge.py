@@ -24,13 +24,9 @@ from dataclasses import dataclass, field, replace
 
 from tokenizers import Tokenizer
 
-from megaeeve.errors import MegaeeveError
+from megaeeve.errors import ExpansionError
 from megaeeve.vocab.family import Family
 from megaeeve.vocab.scripts import Script
-
-
-class ExpansionError(MegaeeveError, ValueError):
-    """The expansion cannot produce a valid tokenizer from these inputs (message says why)."""
 
 
 @dataclass(frozen=True)
@@ -189,7 +185,7 @@ class _Builder:
 
 
 def build_target(
-    base: Tokenizer, family: Family, script: Script, pieces: list[str], banned: frozenset[str] = frozenset()
+    base: Tokenizer, family: Family, *, script: Script, pieces: list[str], banned: frozenset[str] = frozenset()
 ) -> TargetTokenizer:
     """The base tokenizer extended by `pieces` (vocabulary spellings), built in their order (see above),
     creating none of the `banned` pieces."""

@@ -19,14 +19,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 from tokenizers import Tokenizer
 
+from megaeeve.errors import ExpansionError
+from megaeeve.log import logger
 from megaeeve.vocab.count import Counts, count_corpus
 from megaeeve.vocab.family import Family
-from megaeeve.vocab.merge import ExpansionError, TargetTokenizer, build_target
+from megaeeve.vocab.merge import TargetTokenizer, build_target
 from megaeeve.vocab.scripts import Script
+
+log = logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -88,7 +92,8 @@ class _Selection:
 
     def build(self, base: Tokenizer, family: Family, script: Script, limit: int | None) -> TargetTokenizer:
         target = build_target(
-            base, family, script, sorted(self.pieces, key=self.rank.__getitem__), frozenset(self.banned)
+            base, family, script=script, pieces=sorted(self.pieces, key=self.rank.__getitem__),
+            banned=frozenset(self.banned),
         )
         self.unreachable |= set(target.unreachable)
         self.pieces -= set(target.unreachable)
@@ -107,18 +112,19 @@ def _texts(family: Family, pieces: set[str]) -> list[str]:
 def refine(
     base: Tokenizer,
     family: Family,
+    *,
     script: Script,
     candidates: Sequence[str],
     count_files: Sequence[str],
     threshold: Threshold,
     workers: int = 1,
     progress: bool = True,
-    log=print,
+    log: Callable[[str], None] = log.info,
 ) -> Refined:
     """Run rounds of build -> count -> drop/add until a round neither drops nor adds.
 
     `candidates` come in the intermediate tokenizer's merge order, which the build keeps; characters added
-    by step 6 go first, most frequent first.
+    by step 6 go first, most frequent first. `log` takes each round's summary (default: this module's logger).
     """
     selection = _Selection(set(candidates), {p: (1, i, "") for i, p in enumerate(candidates)})
     base_vocab = base.get_vocab(with_added_tokens=True)
@@ -127,7 +133,8 @@ def refine(
     target = selection.build(base, family, script, None)
     while True:
         counts = count_corpus(
-            target.tokenizer, count_files, script, workers, progress=progress, desc=f"round {len(rounds) + 1}"
+            target.tokenizer, count_files, script=script, workers=workers, progress=progress,
+            desc=f"round {len(rounds) + 1}",
         )
         if counts.tokens == 0:
             raise ExpansionError(f"counting corpus {', '.join(count_files)} has no text")
