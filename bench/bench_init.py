@@ -14,8 +14,8 @@ same characters for every tokenizer):
                  along u (u . h ~= 1)
   fit-eeve-norm  the same with the new input rows at the mean's own norm (--fit-input-norm 0): fit's
                  default rescales them to a base row's mean norm
-  fit-exact      (models without a bias) the same offsets carried exactly by an lm_head bias added in memory:
-                 what the fold costs is fit - fit-exact
+  fit-exact      (models without a bias) eeve's rows with the same offsets carried exactly by an lm_head bias
+                 added in memory: what the fold costs is fit-eeve-norm - fit-exact
   fit+input      fit, then the new input rows fitted to the base's hidden states (AweDist: first 4 layers,
                  60 steps; --fit-input-steps 60)
   fit+output     fit, then the new output rows fitted by softmax regression (--fit-output-steps 300; L2 1,

@@ -88,7 +88,7 @@ def split(model, base_tok, new_tok, pieces: list[list[int]], shares: dict[int, f
 
 
 def table(results: dict[str, dict]) -> str:
-    lines = ["| held-out text | scoring | bits/char | vs base | vs the line above |", "|---|---|---:|---:|---:|"]
+    lines = ["| held-out text | scoring | bits/char | vs base | vs the scoring it builds on (base, then output side) |", "|---|---|---:|---:|---:|"]
     for text, t in results.items():
         keys = ["base", "output side", *[k for k in t if k.startswith("stage 0, ")]]
         above = None
