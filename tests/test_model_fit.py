@@ -101,8 +101,8 @@ def test_new_input_rows_are_the_means_direction_at_a_base_rows_norm(phi, tmp_pat
     expanded = Tokenizer.from_file(str(phi["tokenizer"] / "tokenizer.json"))
     for norm in (1.0, 1.5, 0.0):
         out = tmp_path / f"norm-{norm}"
-        meta = extend_model(phi["base_dir"], phi["base_tok_dir"], phi["tokenizer"], out, model=phi["base"],
-                            init="fit", fit=FitSettings(input_norm=norm))
+        meta = extend_model(phi["base_dir"], phi["base_tok_dir"], tokenizer=phi["tokenizer"], output=out,
+                            model=phi["base"], init="fit", fit=FitSettings(input_norm=norm))
         pieces = token_pieces(load_tokenizer(phi["base_tok_dir"]), expanded, range(meta.base_vocab_size, meta.vocab_size))
         mean = torch.stack([base_emb[p].mean(0) for p in pieces])
         expected = mean if not norm else mean / mean.norm(dim=1, keepdim=True) * base_emb.norm(dim=1).mean() * norm
