@@ -14,7 +14,9 @@ base tokenizer gives the same text, checked per document):
                  reads one input row per new token; the same output
 
 so that output side - base is what the constant shares cost and stage 0 - output side what the new input rows
-cost. The stage-0 line is repeated for several input rows:
+cost. A fourth line, "output side, oracle shares", takes the shares from the held-out text's own counts (no
+smoothing): the best any constant share could do there, a bound on what a better prior (e.g. the base model's
+likelihood of a token's remaining pieces) can win. The stage-0 line is repeated for several input rows:
 
   mean           EEVE's: the mean of the pieces' input rows
   mean, renormed the same direction at the base rows' mean norm (averaging 2-6 piece vectors shrinks it)
@@ -53,13 +55,21 @@ def input_rows(emb, pieces: list[list[int]]) -> dict:
 
 def split(model, base_tok, new_tok, pieces: list[list[int]], shares: dict[int, float], docs: list[str],
           rows: dict) -> dict:
-    """Bits of the three scorings (base, output side, stage 0 per input rows) and the characters they cover."""
+    """Bits of the scorings (base, output side with count and oracle shares, stage 0 per input rows) and the
+    characters they cover."""
     import torch
+
+    from megaeeve.model.fit import group_log_shares
 
     emb = model.get_input_embeddings().weight.detach()
     base = len(emb)
     total = {"chars": 0, "tokens": 0, "new tokens": 0, "documents": 0, "base": 0.0, "output side": 0.0,
-             **{f"stage 0, {k}": 0.0 for k in rows}}
+             "output side, oracle shares": 0.0, **{f"stage 0, {k}": 0.0 for k in rows}}
+    counts: dict[int, int] = {}
+    for enc in new_tok.encode_batch(docs, add_special_tokens=False):
+        for i in enc.ids[1:]:
+            counts[i] = counts.get(i, 0) + 1
+    oracle = group_log_shares(pieces, base, counts, smoothing=0.0)
     for text in docs:
         bids = base_tok.encode(text, add_special_tokens=False).ids
         eids = new_tok.encode(text, add_special_tokens=False).ids
@@ -75,6 +85,8 @@ def split(model, base_tok, new_tok, pieces: list[list[int]], shares: dict[int, f
             offset = torch.tensor([shares.get(i, 0.0) for i in eids[1:]], dtype=torch.float32)
             total["base"] -= float(q[starts[1]:].sum()) / LN2
             total["output side"] -= float((q[starts[1:-1]] + offset).sum()) / LN2
+            best = torch.tensor([oracle.get(i, 0.0) for i in eids[1:]], dtype=torch.float32)
+            total["output side, oracle shares"] -= float((q[starts[1:-1]] + best).sum()) / LN2
             for name, added in rows.items():
                 x = torch.stack([emb[i] if i < base else added[i - base] for i in eids])
                 lp = model(inputs_embeds=x[None]).logits[0, :-1].float().log_softmax(-1)
@@ -90,7 +102,7 @@ def split(model, base_tok, new_tok, pieces: list[list[int]], shares: dict[int, f
 def table(results: dict[str, dict]) -> str:
     lines = ["| held-out text | scoring | bits/char | vs base | vs the scoring it builds on (base, then output side) |", "|---|---|---:|---:|---:|"]
     for text, t in results.items():
-        keys = ["base", "output side", *[k for k in t if k.startswith("stage 0, ")]]
+        keys = ["base", "output side", *[k for k in t if k.startswith(("output side, ", "stage 0, "))]]
         above = None
         for k in keys:
             v = t[k] / t["chars"]
