@@ -19,7 +19,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT
 
 echo "== 1. bf16 chain, NCCL, stages 1-7 (--tiny pipeline)"
 rm -rf "$OUT/tiny"
-timeout 300 "$PY" tools/run_pipeline.py --tiny --run-dir "$OUT/tiny" --nproc 1 --ds-config ds_configs/zero3.json \
+timeout 300 "$PY" -m megaeeve pipeline --tiny --run-dir "$OUT/tiny" --nproc 1 --ds-config ds_configs/zero3.json \
     > "$OUT/chain.log" 2>&1 || { tail -40 "$OUT/chain.log"; echo "chain FAILED"; }
 tail -5 "$OUT/chain.log"
 grep -h '"kind": "train"' "$OUT"/tiny/stage-*/metrics.jsonl | tail -3 || true

@@ -31,7 +31,7 @@ from megaeeve.stages import DEFAULT_STAGES
 from megaeeve.training.config import load_run_config
 from megaeeve.training.plan import read_ds_config
 
-log = logger(__name__)
+log = logger("megaeeve.train")  # not __name__: run as a script it is "__main__", outside the package logger
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 from tqdm import tqdm
 
 from megaeeve.atomic import atomic_file
-from megaeeve.log import logger, on_terminal
+from megaeeve.log import STDERR, logger, on_terminal
 
 log = logger(__name__)
 
@@ -143,7 +143,7 @@ class Progress:
         if record["kind"] != "train":
             if self.bar is None:
                 evals = " ".join(f"{k} {v:.4f}" for k, v in record.items() if k.startswith("eval_loss"))
-                log.info(f"stage {self.s.stage} step {record['step']}: {evals}")
+                log.info(f"stage {self.s.stage} step {record['step']}: {evals}", extra=STDERR)
             return
         if self.bar is not None:
             self.bar.n = record["step"]
@@ -154,7 +154,7 @@ class Progress:
         eta = (time.monotonic() - self.started) / done * (self.s.total_steps - record["step"]) if done else 0.0
         log.info(f"stage {self.s.stage} step {record['step']}/{self.s.total_steps} loss {record['loss']:.4f} "
                  f"lr {record['lr']:.3g} tokens/s {record['tokens_per_s']:,.0f} "
-                 f"ETA {time.strftime('%H:%M:%S', time.gmtime(eta))}")
+                 f"ETA {time.strftime('%H:%M:%S', time.gmtime(eta))}", extra=STDERR)
 
     def close(self) -> None:
         if self.bar is not None:

@@ -29,7 +29,7 @@ import contextlib
 import functools
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Iterator, NamedTuple, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -37,7 +37,9 @@ import torch.nn.functional as F
 from megaeeve.model.pieces import PieceTable
 from megaeeve.model.split import SplitLMHead
 from megaeeve.stages import DistillSpec
-from megaeeve.training.plan import StagePlan
+
+if TYPE_CHECKING:  # an annotation only: importing the plan pulls in DeepSpeed through training.checkpoint
+    from megaeeve.training.plan import StagePlan
 
 EPS = 1e-6  # chunk log-probabilities (after the temperature) are clamped to <= -EPS: log(1 - p) stays finite
 

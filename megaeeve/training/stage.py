@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from megaeeve.errors import StageError
-from megaeeve.log import logger, setup as setup_logging
+from megaeeve.log import STDERR, logger, setup as setup_logging
 from megaeeve.training.checkpoint import DONE
 from megaeeve.training.config import RunConfig
 from megaeeve.training.plan import StagePlan
@@ -105,7 +105,8 @@ def run_stage(plan: StagePlan) -> int:
         step_offset=steps_before(cfg, number), report_to=t.report_to, progress_bar=t.progress_bar,
         run_name=cfg.run_dir.name, wandb_project=t.wandb_project), plan.is_main)
     if resumed:
-        log.info(f"stage {number}: resumed at step {state.step} ({state.consumed_samples} samples consumed)")
+        log.info(f"stage {number}: resumed at step {state.step} ({state.consumed_samples} samples consumed)",
+                 extra=STDERR)
 
     def save(s: LoopState) -> None:
         ckpt.save(engine, ckpt_dir, step=s.step, consumed_samples=s.consumed_samples, keep=t.keep_checkpoints,
@@ -122,7 +123,7 @@ def run_stage(plan: StagePlan) -> int:
         if not train(engine, data, state=state, s=settings, metrics=metrics, stop=stop, save=save,
                      objective=objective):
             log.info(f"stage {number}: stopped by signal {stop.signum} at step {state.step}; checkpoint saved, "
-                     f"exit {REQUEUE_EXIT_CODE} (requeue)")
+                     f"exit {REQUEUE_EXIT_CODE} (requeue)", extra=STDERR)
             return REQUEUE_EXIT_CODE
         if ckpt.latest_tag(ckpt_dir) != f"step{state.step:08d}":
             save(state)
