@@ -36,7 +36,8 @@ SECTION = "## Vocabulary expansion"
 
 def method_count(args: argparse.Namespace) -> dict:
     from megaeeve.tokenizer_io import load_tokenizer
-    from megaeeve.vocab.count import count_corpus, mpi_world
+    from megaeeve.mpi import mpi_world
+    from megaeeve.vocab.count import count_corpus
     from megaeeve.vocab.scripts import parse_script
 
     tok = load_tokenizer(args.tokenizer)

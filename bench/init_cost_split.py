@@ -128,7 +128,6 @@ def main(argv: list[str] | None = None) -> int:
     from megaeeve.model.fit import group_log_shares
     from megaeeve.model.init import token_pieces
 
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     base_tok = Tokenizer.from_file(str(args.dir / "base" / "tokenizer.json"))
     new_tok = Tokenizer.from_file(str(args.dir / "tokenizer" / "tokenizer.json"))
     base = base_tok.get_vocab_size(with_added_tokens=True)
@@ -148,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     if args.results:
         k = results["Korean"]
-        body = (f"{SECTION}\n\nMachine: {machine(with_torch=True)}. `python bench/init_cost_split.py` on bench_init's compare setup "
+        body = (f"{SECTION}\n\nMachine: {machine(with_torch=True)}. `python bench/init_cost_split.py` "
+                f"on bench_init's compare setup "
                 f"(SmolLM2-135M, {len(pieces):,} new tokens; held-out Korean: {k['chars']:,} characters, "
                 f"{k['tokens']:,} tokens of which {k['new tokens']:,} new).\n\n{text}\n")
         write_results(body, Path(args.results))

@@ -3,7 +3,7 @@
 EEVE's initialisation (init.py) costs bits before any training: in a byte-level BPE most new tokens of a
 script begin with one of a handful of base pieces (SmolLM2 + 3,982 Korean tokens: 13 first pieces, one shared
 by 1,110 tokens), every token of such a group gets the same logit as its first piece, and each copy adds that
-piece's whole probability mass. Three cheap corrections, each usable alone:
+piece's whole probability mass. Cheap corrections, each usable alone:
 
 - ``group_log_shares``: a mass-preserving output prior. G(p) = {p} and every new token whose first piece is
   p; member s gets the logit offset log pi_s, pi_s its share of G(p)'s emissions by the expanded tokenizer
@@ -15,9 +15,9 @@ piece's whole probability mass. Three cheap corrections, each usable alone:
   with u . h ~= 1 over the base's final hidden states (Cho et al., arXiv 2406.01468); ``FoldReport`` says how
   far u . h strays from 1, which is what the fold costs.
 - ``renormed_inputs``: EEVE's new input row is the mean of its pieces' rows (SmolLM2's Korean tokens: 5.4
-  byte-level pieces on average), and averaging shrinks it (to 0.65 of a base row's mean norm), so the base model reads a weak, blurred vector where it used to read
-  several pieces. Rescaled to the base rows' mean norm, the same direction costs 0.27 bits/char less on held-out
-  Korean at stage 0 (bench/init_cost_split.py). What the input rows cost is most of the stage-0 cost (that bench:
+  byte-level pieces on average), and averaging shrinks it (to 0.65 of a base row's mean norm), so the base model
+  reads a weak, blurred vector where it used to read several pieces. Rescaled to the base rows' mean norm, the
+  same direction costs 0.27 bits/char less on held-out Korean at stage 0 (bench/init_cost_split.py). What the input rows cost is most of the stage-0 cost (that bench:
   +1.8 of +2.4 bits/char), and no static choice of row removes it.
 - ``fit_input_rows``: the new input rows optimised so that the model's hidden states after a new token match
   the base's after the token's pieces, in contexts from the corpus (AweDist, arXiv 2505.20133); the base is
@@ -350,9 +350,9 @@ PRIORS = ("counts", "none")
 def fit_rows(model: nn.Module, rows: Rows, *, table: PieceTable, target: torch.Tensor, english: torch.Tensor,
              shares: Mapping[int, float] | None, settings: FitSettings, context: int,
              log: Log | None = None) -> tuple[Rows, dict]:
-    """Rescale the new input rows (settings.input_norm), apply the prior (shares, None for none), then fit the input rows on `target` samples and the output rows
-    on `target` and `english` samples (expanded ids [n, length]; `context`: the model's positions); returns the
-    rows and a record of what was done."""
+    """Rescale the new input rows (settings.input_norm), apply the prior (shares, None for none), then fit the
+    input rows on `target` samples and the output rows on `target` and `english` samples (expanded ids
+    [n, length]; `context`: the model's positions); returns the rows and a record of what was done."""
     record: dict = {"settings": dataclasses_asdict(settings)}
     rows = rows.detached()
     if settings.input_norm:
