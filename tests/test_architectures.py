@@ -108,6 +108,23 @@ def test_stage0_keeps_base_logits_bit_identical(matrix, arch):
     assert (ids >= n).any()  # the probe text does reach new tokens (used by the export test)
 
 
+@pytest.mark.parametrize("arch", ARCHS)
+def test_fit_feeds_the_base_what_its_embedding_gives(matrix, arch):
+    """--init fit runs the base on input vectors it builds from rows (inputs_embeds); they must be what the
+    model's own embedding gives (Gemma scales its rows by sqrt(hidden) inside the embedding module), or the
+    teacher of the input fit and the fold's hidden states are another model's."""
+    from megaeeve.model.architectures import embedding_scale
+    from megaeeve.model.fit import Rows
+
+    base = matrix["cells"][arch]["base"]
+    emb = base.get_input_embeddings()
+    w = emb.weight.detach()
+    rows = Rows(w, w, None, w[:0], w[:0], None, input_scale=embedding_scale(emb))
+    ids = matrix["base_ids"]
+    with torch.no_grad():
+        assert torch.equal(base(inputs_embeds=rows.input_embeds(ids)).logits, base(ids).logits)
+
+
 STAGE = 3  # new input rows + new output rows: stages 1 and 2's trainable sets in one engine
 
 

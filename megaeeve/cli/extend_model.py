@@ -2,7 +2,7 @@
 
     python tools/extend_model.py --base-model DIR_OR_GGUF --base-tokenizer TOKENIZER --tokenizer DIR --output DIR \
         [--init fit|eeve|mean|random] [--prior counts|none] [--fit-input-steps N] [--fit-output-steps N]
-        [--fit-samples N] [--fit-text FILE ...] [--fit-english FILE ...]
+        [--fit-device auto|cpu|cuda] [--fit-samples N] [--fit-text FILE ...] [--fit-english FILE ...]
 """
 
 from __future__ import annotations
@@ -44,7 +44,11 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                         help="--init fit: new input rows rescaled to this multiple of the base rows' mean norm "
                              "(0: the mean of the pieces as it is, EEVE's)")
     parser.add_argument("--fit-input-steps", type=int, default=defaults.input_steps,
-                        help="--init fit: Adam steps fitting the new input rows to the base's hidden states (0: off)")
+                        help="--init fit: Adam steps fitting the new input rows so that the model's next-token "
+                             "distribution is the base's after the token's pieces (0: off; each step reads "
+                             f"{defaults.input_batch} samples of {defaults.sample_length} tokens)")
+    parser.add_argument("--fit-device", default=defaults.device,
+                        help="--init fit: where the input fit runs: auto (a GPU when there is one), cpu, cuda, cuda:N")
     parser.add_argument("--fit-output-steps", type=int, default=defaults.output_steps,
                         help="--init fit: Adam steps fitting the new output rows by softmax regression (0: off)")
     parser.add_argument("--fit-samples", type=int, default=defaults.samples,
@@ -69,12 +73,23 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
             parser.error(f"--{flag.replace('_', '-')} must be {'positive' if flag == 'fit_samples' else '>= 0'}, "
                          f"got {getattr(args, flag)}")
 
+    if args.fit_device != "auto":
+        import torch
+
+        try:
+            device = torch.device(args.fit_device)
+        except RuntimeError:
+            parser.error(f"--fit-device must be auto, cpu, cuda or cuda:N, got {args.fit_device!r}")
+        if device.type == "cuda" and not torch.cuda.is_available():
+            parser.error(f"--fit-device {args.fit_device}: no GPU is visible here (use auto or cpu)")
+
     from megaeeve.model.extend import describe, extend_model
 
     meta = extend_model(args.base_model, args.base_tokenizer, tokenizer=args.tokenizer, output=args.output,
                         pad_vocab_to_multiple_of=args.pad_vocab_to_multiple_of, overwrite=args.overwrite,
                         init=args.init, allow_no_new_tokens=args.allow_no_new_tokens,
                         fit=FitSettings(prior=args.prior, input_norm=args.fit_input_norm, input_steps=args.fit_input_steps,
+                                        device=args.fit_device,
                                         output_steps=args.fit_output_steps, samples=args.fit_samples),
                         fit_text=args.fit_text, fit_english=args.fit_english)
     log.info(describe(meta))

@@ -20,7 +20,7 @@ from tokenizers import Tokenizer
 from megaeeve.atomic import atomic_dir
 from megaeeve.errors import ExtendError, OutputExistsError
 from megaeeve.log import logger
-from megaeeve.model.architectures import check_architecture
+from megaeeve.model.architectures import check_architecture, embedding_scale
 from megaeeve.model.checkpoint import RESERVED_NAMES, ModelMeta, write_model_dir
 from megaeeve.model.fit import PRIORS, FitSettings, Rows, fit_rows, group_log_shares, samples_from
 from megaeeve.model.init import INIT_METHODS, eeve_rows, mean_rows, random_rows, token_pieces
@@ -121,10 +121,11 @@ def _fitted(model, rows: Rows, pieces: list[list[int]], base_size: int, new_tok:
     # A sample never runs past the model's context (the input fit's teacher reads pieces: shorter still is fine).
     context = getattr(model.config.get_text_config(), "max_position_embeddings", None) or fit.sample_length + 1
     length = min(fit.sample_length + 1, context)
-    budget = fit.samples * length * 16  # bytes: generous for any script
+    wanted = max(fit.samples, fit.input_steps * fit.input_batch)
+    budget = wanted * length * 16  # bytes: generous for any script
     try:
         target = _encoded_samples(new_tok, sample_documents(fit_texts(tokenizer_dir, fit_text), budget), length,
-                                  fit.samples)
+                                  wanted)
         english = english_documents() if not fit_english else list(iter_documents(expand_inputs(fit_english)))
         english_ids = _encoded_samples(new_tok, english, length, fit.english_samples)
     except ValueError as e:
@@ -202,7 +203,8 @@ def extend_model(base_model: str | Path, base_tokenizer: str | Path, *, tokenize
             added_in, added_out, added_bias = eeve_rows(inp.weight, out.weight, bias, pieces)
             if init == "fit":
                 start = Rows(state[f"{in_path}.original"], state[f"{out_path}.original"],
-                             state.get(f"{out_path}.bias_original"), added_in, added_out, added_bias)
+                             state.get(f"{out_path}.bias_original"), added_in, added_out, added_bias,
+                             input_scale=embedding_scale(inp))
                 fitted, fit_record = _fitted(model, start, pieces, base_size, new_tok, tokenizer, fit, fit_text,
                                              fit_english)
                 added_in, added_out, added_bias = fitted.added_input, fitted.added_output, fitted.added_bias

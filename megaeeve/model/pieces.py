@@ -37,6 +37,12 @@ class PieceTable:
             lengths[base_vocab_size + k] = len(ids)
         self.table, self.lengths = table.to(device), lengths.to(device)
 
+    def to(self, device: torch.device | str) -> PieceTable:
+        """The same table on `device`."""
+        moved = PieceTable.__new__(PieceTable)
+        moved.table, moved.lengths = self.table.to(device), self.lengths.to(device)
+        return moved
+
     def expand(self, tokens: torch.Tensor) -> Expansion:
         """Samples [batch, n] as base ids. Right padding leaves every real position's causal context alone."""
         batch, n = tokens.shape
