@@ -212,9 +212,9 @@ def fit_input_rows(model: nn.Module, rows: Rows, *, table: PieceTable, samples: 
     Measured on SmolLM2-135M (bench/RESULTS.md): matching the hidden states of the first 4 layers instead
     (AweDist, arXiv 2505.20133) raised held-out Korean bits/char at a learning rate that moves the rows and left it
     unchanged at one that does not; the next-token distribution is what bits/char score. `lr` is relative to a
-    base input row's typical element. Samples are taken in order, `batch` a step (wrapping round), each cut so that
-    the base's input (its pieces) fits `context` positions. Only rows of new ids that occur in them move. The fit
-    runs on `device` (the model is moved there and back); the rows come back on the CPU.
+    base input row's typical element. Samples are taken in a shuffled order, `batch` a step (wrapping round),
+    each cut so that the base's input (its pieces) fits `context` positions. Only rows of new ids that occur in
+    them move. The fit runs on `device` (the model is moved there and back); the rows come back on the CPU.
     """
     model.requires_grad_(False).to(device)
     try:
@@ -232,8 +232,11 @@ def _fit_input_rows(model: nn.Module, rows: Rows, table: PieceTable, samples: to
     seen = torch.zeros(len(added), dtype=torch.bool, device=added.device)
     base = rows.base_vocab_size  # the base model's rows past it (phi-2's padding) are never predicted
     started = time.perf_counter()
+    # Shuffled once (fixed seed): samples come in corpus order, and a run of batches from one source would pull
+    # the rows towards it and then away again.
+    order = torch.randperm(len(samples), generator=torch.Generator().manual_seed(0)).to(samples.device)
     for step in range(steps):
-        ids = samples[(step * batch + torch.arange(batch, device=samples.device)) % len(samples)]
+        ids = samples[order[(step * batch + torch.arange(batch, device=samples.device)) % len(samples)]]
         expansion = table.expand(ids)
         if expansion.ids.shape[1] > context:  # the longest prefix whose pieces fit in every row
             ids = ids[:, :max(2, int((expansion.ends <= context).all(0).sum()))]
