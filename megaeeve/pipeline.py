@@ -57,11 +57,13 @@ class PipelineConfig:
     nproc: int | None = None  # training ranks; default: every GPU, else 2 CPU processes
     ds_config: Path | None = None  # default: ds_configs/zero3.json on GPUs, zero3_cpu.json on CPU
     sample_max_new_tokens: int = 24
+    fit_input_steps: int | None = None  # `megaeeve extend --fit-input-steps`; None: extend's default
 
 
 def tiny_config(run_dir: Path) -> PipelineConfig:
     return PipelineConfig(run_dir=run_dir, tiny=True, intermediate_vocab_size=3000, min_frequency=8,
-                          seq_length=64, steps_per_stage=6, eval_every=3)
+                          seq_length=64, steps_per_stage=6, eval_every=3,
+                          fit_input_steps=10)  # a random model has nothing to fit: the path runs, briefly
 
 
 @dataclass(frozen=True)
@@ -152,7 +154,8 @@ class Pipeline:
                 "--intermediate-vocab-size", c.intermediate_vocab_size, "--min-frequency", c.min_frequency,
                 "--held-out", self.corpus_file("ko_held_out"), "--english", self.corpus_file("en_held_out"),
                 "--script", c.script, "--workers", c.nproc))),
-            self.extend_step("stage-0", r / "tokenizer", r / "stage-0"),
+            self.extend_step("stage-0", r / "tokenizer", r / "stage-0", *(
+                () if c.fit_input_steps is None else ("--fit-input-steps", c.fit_input_steps))),
         ]
         steps += [self.data_step(f"data-{lang}", lang, r / "tokenizer", r / "data" / lang) for lang in ("ko", "en")]
         steps.append(Step("run.yaml", r / "run.yaml", self.write_run_config))

@@ -42,6 +42,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                    help="stage preset (default: eeve; eeve+distill teaches stages 1-3 by distilling the base model)")
     p.add_argument("--seq-length", type=int)
     p.add_argument("--nproc", type=int, help="training processes (default: every GPU, else 2 CPU processes)")
+    p.add_argument("--fit-input-steps", type=int,
+                   help="steps of the stage-0 input fit (megaeeve extend --fit-input-steps; default 100, 10 with "
+                        "--tiny; about 9 s each for SmolLM2-135M on 2 CPU cores, 0 skips it)")
     p.add_argument("--intermediate-vocab-size", type=int)
     p.add_argument("--min-frequency", type=int)
     p.add_argument("--ds-config", type=Path, help="default: ds_configs/zero3.json on GPUs, zero3_cpu.json on CPU")
