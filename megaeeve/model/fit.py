@@ -326,7 +326,7 @@ class FitSettings:
     after 100, +1.03 after 150, +0.96 after 200 (another domain: +1.35, +0.47, +0.26, +0.19, +0.13;
     bench/init_cost_split.py's scoring, 8 samples of 64 tokens a step). A step is a forward of the base over the
     samples' pieces and a forward and backward of the model over the samples: about 9 s for SmolLM2-135M on 2
-    CPU cores, a fraction of a second on a GPU."""
+    CPU cores (not measured on a GPU)."""
     input_batch: int = 4
     """Samples per step of fit_input_rows; it reads input_steps x input_batch samples (wrapping round when the text
     has fewer)."""
