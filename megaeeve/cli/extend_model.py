@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         import torch
 
         try:
-            device = torch.device(args.fit_device)
+            device = FitSettings(device=args.fit_device).torch_device()
         except RuntimeError:
             parser.error(f"--fit-device must be auto, cpu, cuda or cuda:N, got {args.fit_device!r}")
         if device.type == "cuda" and not torch.cuda.is_available():

@@ -17,8 +17,9 @@ piece's whole probability mass. Cheap corrections, each usable alone:
 - ``renormed_inputs``: EEVE's new input row is the mean of its pieces' rows (SmolLM2's Korean tokens: 5.4
   byte-level pieces on average), and averaging shrinks it (to 0.65 of a base row's mean norm), so the base model
   reads a weak, blurred vector where it used to read several pieces. Rescaled to the base rows' mean norm, the
-  same direction costs 0.27 bits/char less on held-out Korean at stage 0 (bench/init_cost_split.py). What the input rows cost is most of the stage-0 cost (that bench:
-  +1.8 of +2.4 bits/char), and no static choice of row removes it.
+  same direction costs 0.27 bits/char less on held-out Korean at stage 0 (bench/init_cost_split.py). What the
+  input rows cost is most of the stage-0 cost (that bench: +1.8 of +2.4 bits/char), and no static choice of row
+  removes it.
 - ``fit_input_rows``: the new input rows optimised so that the model's next-token distribution after a new
   token is the base's after the token's pieces, in contexts from the corpus; the base is the teacher and
   nothing else moves. It removes about half of what the input rows cost (bench/RESULTS.md).
@@ -87,7 +88,9 @@ class Rows:
         if len(added):
             new = F.embedding((ids - base).clamp(min=0), added)
             out = torch.where((ids < base).unsqueeze(-1), out, new)
-        return out if self.input_scale is None else out * torch.tensor(self.input_scale, dtype=out.dtype, device=out.device)
+        if self.input_scale is None:
+            return out
+        return out * torch.tensor(self.input_scale, dtype=out.dtype, device=out.device)
 
 
 # -- the output prior -------------------------------------------------------------------------------------
