@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import signal
@@ -160,9 +159,13 @@ def engine_view(run_dir: Path, stage: int) -> dict[str, torch.Tensor]:
     return get_fp32_state_dict_from_zero_checkpoint(str(run_dir / f"stage-{stage}" / "checkpoints"))
 
 
-@functools.lru_cache(maxsize=8)
-def _cached_engine_view(run_dir: Path, stage: int) -> dict[str, torch.Tensor]:
-    return engine_view(run_dir, stage)
+def chain_view(chain: dict, stage: int) -> dict[str, torch.Tensor]:
+    """engine_view of a chain's stage, read once and kept in the chain: it is slow, and a test may remove a stage's
+    folder once it is checked. Kept per chain, not by path, so a folder name pytest reuses never returns a stale view."""
+    views = chain.setdefault("views", {})
+    if stage not in views:
+        views[stage] = engine_view(chain["run_dir"], stage)
+    return views[stage]
 
 
 def last_trained_value(chain: dict, stage: int, name: str) -> torch.Tensor:
@@ -171,7 +174,7 @@ def last_trained_value(chain: dict, stage: int, name: str) -> torch.Tensor:
     earlier = chain["stages"][: chain["stages"].index(stage)]
     for s in reversed(earlier):
         if chain["roles"][name] in DEFAULT_STAGES[s].trainable:
-            return _cached_engine_view(chain["run_dir"], s)[name]
+            return chain_view(chain, s)[name]
     return weights(chain["model"])[name]
 
 
@@ -183,7 +186,7 @@ def check_stage(chain: dict, stage: int) -> None:
     i = chain["stages"].index(stage)
     src = chain["model"] if i == 0 else run_dir / f"stage-{chain['stages'][i - 1]}" / "final"
     before, after = weights(src), weights(run_dir / f"stage-{stage}" / "final")
-    view = _cached_engine_view(run_dir, stage)
+    view = chain_view(chain, stage)
     trainable = {n for n, r in roles.items() if r in DEFAULT_STAGES[stage].trainable}
     assert trainable and set(after) == set(before) and set(roles) <= set(view)
     for name in roles:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -18,6 +20,23 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+
+@pytest.fixture(scope="module")
+def module_tmp(request, tmp_path_factory) -> Iterator[Callable[[str], Path]]:
+    """`tmp_path_factory.mktemp` for a module's fixtures; what it made is removed when the module's tests are done,
+    unless one of them failed (then it stays for a look, as a failed test's tmp_path does). Why: kept to the end of
+    the session, the suite's models and checkpoints reached 17 GB and once filled CI's disk."""
+    failed, made = request.session.testsfailed, []
+
+    def mktemp(name: str) -> Path:
+        made.append(tmp_path_factory.mktemp(name))
+        return made[-1]
+
+    yield mktemp
+    if request.session.testsfailed == failed:
+        for path in made:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

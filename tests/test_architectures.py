@@ -71,10 +71,10 @@ def tiny_model(arch: str, vocab_size: int, seed: int = 0):
 
 
 @pytest.fixture(scope="module")
-def matrix(tmp_path_factory, phi2_tokenizer_dir, korean_split, english_docs):
+def matrix(module_tmp, phi2_tokenizer_dir, korean_split, english_docs):
     """Per architecture: the base model and its stage-0 directory over phi-2's tokenizer + 14 Korean tokens;
     Korean + English datasets in that expanded tokenizer (the same for every architecture)."""
-    tmp = tmp_path_factory.mktemp("archs")
+    tmp = module_tmp("archs")
     tok = load_tokenizer(phi2_tokenizer_dir)
     tok.add_tokens(NEW_TOKENS)
     tok_dir = assets.save_hf_tokenizer(tok, tmp / "expanded-tokenizer")

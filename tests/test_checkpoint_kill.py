@@ -25,10 +25,10 @@ from megaeeve.training.checkpoint import COMPLETE, PAUSE_ENV, _newest_complete, 
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory, phi2_tokenizer_dir, korean_split, english_docs):
+def corpus(module_tmp, phi2_tokenizer_dir, korean_split, english_docs):
     """A tiny Llama stage-0 over phi-2's tokenizer (uneven ZeRO partitions of its 50,295 base rows on 3
     ranks) and Korean + English datasets."""
-    tmp = tmp_path_factory.mktemp("ckpt-kill")
+    tmp = module_tmp("ckpt-kill")
     llama = make_stage0(tmp, "llama", phi2_tokenizer_dir)
     ko = write_prefix(tmp / "ko", llama, korean_split[0][:30])
     en = write_prefix(tmp / "en", llama, english_docs[:30])

@@ -28,9 +28,9 @@ KOREAN = "대한민국 헌법 제1조 대한민국은 민주공화국이다. 안
 
 
 @pytest.fixture(scope="module")
-def stage0(tmp_path_factory, gpt2_tokenizer_dir):
+def stage0(module_tmp, gpt2_tokenizer_dir):
     """GPT-2 extended by new BPE entries (one holds part of a UTF-8 character) and added tokens; a tiny Llama."""
-    tmp = tmp_path_factory.mktemp("distill")
+    tmp = module_tmp("distill")
     base = assets.gpt2_tokenizer()
     expanded = expand(base, tmp / "expanded")
     out = tmp / "stage0"
@@ -237,11 +237,11 @@ RUNS = [("phi", "fp32"), ("llama", "bf16")]
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory, phi2_tokenizer_dir, korean_split, english_docs):
+def corpus(module_tmp, phi2_tokenizer_dir, korean_split, english_docs):
     """Stage-0 models over phi-2's tokenizer (uneven ZeRO partitions of its 50,295 base rows on 2 ranks) and
     Korean + English datasets; English holds no new token. The Llama's context is the samples' 32 positions:
     its teacher reads the longer expansions (up to about 60 base ids) in windows, a different number per rank."""
-    tmp = tmp_path_factory.mktemp("distill-run")
+    tmp = module_tmp("distill-run")
     models = {arch: make_stage0(tmp, arch, phi2_tokenizer_dir) for arch in ("phi", "llama")}
     config = models["llama"] / "config.json"
     config.write_text(json.dumps({**json.loads(config.read_text()), "max_position_embeddings": 32}))

@@ -32,9 +32,9 @@ def docs(korean_split, english_docs) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def plain(tmp_path_factory) -> Path:
+def plain(module_tmp) -> Path:
     """A plain transformers model directory: tiny random Llama with GPT-2's tokenizer."""
-    out = save_model(tiny_llama(), tmp_path_factory.mktemp("plain"))
+    out = save_model(tiny_llama(), module_tmp("plain"))
     assets.save_hf_tokenizer(assets.gpt2_tokenizer(), out)
     return out
 
@@ -90,10 +90,10 @@ def test_bits_per_char_equals_a_hand_computation(plain, docs):
 
 
 @pytest.fixture(scope="module")
-def final_and_export(tmp_path_factory, phi2_tokenizer_dir) -> tuple[Path, Path]:
+def final_and_export(module_tmp, phi2_tokenizer_dir) -> tuple[Path, Path]:
     """A split model directory written as a stage's final/ is (new rows moved off their init), and its export.
     phi-2's layout leaves padding ids: -inf logits in the split model, 0 in the export."""
-    tmp = tmp_path_factory.mktemp("split")
+    tmp = module_tmp("split")
     base_tok = assets.phi2_tokenizer()
     expanded = expand(base_tok, tmp / "expanded", report_base_size=base_tok.get_vocab_size(with_added_tokens=True))
     extend_model(save_model(tiny_phi(), tmp / "base"), phi2_tokenizer_dir, tokenizer=expanded, output=tmp / "stage-0")

@@ -32,8 +32,8 @@ def docs():
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory, docs):
-    return _megatron_dataset(tmp_path_factory.mktemp("ds") / "d", docs)
+def dataset(module_tmp, docs):
+    return _megatron_dataset(module_tmp("ds") / "d", docs)
 
 
 def test_samples_are_the_shuffled_document_stream(dataset, docs, tmp_path):

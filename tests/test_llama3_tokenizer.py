@@ -35,9 +35,9 @@ CHAT = [{"role": "system", "content": "You are a helpful assistant."},
 
 
 @pytest.fixture(scope="module")
-def llama3(tmp_path_factory, korean_jsonl):
+def llama3(module_tmp, korean_jsonl):
     """The package's tokenizer with a Llama-3 chat template added, and its expansion with the bundled Korean."""
-    tmp = tmp_path_factory.mktemp("llama3")
+    tmp = module_tmp("llama3")
     src = assets.llama3_tokenizer_dir()
     assert "chat_template" not in json.loads((src / "tokenizer_config.json").read_text())
     base_dir = tmp / "base-tokenizer"

@@ -59,12 +59,12 @@ def test_merge_equals_peft_merge_and_unload(arch):
 
 
 @pytest.fixture(scope="module")
-def gpt2_lora_run(tmp_path_factory, gpt2_tokenizer_dir, korean_split, english_docs):
+def gpt2_lora_run(module_tmp, gpt2_tokenizer_dir, korean_split, english_docs):
     """A LoRA stage on every Conv1D of a tiny GPT-2 (c_attn and mlp.c_fc, mlp.c_proj non-square, attn.c_proj
     square), 2 ranks, fp32: trained, handed off and checkpointed once."""
     from _train_helpers import ds_config, make_stage0, read_log, run_config, train_stage, write_prefix
 
-    tmp = tmp_path_factory.mktemp("gpt2-lora")
+    tmp = module_tmp("gpt2-lora")
     stage0 = make_stage0(tmp, "gpt2", gpt2_tokenizer_dir)
     sources = [{"prefix": str(write_prefix(tmp / "ko", stage0, korean_split[0][:20])), "weight": 0.7, "name": "ko"},
                {"prefix": str(write_prefix(tmp / "en", stage0, english_docs[:20])), "weight": 0.3, "name": "en"}]

@@ -41,15 +41,15 @@ def _case(tmp: Path, base_tok: Tokenizer, base_tok_dir: Path, model, via_cli: bo
 
 
 @pytest.fixture(scope="module")
-def phi(tmp_path_factory, phi2_tokenizer_dir):
+def phi(module_tmp, phi2_tokenizer_dir):
     """phi-2 layout: lm_head bias, 51,200 base rows for a 50,295-token tokenizer, extended by the CLI."""
-    return _case(tmp_path_factory.mktemp("phi"), assets.phi2_tokenizer(), phi2_tokenizer_dir, tiny_phi(), True)
+    return _case(module_tmp("phi"), assets.phi2_tokenizer(), phi2_tokenizer_dir, tiny_phi(), True)
 
 
 @pytest.fixture(scope="module")
-def llama(tmp_path_factory, gpt2_tokenizer_dir):
+def llama(module_tmp, gpt2_tokenizer_dir):
     """Llama with tied embeddings (as SmolLM2) and the GPT-2 tokenizer."""
-    return _case(tmp_path_factory.mktemp("llama"), assets.gpt2_tokenizer(), gpt2_tokenizer_dir, tiny_llama(), False)
+    return _case(module_tmp("llama"), assets.gpt2_tokenizer(), gpt2_tokenizer_dir, tiny_llama(), False)
 
 
 @pytest.fixture(params=["phi", "llama"])

@@ -16,8 +16,8 @@ from _model_helpers import save_model, tiny_phi
 
 
 @pytest.fixture(scope="module")
-def extended(tmp_path_factory, phi2_tokenizer_dir, korean_split):
-    tmp = tmp_path_factory.mktemp("expanded-model")
+def extended(module_tmp, phi2_tokenizer_dir, korean_split):
+    tmp = module_tmp("expanded-model")
     corpus = assets.write_jsonl(korean_split[0][:400], tmp / "ko.jsonl")
     expand_vocab(ExpandConfig(str(phi2_tokenizer_dir), [str(corpus)], str(tmp / "tokenizer"),
                               intermediate_vocab_size=600, min_frequency=5, progress=False), log=lambda *a: None)

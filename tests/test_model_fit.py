@@ -40,8 +40,8 @@ def _expand(base_tok_dir, docs: list[str], out: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def phi(tmp_path_factory, phi2_tokenizer_dir, korean_split):
-    tmp = tmp_path_factory.mktemp("fit-phi")
+def phi(module_tmp, phi2_tokenizer_dir, korean_split):
+    tmp = module_tmp("fit-phi")
     tokenizer = _expand(phi2_tokenizer_dir, korean_split[0][:400], tmp / "tokenizer")
     base = tiny_phi()
     base_dir = save_model(base, tmp / "base")
@@ -181,8 +181,8 @@ def test_fit_settings_are_refused_clearly(phi, tmp_path, capsys):
 
 
 @pytest.fixture(scope="module")
-def smollm2(tmp_path_factory, korean_split):
-    tmp = tmp_path_factory.mktemp("fit-smollm2")
+def smollm2(module_tmp, korean_split):
+    tmp = module_tmp("fit-smollm2")
     from transformers import AutoTokenizer
 
     gguf = assets.smollm2_gguf()  # its tokenizer as the pipeline converts it: bos/eos kept, as evaluation needs

@@ -17,8 +17,8 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("pipeline") / "tiny"
+def tiny_run(module_tmp):
+    run_dir = module_tmp("pipeline") / "tiny"
     proc = subprocess.run([sys.executable, str(REPO / "tools" / "run_pipeline.py"), "--tiny", "--run-dir", str(run_dir),
                            "--steps-per-stage", "4"], cwd=REPO, capture_output=True, text=True, timeout=2400)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]

@@ -24,8 +24,8 @@ THAI_DOCS = 1_000
 
 
 @pytest.fixture(scope="module")
-def thai_run(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("pipeline")
+def thai_run(module_tmp):
+    tmp = module_tmp("pipeline")
     corpus = assets.write_jsonl(assets.thai_documents()[:THAI_DOCS], tmp / "th.jsonl")
     run_dir = tmp / "thai"
     proc = subprocess.run([sys.executable, "-m", "megaeeve", "pipeline", "--tiny", "--script", "thai", "--run-dir",

@@ -69,9 +69,9 @@ def cluster():
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory, gpt2_tokenizer_dir, korean_split, english_docs):
+def workspace(module_tmp, gpt2_tokenizer_dir, korean_split, english_docs):
     """A stage-0 model and a Korean + English dataset made with tools/extend_model.py and tools/preprocess_data.py."""
-    tmp = tmp_path_factory.mktemp("slurm")
+    tmp = module_tmp("slurm")
     base = save_model(tiny_phi(), tmp / "phi-base")
     tokenizer = expand(load_tokenizer(gpt2_tokenizer_dir), tmp / "expanded-tokenizer")
     stage0 = tmp / "stage0"

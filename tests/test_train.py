@@ -28,10 +28,10 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory, phi2_tokenizer_dir, korean_split, english_docs):
+def corpus(module_tmp, phi2_tokenizer_dir, korean_split, english_docs):
     """Stage-0 models over phi-2's tokenizer (50,295 base ids: uneven ZeRO partitions on 2 and 3 ranks) and
     Korean + English datasets tokenized with the expanded tokenizer (the same for both models)."""
-    tmp = tmp_path_factory.mktemp("train")
+    tmp = module_tmp("train")
     phi = make_stage0(tmp, "phi", phi2_tokenizer_dir)
     llama = make_stage0(tmp, "llama", phi2_tokenizer_dir)
     ko = write_prefix(tmp / "ko", phi, korean_split[0][:40])

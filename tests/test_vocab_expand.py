@@ -59,10 +59,10 @@ def _run_cli(base: Path, out: Path, korean_jsonl, held_out_jsonl, english_jsonl,
 
 
 @pytest.fixture(scope="module", params=["phi2", "smollm2", "llama"])
-def expanded(request, tmp_path_factory, korean_jsonl, held_out_jsonl, english_jsonl):
+def expanded(request, module_tmp, korean_jsonl, held_out_jsonl, english_jsonl):
     """(base dir, expanded dir, stdout) for each base, built by the command-line tool."""
     base = request.getfixturevalue(f"{request.param}_tokenizer_dir")
-    out = tmp_path_factory.mktemp(f"expanded-{request.param}") / "tok"
+    out = module_tmp(f"expanded-{request.param}") / "tok"
     # phi-2 counts with two processes (and is compared with a one-process run below); the others with one
     workers = 2 if request.param == "phi2" else 1
     freq = ["--min-frequency-per-million", str(PER_MILLION)] if request.param == "llama" else ["--min-frequency", str(MIN_FREQ)]
