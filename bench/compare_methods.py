@@ -15,6 +15,7 @@ Methods, each trained by megaeeve/train.py (DeepSpeed ZeRO-3) from the real pret
   (f) fit        expanded vocabulary, `megaeeve extend --init fit` (EEVE's rows fitted to the base model:
                  megaeeve/model/fit.py, the default), the seven EEVE stages
   (g) full-fit   as (f), all parameters trained
+  (h) full-fit-lr10  as (g), the new tokens' rows at 10x the lr (stage setting `added_rows_lr_scale`)
 
 Every method trains seven stages of the same number of steps (the same tokens, the same seeds, so
 (a) and (b) see the very same batches in each stage); each stage is a fresh engine with a 10% warmup

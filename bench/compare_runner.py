@@ -40,6 +40,7 @@ class Method:
     data: str  # dataset directory under --out (tokenized with this method's tokenizer)
     roles: list[str] | None  # None: a preset stage table
     schedule: str = "eeve"  # the preset (megaeeve.stages.SCHEDULES) when roles is None
+    added_rows_lr_scale: float = 1.0  # the stages' setting: the new tokens' rows at this multiple of the lr
 
 
 METHODS = (
@@ -50,6 +51,8 @@ METHODS = (
     Method("eeve-distill", "(e) EEVE, stages 1-3 distilled", "stage-0", "data", None, "eeve+distill"),
     Method("fit", "(f) fitted init, 7 EEVE stages", "stage-0-fit", "data", None),
     Method("full-fit", "(g) all parameters, fitted init", "stage-0-fit", "data", ALL_ROLES),
+    Method("full-fit-lr10", "(h) as (g), new rows at 10x lr", "stage-0-fit", "data", ALL_ROLES,
+           added_rows_lr_scale=10.0),
 )
 
 
@@ -214,6 +217,8 @@ class Compare(Pipeline):
                          "report_to": [], "progress_bar": False},
         }
         schedule = {"warmup_ratio": 0.1, "min_lr_ratio": 0.1}
+        if m.added_rows_lr_scale != 1:
+            schedule["added_rows_lr_scale"] = m.added_rows_lr_scale
         if m.roles is None:
             run["schedule"] = m.schedule
             run["stages"] = {n: {"steps": s, **schedule} for n in range(1, STAGES + 1)}

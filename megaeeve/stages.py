@@ -19,6 +19,7 @@ from megaeeve.typed import coerce, field_hints
 ROLES = ("input_original", "input_added", "output_original", "output_added", "body")  # the model's own parameters
 LORA = "lora"  # adapters a LoRA stage adds (LoraSpec)
 EMBEDDING_ROLES = frozenset(ROLES) - {"body"}
+ADDED_ROLES = frozenset({"input_added", "output_added"})  # the new tokens' rows (and the new lm_head bias)
 OBJECTIVES = ("lm", "distill", "mixed")  # megaeeve/training/objectives.py
 
 
@@ -72,6 +73,9 @@ class Stage:
     min_lr_ratio: float = 0.1
     weight_decay: float = 0.0  # body matrices (biases and norms never decay)
     embedding_weight_decay: float = 0.0  # embedding / lm_head rows: none unless asked
+    # The new tokens' rows start far from where training takes them, and at a body's lr they move too little in a
+    # short run (bench/RESULTS.md, "Break-even"): their lr is `lr` times this.
+    added_rows_lr_scale: float = 1.0
     data_weights: Mapping[str, float] | None = None  # per dataset name; None: the run's weights
     lora: LoraSpec | None = None  # adapters for role `lora` (see LoraSpec)
     objective: str = "lm"  # one of OBJECTIVES: next-token loss, distillation from the base model, or both
@@ -89,8 +93,9 @@ class Stage:
             raise ValueError(f"stage {self.number}: `lora` settings and the `lora` role in `trainable` go together")
         if self.lora is not None and "body" in self.trainable:
             raise ValueError(f"stage {self.number}: trains the body both fully and through LoRA; choose one")
-        if self.lr <= 0:
-            raise ValueError(f"stage {self.number}: lr must be > 0, got {self.lr}")
+        if self.lr <= 0 or self.added_rows_lr_scale <= 0:
+            raise ValueError(f"stage {self.number}: lr and added_rows_lr_scale must be > 0, got {self.lr} and "
+                             f"{self.added_rows_lr_scale}")
         if (self.steps is None or self.steps <= 0) and (self.tokens is None or self.tokens <= 0):
             raise ValueError(f"stage {self.number}: needs a budget: `steps` > 0 or `tokens` > 0")
         if not 0 <= self.warmup_ratio < 1 or not 0 <= self.min_lr_ratio <= 1:

@@ -3,11 +3,10 @@
 Each family has its own trap: tied embeddings (Llama 1B/3B, Gemma), attention biases (Qwen2), q/k norms
 (Qwen3), sliding windows (Mistral), embeddings scaled by sqrt(hidden) inside the embedding module (Gemma 2/3),
 fused qkv (Phi-3), an lm_head bias (Phi). For each: extension keeps the base vocabulary's logits bit-identical;
-a stage trains on 2 CPU ranks with frozen parameters unmoved in DeepSpeed's own zero_to_fp32 view; the export of
-its hand-off loads in plain AutoModelForCausalLM with the split model's logits. The stage is 3: its trainable
-rows are stages 1 and 2's together (new input and new output rows; base rows and body frozen), one launch of 2
-ranks per architecture where stages 1 and 2 would take two (a launch costs ~11 s on the 2-core CI machine);
-chains of separate stages, with the hand-offs between them, run in tests/test_train.py (Phi and tied Llama).
+stages 1 (new input rows) and 2 (new output rows, from stage 1's hand-off) train on 2 CPU ranks with frozen
+parameters unmoved in DeepSpeed's own zero_to_fp32 view; the export of stage 2's hand-off loads in plain
+AutoModelForCausalLM with the split model's logits. Two launches of 2 ranks per architecture (~11 s each on the
+2-core CI machine); all seven stages run in tests/test_train.py (Phi and tied Llama).
 A family that cannot work (Gemma 3n) is refused at extension time.
 """
 
@@ -125,27 +124,29 @@ def test_fit_feeds_the_base_what_its_embedding_gives(matrix, arch):
         assert torch.equal(base(inputs_embeds=rows.input_embeds(ids)).logits, base(ids).logits)
 
 
-STAGE = 3  # new input rows + new output rows: stages 1 and 2's trainable sets in one engine
+STAGES = [1, 2]  # new input rows, then new output rows: the stages that split embedding and head
 
 
 def _chain(matrix, arch: str) -> dict:
-    """Stage 3 of `arch` from its stage-0 directory, two steps on 2 ranks in fp32, run once per module."""
+    """Stages 1 and 2 of `arch` from its stage-0 directory, two steps each on 2 ranks in fp32, run once per module."""
     if arch not in matrix["chains"]:
         tmp, stage0 = matrix["tmp"], matrix["cells"][arch]["stage0"]
         run_dir = tmp / f"run-{arch}"
-        cfg = run_config(tmp / f"{arch}.yaml", run_dir, stage0, matrix["sources"], {STAGE: {"steps": 2}},
-                         run_stages=[STAGE], training={"eval_samples": 1, "checkpoint_every": 0, "progress_bar": False})
-        log = tmp / f"{arch}-stage{STAGE}.log"
-        assert train_stage(matrix["ds"], cfg, STAGE, log) == 0, read_log(log)
-        matrix["chains"][arch] = {"run_dir": run_dir, "stages": [STAGE], "model": stage0, "roles": roles_of(stage0),
+        cfg = run_config(tmp / f"{arch}.yaml", run_dir, stage0, matrix["sources"], {s: {"steps": 2} for s in STAGES},
+                         run_stages=STAGES, training={"eval_samples": 1, "checkpoint_every": 0, "progress_bar": False})
+        for stage in STAGES:
+            log = tmp / f"{arch}-stage{stage}.log"
+            assert train_stage(matrix["ds"], cfg, stage, log) == 0, read_log(log)
+        matrix["chains"][arch] = {"run_dir": run_dir, "stages": STAGES, "model": stage0, "roles": roles_of(stage0),
                                   "bf16": False, "world": 2}
     return matrix["chains"][arch]
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("stage", STAGES)
 @pytest.mark.parametrize("arch", ARCHS)
-def test_new_rows_train_and_frozen_parameters_stay_put(matrix, arch):
-    check_stage(_chain(matrix, arch), STAGE)
+def test_new_rows_train_and_frozen_parameters_stay_put(matrix, arch, stage):
+    check_stage(_chain(matrix, arch), stage)
 
 
 @pytest.mark.slow
@@ -153,7 +154,7 @@ def test_new_rows_train_and_frozen_parameters_stay_put(matrix, arch):
 def test_export_loads_in_plain_transformers_with_the_split_logits(matrix, arch, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    final = _chain(matrix, arch)["run_dir"] / f"stage-{STAGE}" / "final"
+    final = _chain(matrix, arch)["run_dir"] / f"stage-{STAGES[-1]}" / "final"
     plain = AutoModelForCausalLM.from_pretrained(str(export_hf(final, tmp_path / "hf"))).eval()
     assert type(plain).__name__ == CLASSES[arch]
     n = read_model_meta(final).vocab_size

@@ -13,7 +13,7 @@ import yaml
 from megaeeve.errors import ConfigError
 from megaeeve.model import parameter_roles
 from megaeeve.model.checkpoint import ModelMeta, build_split_model
-from megaeeve.stages import DEFAULT_STAGES, ROLES, DistillSpec, LoraSpec, Stage, stage_table, trainable_names
+from megaeeve.stages import ADDED_ROLES, DEFAULT_STAGES, ROLES, DistillSpec, LoraSpec, Stage, stage_table, trainable_names
 from megaeeve.training.config import DataConfig, TrainingConfig, batch_shape, load_run_config
 from megaeeve.training.engine import freeze_for_stage, param_groups, warmup_cosine
 
@@ -162,6 +162,26 @@ def test_param_groups_hold_only_trainable_params_with_their_decay(split_phi):
     groups = param_groups(split_phi, roles, stage1)
     assert [g["names"] for g in groups] == [["model.embed_tokens.added"]] and groups[0]["lr"] == stage1.lr
     assert [n for n, p in split_phi.named_parameters() if p.requires_grad] == ["model.embed_tokens.added"]
+
+
+def test_added_rows_lr_scale_gives_the_new_rows_their_own_lr(split_phi):
+    """Every parameter of the new tokens (input and output rows, the lm_head's new bias) and none other runs at the
+    scaled lr, each keeping its decay; the groups keep the unscaled order so a resumed optimizer state matches."""
+    roles = parameter_roles(split_phi)
+    stage = stage_table({6: {"added_rows_lr_scale": "10", "weight_decay": 0.1, "embedding_weight_decay": 0.2}})[6]
+    freeze_for_stage(split_phi, roles, stage)
+    groups = param_groups(split_phi, roles, stage)
+    assert [g["group"] for g in groups] == ["embeddings", "added_embeddings", "body_decay", "no_decay",
+                                            "added_no_decay"]
+    lr = {n: g["lr"] for g in groups for n in g["names"]}
+    assert {n for n, value in lr.items() if value == pytest.approx(10 * stage.lr)} == {
+        n for n, r in roles.items() if r in ("input_added", "output_added")}
+    assert sorted(lr) == sorted(roles) and {v for n, v in lr.items() if roles[n] not in ADDED_ROLES} == {stage.lr}
+    by_group = {g["group"]: g for g in groups}
+    assert (by_group["added_embeddings"]["weight_decay"], by_group["added_no_decay"]["weight_decay"]) == (0.2, 0.0)
+    assert param_groups(split_phi, roles, DEFAULT_STAGES[6])[0]["group"] == "embeddings"  # scale 1: no new groups
+    with pytest.raises(ValueError, match="stage 3: lr and added_rows_lr_scale must be > 0"):
+        stage_table({3: {"added_rows_lr_scale": 0}})
 
 
 def test_biases_of_the_head_never_decay(split_phi):

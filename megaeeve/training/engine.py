@@ -16,7 +16,7 @@ from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
 from megaeeve.errors import ConfigError
-from megaeeve.stages import EMBEDDING_ROLES, Stage, trainable_names
+from megaeeve.stages import ADDED_ROLES, EMBEDDING_ROLES, Stage, trainable_names
 
 # Adam(W) keeps two fp32 moments per trainable parameter; ZeRO keeps an fp32 master copy too.
 ADAM_STATE_BYTES = 8
@@ -50,23 +50,25 @@ def param_groups(model: nn.Module, roles: Mapping[str, str], stage: Stage) -> li
 
     Embedding and lm_head rows decay only if `embedding_weight_decay` asks; body matrices use
     `weight_decay`; 1-D tensors (biases, the lm_head's `bias_original` / `bias_added` included, and norm
-    weights) never decay: a decayed bias is pulled to 0 even where its gradient is 0.
+    weights) never decay: a decayed bias is pulled to 0 even where its gradient is 0. With an
+    `added_rows_lr_scale` other than 1 the new tokens' parameters (roles in ADDED_ROLES) form groups of their own
+    ("added_" + the group's name) at that multiple of the lr; the schedule scales every group alike.
     """
-    groups: dict[str, dict[str, Any]] = {
-        "embeddings": {"weight_decay": stage.embedding_weight_decay},
-        "body_decay": {"weight_decay": stage.weight_decay},
-        "no_decay": {"weight_decay": 0.0},
-    }
-    for g in groups.values():
-        g.update(params=[], names=[], lr=stage.lr)
+    decay = {"embeddings": stage.embedding_weight_decay, "body_decay": stage.weight_decay, "no_decay": 0.0}
+    groups: dict[str, dict[str, Any]] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        key = ("no_decay" if len(full_shape(p)) < 2
-               else "embeddings" if roles[name] in EMBEDDING_ROLES else "body_decay")
-        groups[key]["params"].append(p)
-        groups[key]["names"].append(name)
-    return [{"group": k, **g} for k, g in groups.items() if g["params"]]
+        kind = ("no_decay" if len(full_shape(p)) < 2
+                else "embeddings" if roles[name] in EMBEDDING_ROLES else "body_decay")
+        scaled = roles[name] in ADDED_ROLES and stage.added_rows_lr_scale != 1
+        group = groups.setdefault(f"added_{kind}" if scaled else kind, {
+            "weight_decay": decay[kind], "lr": stage.lr * (stage.added_rows_lr_scale if scaled else 1),
+            "params": [], "names": []})
+        group["params"].append(p)
+        group["names"].append(name)
+    order = [k for kind in decay for k in (kind, f"added_{kind}")]  # a fixed order: resumed optimizer states match
+    return [{"group": k, **groups[k]} for k in order if k in groups]
 
 
 def warmup_cosine(total_steps: int, warmup_steps: int, min_lr_ratio: float):
