@@ -11,9 +11,9 @@ same characters for every tokenizer):
   mean           LLaMA-Factory's noisy mean of all base rows
   fit            `megaeeve extend --init fit`, the default: eeve + the mass-preserving output prior (counts of
                  the expansion report), in the lm_head bias when the model has one, else folded into the rows
-                 along u (u . h ~= 1); new input rows at a base row's mean norm, then fitted for 100 steps so
+                 along u (u . h ~= 1); new input rows at a base row's mean norm, then fitted for 150 steps so
                  that the model's next-token distribution is the base's after the pieces
-  fit, 150 input steps  the same with a longer input fit (--fit-input-steps 150)
+  fit, 100 input steps  the same with a shorter input fit (--fit-input-steps 100)
   fit, no input fit  the same without the input fit (--fit-input-steps 0)
   fit-eeve-norm  ... and with the new input rows at the mean's own norm (--fit-input-norm 0)
   fit-exact      (models without a bias) eeve's rows with the same offsets carried exactly by an lm_head bias
@@ -55,7 +55,7 @@ FIT_VARIANTS = {  # name -> (init, FitSettings overrides)
     "eeve": ("eeve", {}),
     "mean": ("mean", {}),
     "fit": ("fit", {}),
-    "fit, 150 input steps": ("fit", {"input_steps": 150}),
+    "fit, 100 input steps": ("fit", {"input_steps": 100}),
     "fit, no input fit": ("fit", {"input_steps": 0}),
     "fit-eeve-norm": ("fit", {"input_norm": 0.0, "input_steps": 0}),
     "fit+output": ("fit", {"input_norm": 0.0, "input_steps": 0, "output_steps": 300}),

@@ -16,6 +16,7 @@ Methods, each trained by megaeeve/train.py (DeepSpeed ZeRO-3) from the real pret
                  megaeeve/model/fit.py, the default), the seven EEVE stages
   (g) full-fit   as (f), all parameters trained
   (h) full-fit-lr10  as (g), the new tokens' rows at 10x the lr (stage setting `added_rows_lr_scale`)
+  (i) full-fit-frozen-new  as (g), the new tokens' rows frozen at the fitted init (base rows and body train)
 
 Every method trains seven stages of the same number of steps (the same tokens, the same seeds, so
 (a) and (b) see the very same batches in each stage); each stage is a fresh engine with a 10% warmup

@@ -53,6 +53,7 @@ METHODS = (
     Method("full-fit", "(g) all parameters, fitted init", "stage-0-fit", "data", ALL_ROLES),
     Method("full-fit-lr10", "(h) as (g), new rows at 10x lr", "stage-0-fit", "data", ALL_ROLES,
            added_rows_lr_scale=10.0),
+    Method("full-fit-frozen-new", "(i) as (g), new rows frozen", "stage-0-fit", "data", BASE_ROLES),
 )
 
 

@@ -43,7 +43,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--seq-length", type=int)
     p.add_argument("--nproc", type=int, help="training processes (default: every GPU, else 2 CPU processes)")
     p.add_argument("--fit-input-steps", type=int,
-                   help="steps of the stage-0 input fit (megaeeve extend --fit-input-steps; default 100, 10 with "
+                   help="steps of the stage-0 input fit (megaeeve extend --fit-input-steps; default 150, 10 with "
                         "--tiny; about 9 s each for SmolLM2-135M on 2 CPU cores, 0 skips it)")
     p.add_argument("--intermediate-vocab-size", type=int)
     p.add_argument("--min-frequency", type=int)
