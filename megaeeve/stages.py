@@ -73,8 +73,8 @@ class Stage:
     min_lr_ratio: float = 0.1
     weight_decay: float = 0.0  # body matrices (biases and norms never decay)
     embedding_weight_decay: float = 0.0  # embedding / lm_head rows: none unless asked
-    # The new tokens' rows start far from where training takes them, and at a body's lr they move too little in a
-    # short run (bench/RESULTS.md, "Break-even"): their lr is `lr` times this.
+    # The new tokens' rows (and a new lm_head bias) train at `lr` times this. 10 was worse than 1 in a short
+    # all-parameter run (bench/RESULTS.md, "Break-even", method (h)): an option to try, not a recommendation.
     added_rows_lr_scale: float = 1.0
     data_weights: Mapping[str, float] | None = None  # per dataset name; None: the run's weights
     lora: LoraSpec | None = None  # adapters for role `lora` (see LoraSpec)

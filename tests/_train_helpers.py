@@ -161,7 +161,8 @@ def engine_view(run_dir: Path, stage: int) -> dict[str, torch.Tensor]:
 
 def chain_view(chain: dict, stage: int) -> dict[str, torch.Tensor]:
     """engine_view of a chain's stage, read once and kept in the chain: it is slow, and a test may remove a stage's
-    folder once it is checked. Kept per chain, not by path, so a folder name pytest reuses never returns a stale view."""
+    folder once it is checked. Kept per chain, not by path, so a folder name pytest reuses never returns a stale
+    view."""
     views = chain.setdefault("views", {})
     if stage not in views:
         views[stage] = engine_view(chain["run_dir"], stage)

@@ -13,7 +13,8 @@ import yaml
 from megaeeve.errors import ConfigError
 from megaeeve.model import parameter_roles
 from megaeeve.model.checkpoint import ModelMeta, build_split_model
-from megaeeve.stages import ADDED_ROLES, DEFAULT_STAGES, ROLES, DistillSpec, LoraSpec, Stage, stage_table, trainable_names
+from megaeeve.stages import (ADDED_ROLES, DEFAULT_STAGES, ROLES, DistillSpec, LoraSpec, Stage, stage_table,
+                             trainable_names)
 from megaeeve.training.config import DataConfig, TrainingConfig, batch_shape, load_run_config
 from megaeeve.training.engine import freeze_for_stage, param_groups, warmup_cosine
 
