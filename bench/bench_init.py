@@ -15,6 +15,8 @@ same characters for every tokenizer):
                  that the model's next-token distribution is the base's after the pieces
   fit, 100 input steps  the same with a shorter input fit (--fit-input-steps 100)
   fit, no input fit  the same without the input fit (--fit-input-steps 0)
+  fit, model prior  fit with the model-based shares (--prior model: the base's likelihood of each token's pieces
+                 after the first, in the fitting text's contexts) instead of counts; "no input fit" as above
   fit-eeve-norm  ... and with the new input rows at the mean's own norm (--fit-input-norm 0)
   fit-exact      (models without a bias) eeve's rows with the same offsets carried exactly by an lm_head bias
                  added in memory: what the fold costs is fit-eeve-norm - fit-exact
@@ -57,6 +59,8 @@ FIT_VARIANTS = {  # name -> (init, FitSettings overrides)
     "fit": ("fit", {}),
     "fit, 100 input steps": ("fit", {"input_steps": 100}),
     "fit, no input fit": ("fit", {"input_steps": 0}),
+    "fit, model prior": ("fit", {"prior": "model"}),
+    "fit, model prior, no input fit": ("fit", {"prior": "model", "input_steps": 0}),
     "fit-eeve-norm": ("fit", {"input_norm": 0.0, "input_steps": 0}),
     "fit+output": ("fit", {"input_norm": 0.0, "input_steps": 0, "output_steps": 300}),
     "fit+output l2=10": ("fit", {"input_norm": 0.0, "input_steps": 0, "output_steps": 300, "output_l2": 10.0}),

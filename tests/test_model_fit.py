@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import runpy
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,9 @@ from tokenizers import Tokenizer
 from megaeeve import assets
 from megaeeve.model import export_hf, extend_model, load_model_dir, read_model_meta
 from megaeeve.model.checkpoint import read_pieces
-from megaeeve.model.fit import FitSettings, first_piece_groups, group_log_shares, offsets_tensor
+from megaeeve.model.fit import (FitSettings, Rows, first_piece_groups, group_log_shares, model_log_shares,
+                                offsets_tensor)
+from megaeeve.model.pieces import PieceTable
 from megaeeve.model.extend import load_base_model, report_counts
 from megaeeve.model.init import token_pieces
 from megaeeve.tokenizer_io import load_tokenizer
@@ -71,14 +74,15 @@ def _log_probs(model, ids: torch.Tensor, vocab: int) -> torch.Tensor:
         return model(ids).logits[..., :vocab].float().log_softmax(-1)
 
 
-def test_prior_keeps_every_base_probability_outside_the_groups_through_a_bias(phi, english_docs, korean_split):
+@pytest.mark.parametrize("prior", ["counts", "model"])
+def test_prior_keeps_every_base_probability_outside_the_groups_through_a_bias(phi, english_docs, korean_split, prior):
     """Tiny Phi (lm_head bias): on base-tokenized English and Korean, every base token outside the groups has the
     base model's log-probability to fp32 precision, and each group's members sum to the base's first piece."""
-    out = phi["tmp"] / "stage0-prior"
+    out = phi["tmp"] / f"stage0-prior-{prior}"
     meta = extend_model(phi["base_dir"], phi["base_tok_dir"], tokenizer=phi["tokenizer"], output=out,
-                        model=phi["base"], init="fit",
-                        fit=PRIOR_ONLY)
+                        model=phi["base"], init="fit", fit=replace(PRIOR_ONLY, prior=prior))
     assert meta.init == "fit" and meta.fit["settings"]["output_steps"] == 0 and "fold" not in meta.fit
+    assert ("model_prior" in meta.fit) == (prior == "model")
     split = load_model_dir(out)
     groups = first_piece_groups(read_pieces(out, meta), meta.base_vocab_size)
     base_tok = load_tokenizer(phi["base_tok_dir"])
@@ -92,6 +96,52 @@ def test_prior_keeps_every_base_probability_outside_the_groups_through_a_bias(ph
             together = new[..., [first, *members]].logsumexp(-1)
             assert (together - old[..., first]).abs().max() < 2e-5
         assert (new[..., meta.base_vocab_size:] - old[..., :1]).abs().max() > 0.1  # the new tokens did change
+
+
+def test_model_prior_is_the_base_models_likelihood_of_each_tokens_rest_as_plain_transformers_scores_it(phi):
+    """model_log_shares against a plain per-sample loop over the base model reading the base tokenizer's pieces: a
+    new token's log weight is the mean over its occurrences of log q(its pieces after the first | what precedes
+    them), a token never met gets its pieces' likelihood alone, the first piece weight 1, normalised per group."""
+    import math
+
+    base_tok, expanded = load_tokenizer(phi["base_tok_dir"]), Tokenizer.from_file(str(phi["tokenizer"] / "tokenizer.json"))
+    base_size = expanded.get_vocab_size() - len(json.loads((phi["tokenizer"] / "expansion_report.json").read_text())[
+        "new_tokens"])
+    pieces = token_pieces(base_tok, expanded, range(base_size, expanded.get_vocab_size()))
+    docs = [json.loads(line)["text"] for line in phi["corpus"].open()][:30]
+    flat = [i for d in docs for i in expanded.encode(d, add_special_tokens=False).ids]
+    samples = torch.tensor(flat[:12 * 8]).view(12, 8)  # short enough that every sample's pieces fit 64 positions
+    model = phi["base"]
+    emb, head = model.get_input_embeddings().weight.detach(), model.get_output_embeddings()
+    rows = Rows(emb[:base_size], head.weight.detach()[:base_size], head.bias.detach()[:base_size],
+                torch.zeros(len(pieces), emb.shape[1]), torch.zeros(len(pieces), emb.shape[1]), torch.zeros(len(pieces)))
+    shares, record = model_log_shares(model, rows, table=PieceTable(pieces, base_size), samples=samples, pieces=pieces,
+                                      context=64, batch=5)
+
+    def spelled(i: int) -> list[int]:
+        return [i] if i < base_size else list(pieces[i - base_size])
+
+    def rest(seq: list[int], start: int, n: int) -> float:
+        with torch.no_grad():
+            logp = model(torch.tensor([seq])).logits[0, :, :base_size].log_softmax(-1)
+        return sum(float(logp[start + j - 1, seq[start + j]]) for j in range(1, n))
+
+    met: dict[int, list[float]] = {}
+    for sample in samples.tolist():
+        seq = [p for i in sample for p in spelled(i)]
+        start = 0
+        for i in sample:
+            if i >= base_size:
+                met.setdefault(i, []).append(rest(seq, start, len(spelled(i))))
+            start += len(spelled(i))
+    assert 0 < len(met) < len(pieces) and record == {"new_tokens_in_context": len(met), "new_tokens": len(pieces)}
+    weight = {t: sum(met[t]) / len(met[t]) if t in met else rest(spelled(t), 0, len(spelled(t)))
+              for t in range(base_size, base_size + len(pieces))}
+    for first, members in first_piece_groups(pieces, base_size).items():
+        logs = [0.0] + [weight[t] for t in members]
+        norm = math.log(sum(math.exp(v) for v in logs))
+        for s_id, v in zip([first, *members], logs):
+            assert abs(shares[s_id] - (v - norm)) < 1e-4, (s_id, shares[s_id], v - norm)
 
 
 def test_new_input_rows_are_the_means_direction_at_a_base_rows_norm(phi, tmp_path):

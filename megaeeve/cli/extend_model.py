@@ -1,7 +1,7 @@
 """Extend a base causal LM to an expanded tokenizer: split embeddings + EEVE init -> stage-0 model directory.
 
     python tools/extend_model.py --base-model DIR_OR_GGUF --base-tokenizer TOKENIZER --tokenizer DIR --output DIR \
-        [--init fit|eeve|mean|random] [--prior counts|none] [--fit-input-steps N] [--fit-output-steps N]
+        [--init fit|eeve|mean|random] [--prior counts|model|none] [--fit-input-steps N] [--fit-output-steps N]
         [--fit-device auto|cpu|cuda] [--fit-samples N] [--fit-text FILE ...] [--fit-english FILE ...]
 """
 
@@ -39,7 +39,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     defaults = FitSettings()
     parser.add_argument("--prior", choices=PRIORS, default=defaults.prior,
                         help="--init fit's output prior: counts (each new token and its first piece get the log of "
-                             "their share of the piece's emissions, from expansion_report.json) or none")
+                             "their share of the piece's emissions, from expansion_report.json), model (shares "
+                             "from the base model's likelihood of each token's pieces after the first, on the "
+                             "fitting text) or none")
     parser.add_argument("--fit-input-norm", type=float, default=defaults.input_norm,
                         help="--init fit: new input rows rescaled to this multiple of the base rows' mean norm "
                              "(0: the mean of the pieces as it is, EEVE's)")

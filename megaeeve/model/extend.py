@@ -22,7 +22,8 @@ from megaeeve.errors import ExtendError, OutputExistsError
 from megaeeve.log import logger
 from megaeeve.model.architectures import check_architecture, embedding_scale
 from megaeeve.model.checkpoint import RESERVED_NAMES, ModelMeta, write_model_dir
-from megaeeve.model.fit import PRIORS, FitSettings, Rows, fit_rows, group_log_shares, samples_from
+from megaeeve.model.fit import (PRIORS, FitSettings, Rows, fit_rows, group_log_shares, model_log_shares,
+                                samples_from)
 from megaeeve.model.init import INIT_METHODS, eeve_rows, mean_rows, random_rows, token_pieces
 from megaeeve.model.pieces import PieceTable
 from megaeeve.tokenizer_io import load_tokenizer, tokenizer_fingerprint
@@ -115,9 +116,7 @@ def _fitted(model, rows: Rows, pieces: list[list[int]], base_size: int, new_tok:
 
     if fit.prior not in PRIORS:
         raise ExtendError(f"--prior must be one of {', '.join(PRIORS)}, got {fit.prior!r}")
-    shares = None
-    if fit.prior == "counts":
-        shares = group_log_shares(pieces, base_size, report_counts(tokenizer_dir), fit.smoothing)
+    counts = report_counts(tokenizer_dir) if fit.prior == "counts" else None  # a missing report fails before the fits
     # A sample never runs past the model's context (the input fit's teacher reads pieces: shorter still is fine).
     context = getattr(model.config.get_text_config(), "max_position_embeddings", None) or fit.sample_length + 1
     length = min(fit.sample_length + 1, context)
@@ -131,8 +130,18 @@ def _fitted(model, rows: Rows, pieces: list[list[int]], base_size: int, new_tok:
     except ValueError as e:
         raise ExtendError(f"--init fit: {e}") from e
     model.eval()
-    return fit_rows(model, rows, table=PieceTable(pieces, base_size), target=target, english=english_ids,
-                    shares=shares, settings=fit, context=context, log=log.info)
+    table, record = PieceTable(pieces, base_size), {}
+    shares = None
+    if counts is not None:
+        shares = group_log_shares(pieces, base_size, counts, fit.smoothing)
+    elif fit.prior == "model":
+        log.info(f"model prior: scoring the new tokens' pieces on {min(fit.samples, len(target))} samples")
+        shares, record["model_prior"] = model_log_shares(model, rows.detached(), table=table,
+                                                         samples=target[:fit.samples], pieces=pieces,
+                                                         context=context)
+    fitted, fit_record = fit_rows(model, rows, table=table, target=target, english=english_ids, shares=shares,
+                                  settings=fit, context=context, log=log.info)
+    return fitted, {**fit_record, **record}
 
 
 def _module_path(model, module) -> str:

@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from megaeeve.model.pieces import PieceTable
+from megaeeve.model.pieces import Expansion, PieceTable
 
 Log = Callable[[str], None]
 
@@ -115,6 +115,58 @@ def group_log_shares(pieces: Sequence[Sequence[int]], base_vocab_size: int, coun
         c = torch.tensor([float(counts.get(i, 0)) + smoothing for i in ids], dtype=torch.float64)
         shares.update(zip(ids, (c / c.sum()).log().tolist()))
     return shares
+
+
+def within_context(table: PieceTable, ids: torch.Tensor, context: int) -> tuple[torch.Tensor, Expansion]:
+    """Samples [b, n] cut to the longest prefix (at least 2 tokens) whose pieces fit `context` positions in every
+    row, with their expansion: the base model reads the pieces, several per token."""
+    expansion = table.expand(ids)
+    if expansion.ids.shape[1] > context:
+        ids = ids[:, :max(2, int((expansion.ends <= context).all(0).sum()))]
+        expansion = table.expand(ids)
+    return ids, expansion
+
+
+def _rest_log_likelihoods(model: nn.Module, rows: Rows, table: PieceTable, tokens: torch.Tensor) -> torch.Tensor:
+    """For every position of expanded samples [b, n]: the base model's log-likelihood of that token's pieces after
+    its first, given everything before them (0 for a single-piece token), [b, n] fp32."""
+    e = table.expand(tokens)  # callers keep the pieces within the model's context (within_context)
+    logits = model(inputs_embeds=rows.input_embeds(e.ids), use_cache=False).logits[..., :rows.base_vocab_size]
+    # step[i]: log q(ids[i] | ids[:i]) (0 at position 0); as a prefix sum, a token's rest is one difference
+    step = (logits[:, :-1].gather(-1, e.ids[:, 1:, None]).squeeze(-1) - logits[:, :-1].logsumexp(-1)).float()
+    prefix = F.pad(step, (2, 0)).cumsum(1)  # prefix[i] = sum of step[0 .. i-1] over positions 0 .. i-1
+    starts = e.ends - table.lengths[tokens]
+    return prefix.gather(1, e.ends) - prefix.gather(1, starts + 1)
+
+
+def model_log_shares(model: nn.Module, rows: Rows, *, table: PieceTable, samples: torch.Tensor,
+                     pieces: Sequence[Sequence[int]], context: int, batch: int = 4) -> tuple[dict[int, float], dict]:
+    """log pi_s for every member s of every group G(p), from the base model instead of counts: a new token t gets
+    the weight exp(mean over its occurrences in `samples` of log q(t's pieces after the first | context, first
+    piece)), the base's likelihood of the rest of t once it has emitted t's first piece; the first piece itself,
+    which has no rest, gets weight 1; the weights of a group are normalised to sum to 1 (mass-preserving, as the
+    count shares). A token that never occurs in the samples gets its rest's likelihood with no context but its
+    first piece (one base forward over every token's pieces). Returns the shares and a record (how many new
+    tokens were scored in context)."""
+    base = rows.base_vocab_size
+    total = torch.zeros(len(pieces), dtype=torch.float64)
+    seen = torch.zeros(len(pieces), dtype=torch.float64)
+    with torch.no_grad():
+        for chunk in samples.split(batch):
+            chunk, _ = within_context(table, chunk, context)
+            rest = _rest_log_likelihoods(model, rows, table, chunk).double()
+            new = chunk >= base
+            total.index_add_(0, chunk[new] - base, rest[new])
+            seen.index_add_(0, chunk[new] - base, torch.ones_like(rest[new]))
+        new_ids = torch.arange(base, base + len(pieces))
+        alone = torch.cat([_rest_log_likelihoods(model, rows, table, ids[:, None]).double()[:, 0]
+                           for ids in new_ids.split(256)])
+    log_weight = torch.where(seen > 0, total / seen.clamp(min=1), alone)
+    shares: dict[int, float] = {}
+    for first, members in first_piece_groups(pieces, base).items():
+        w = torch.cat([torch.zeros(1, dtype=torch.float64), log_weight[torch.tensor(members) - base]])
+        shares.update(zip([first, *members], (w - w.logsumexp(0)).tolist()))
+    return shares, {"new_tokens_in_context": int((seen > 0).sum()), "new_tokens": len(pieces)}
 
 
 def offsets_tensor(shares: Mapping[int, float], vocab_size: int) -> torch.Tensor:
@@ -240,10 +292,7 @@ def _fit_input_rows(model: nn.Module, rows: Rows, table: PieceTable, samples: to
     order = torch.randperm(len(samples), generator=torch.Generator().manual_seed(0)).to(samples.device)
     for step in range(steps):
         ids = samples[order[(step * batch + torch.arange(batch, device=samples.device)) % len(samples)]]
-        expansion = table.expand(ids)
-        if expansion.ids.shape[1] > context:  # the longest prefix whose pieces fit in every row
-            ids = ids[:, :max(2, int((expansion.ends <= context).all(0).sum()))]
-            expansion = table.expand(ids)
+        ids, expansion = within_context(table, ids, context)
         seen[ids[ids >= base] - base] = True
         with torch.no_grad():
             logits = model(inputs_embeds=rows.input_embeds(expansion.ids), use_cache=False).logits[..., :base]
@@ -315,7 +364,8 @@ class FitSettings:
     """`megaeeve extend --init fit`: EEVE's rows, then the corrections above, in this order."""
 
     prior: str = "counts"
-    """Output prior: `counts` (shares of the expansion report's emission counts) or `none`."""
+    """Output prior: `counts` (shares of the expansion report's emission counts), `model` (model_log_shares: shares
+    from the base's likelihood of each token's pieces after the first, over the fitting samples) or `none`."""
     smoothing: float = 0.5
     """Added to every count of a group before the shares are taken."""
     input_norm: float = 1.0
@@ -358,7 +408,7 @@ class FitSettings:
         return torch.device(self.device)
 
 
-PRIORS = ("counts", "none")
+PRIORS = ("counts", "model", "none")
 
 
 def fit_rows(model: nn.Module, rows: Rows, *, table: PieceTable, target: torch.Tensor, english: torch.Tensor,
