@@ -1,7 +1,7 @@
 """Extend a base causal LM to an expanded tokenizer: split embeddings + EEVE init -> stage-0 model directory.
 
     python tools/extend_model.py --base-model DIR_OR_GGUF --base-tokenizer TOKENIZER --tokenizer DIR --output DIR \
-        [--init fit|eeve|mean|random] [--prior counts|model|none] [--fit-input-steps N] [--fit-output-steps N]
+        [--init fit|eeve|mean|random] [--prior counts|model|none] [--fit-input-steps N] [--fit-output-steps N] [--fit-output-rank R]
         [--fit-device auto|cpu|cuda] [--fit-samples N] [--fit-text FILE ...] [--fit-english FILE ...]
 """
 
@@ -53,6 +53,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                         help="--init fit: where the input fit runs: auto (a GPU when there is one), cpu, cuda, cuda:N")
     parser.add_argument("--fit-output-steps", type=int, default=defaults.output_steps,
                         help="--init fit: Adam steps fitting the new output rows by softmax regression (0: off)")
+    parser.add_argument("--fit-output-rank", type=int, default=defaults.output_rank,
+                        help="--init fit: fit the output rows through a map of this rank shared by every new token "
+                             "(row = start + input row x A B^T) instead of free rows (0)")
     parser.add_argument("--fit-samples", type=int, default=defaults.samples,
                         help=f"--init fit: samples of {defaults.sample_length} tokens of target-language text")
     parser.add_argument("--fit-text", nargs="+", metavar="FILE",
@@ -70,7 +73,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     parser = build_parser(prog)
     args = parser.parse_args(argv)
-    for flag in ("fit_input_norm", "fit_input_steps", "fit_output_steps", "fit_samples"):
+    for flag in ("fit_input_norm", "fit_input_steps", "fit_output_steps", "fit_output_rank", "fit_samples"):
         if getattr(args, flag) < (1 if flag == "fit_samples" else 0):
             parser.error(f"--{flag.replace('_', '-')} must be {'positive' if flag == 'fit_samples' else '>= 0'}, "
                          f"got {getattr(args, flag)}")
@@ -92,7 +95,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
                         init=args.init, allow_no_new_tokens=args.allow_no_new_tokens,
                         fit=FitSettings(prior=args.prior, input_norm=args.fit_input_norm, input_steps=args.fit_input_steps,
                                         device=args.fit_device,
-                                        output_steps=args.fit_output_steps, samples=args.fit_samples),
+                                        output_steps=args.fit_output_steps, output_rank=args.fit_output_rank,
+                                        samples=args.fit_samples),
                         fit_text=args.fit_text, fit_english=args.fit_english)
     log.info(describe(meta))
     log.info(f"wrote {args.output}")

@@ -318,10 +318,17 @@ def _fit_input_rows(model: nn.Module, rows: Rows, table: PieceTable, samples: to
 
 # -- fitting the output rows (softmax regression on final hidden states) ---------------------------------------
 def fit_output_rows(model: nn.Module, rows: Rows, *, samples: torch.Tensor, steps: int, lr: float = 1e-2,
-                    l2: float = 1.0, batch: int = 1024, log: Log | None = None) -> Rows:
+                    l2: float = 1.0, rank: int = 0, batch: int = 1024, log: Log | None = None) -> Rows:
     """New output rows (and new bias entries) fitted for `steps` Adam steps to next-token cross entropy over the
     expanded vocabulary on the model's final hidden states of `samples` (base rows frozen), with an L2 pull
-    of weight `l2` towards the starting rows, relative to their mean squared norm."""
+    of weight `l2` towards the starting rows, relative to their mean squared norm.
+
+    `rank` > 0 fits a map shared by every new token instead of free rows: row_t = start_t + x_t A B^T, x_t the new
+    input row of t at unit norm, A and B [hidden, rank] (B starts at 0: the start rows exactly). Free rows give
+    each token its own 576 numbers to learn from the few contexts it occurs in, and learn those contexts (held-out
+    text got worse); the map learns from every new token at once which input-side features the final hidden
+    state selects, so a group's members, which share their first piece's row, get logits that depend on the
+    context. The new bias entries stay as they are."""
     hidden = final_hidden(model, rows, samples[:, :-1]).flatten(0, 1)
     targets = samples[:, 1:].flatten()
     base = rows.base_vocab_size
@@ -335,29 +342,45 @@ def fit_output_rows(model: nn.Module, rows: Rows, *, samples: torch.Tensor, step
             target_logit.append(z.gather(1, y.clamp(max=base - 1)[:, None]).squeeze(1))
         lse_base, base_target = torch.cat(lse), torch.cat(target_logit)
     start = rows.added_output
-    weight = start.clone().requires_grad_(True)
-    bias = None if rows.added_bias is None else rows.added_bias.clone().requires_grad_(True)
     scale = float(start.square().sum(1).mean())
-    opt = torch.optim.Adam([weight] + ([bias] if bias is not None else []),
-                           lr=lr * math.sqrt(scale / start.shape[1]))
     gen = torch.Generator().manual_seed(0)
+    bias = None
+    if rank:
+        features = rows.added_input / rows.added_input.norm(dim=1, keepdim=True).clamp(min=1e-12)
+        a = (torch.randn(start.shape[1], rank, generator=gen) / math.sqrt(start.shape[1])).requires_grad_(True)
+        b = torch.zeros(start.shape[1], rank, requires_grad=True)
+        params, row_lr = [a, b], lr * math.sqrt(scale / start.shape[1])
+
+        def rows_now() -> torch.Tensor:
+            return start + features @ a @ b.T
+    else:
+        weight = start.clone().requires_grad_(True)
+        bias = None if rows.added_bias is None else rows.added_bias.clone().requires_grad_(True)
+        params, row_lr = [weight] + ([bias] if bias is not None else []), lr * math.sqrt(scale / start.shape[1])
+
+        def rows_now() -> torch.Tensor:
+            return weight
+    opt = torch.optim.Adam(params, lr=row_lr)
     for step in range(steps):
         pick = torch.randint(len(hidden), (min(batch, len(hidden)),), generator=gen)
         h, y = hidden[pick], targets[pick]
-        z_new = h @ weight.T
+        new_rows = rows_now()
+        z_new = h @ new_rows.T
         if bias is not None:
             z_new = z_new + bias
         lse_all = torch.logaddexp(lse_base[pick], z_new.logsumexp(-1))
         is_new = y >= base
         z_y = torch.where(is_new, z_new.gather(1, (y - base).clamp(min=0)[:, None]).squeeze(1), base_target[pick])
         nll = (lse_all - z_y).mean()
-        loss = nll + l2 * (weight - start).square().sum(1).mean() / scale
+        loss = nll + l2 * (new_rows - start).square().sum(1).mean() / scale
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         if log and (step % 50 == 0 or step == steps - 1):
             log(f"fit output rows: step {step + 1}/{steps}, cross entropy {nll.item():.4f}")
-    return replace(rows, added_output=weight.detach(), added_bias=None if bias is None else bias.detach())
+    with torch.no_grad():
+        fitted = rows_now().detach()
+    return replace(rows, added_output=fitted, added_bias=rows.added_bias if bias is None else bias.detach())
 
 
 # -- the whole fitted initialisation ---------------------------------------------------------------------------
@@ -395,6 +418,9 @@ class FitSettings:
     output_l2: float = 1.0
     """fit_output_rows' pull towards the starting rows (relative to their mean squared norm); on SmolLM2 1.0 beat
     0.1 and 0.01 on held-out Korean of both domains and on English."""
+    output_rank: int = 0
+    """fit_output_rows through a shared map of this rank (row_t = start_t + x_t A B^T, x_t t's input row) instead of
+    free rows (0)."""
     sample_length: int = 128
     """Tokens per fitting sample."""
     samples: int = 64
@@ -441,5 +467,5 @@ def fit_rows(model: nn.Module, rows: Rows, *, table: PieceTable, target: torch.T
                               batch=settings.input_batch, device=settings.torch_device(), log=log)
     if settings.output_steps:
         rows = fit_output_rows(model, rows, samples=torch.cat([target, english]), steps=settings.output_steps,
-                               l2=settings.output_l2, log=log)
+                               l2=settings.output_l2, rank=settings.output_rank, log=log)
     return rows, record
