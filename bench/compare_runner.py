@@ -54,7 +54,12 @@ METHODS = (
     Method("full-fit-lr10", "(h) as (g), new rows at 10x lr", "stage-0-fit", "data", ALL_ROLES,
            added_rows_lr_scale=10.0),
     Method("full-fit-frozen-new", "(i) as (g), new rows frozen", "stage-0-fit", "data", BASE_ROLES),
+    Method("full-fit-rank", "(j) as (g), output rows through a shared rank-16 map", "stage-0-fit-rank16", "data",
+           ALL_ROLES),
 )
+# Stage-0 directories only some methods read, made only when a chosen method does: `megaeeve extend` flags.
+OPTIONAL_STAGE0 = {"stage-0-fit-rank16": ("--init", "fit", "--fit-output-steps", "600", "--fit-output-rank", "16",
+                                          "--fit-samples", "256")}
 
 
 @dataclass(frozen=True)
@@ -106,6 +111,8 @@ class Compare(Pipeline):
                  self.extend_step("stage-0-fit", r / "tokenizer", r / "stage-0-fit", "--init", "fit"),
                  self.extend_step("stage-0-mean", r / "tokenizer", r / "stage-0-mean", "--init", "mean"),
                  self.extend_step("stage-0-base", r / "base-tokenizer", r / "stage-0-base", "--allow-no-new-tokens"),
+                 *[self.extend_step(name, r / "tokenizer", r / name, *flags) for name, flags in OPTIONAL_STAGE0.items()
+                   if any(m.stage0 == name for m in self.methods)],
                  parent["data-ko"], parent["data-en"],
                  *[self.data_step(f"data-base-{lang}", lang, r / "base-tokenizer", r / "data-base" / lang)
                    for lang in LANGS]]

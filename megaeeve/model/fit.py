@@ -328,7 +328,7 @@ def fit_output_rows(model: nn.Module, rows: Rows, *, samples: torch.Tensor, step
     each token its own 576 numbers to learn from the few contexts it occurs in, and learn those contexts (held-out
     text got worse); the map learns from every new token at once which input-side features the final hidden
     state selects, so a group's members, which share their first piece's row, get logits that depend on the
-    context. The new bias entries stay as they are."""
+    context. The new bias entries stay as they are, and `l2` is not applied: the rank is the limit."""
     hidden = final_hidden(model, rows, samples[:, :-1]).flatten(0, 1)
     targets = samples[:, 1:].flatten()
     base = rows.base_vocab_size
@@ -372,7 +372,7 @@ def fit_output_rows(model: nn.Module, rows: Rows, *, samples: torch.Tensor, step
         is_new = y >= base
         z_y = torch.where(is_new, z_new.gather(1, (y - base).clamp(min=0)[:, None]).squeeze(1), base_target[pick])
         nll = (lse_all - z_y).mean()
-        loss = nll + l2 * (new_rows - start).square().sum(1).mean() / scale
+        loss = nll + (0 if rank else l2 * (new_rows - start).square().sum(1).mean() / scale)  # rank: the map's own limit
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -420,7 +420,7 @@ class FitSettings:
     0.1 and 0.01 on held-out Korean of both domains and on English."""
     output_rank: int = 0
     """fit_output_rows through a shared map of this rank (row_t = start_t + x_t A B^T, x_t t's input row) instead of
-    free rows (0)."""
+    free rows (0); output_l2 is then not applied."""
     sample_length: int = 128
     """Tokens per fitting sample."""
     samples: int = 64
