@@ -344,19 +344,20 @@ def fit_output_rows(model: nn.Module, rows: Rows, *, samples: torch.Tensor, step
     start = rows.added_output
     scale = float(start.square().sum(1).mean())
     gen = torch.Generator().manual_seed(0)
+    row_lr = lr * math.sqrt(scale / start.shape[1])  # a row element's typical size: the map's rows and free rows alike
     bias = None
     if rank:
         features = rows.added_input / rows.added_input.norm(dim=1, keepdim=True).clamp(min=1e-12)
         a = (torch.randn(start.shape[1], rank, generator=gen) / math.sqrt(start.shape[1])).requires_grad_(True)
         b = torch.zeros(start.shape[1], rank, requires_grad=True)
-        params, row_lr = [a, b], lr * math.sqrt(scale / start.shape[1])
+        params = [a, b]
 
         def rows_now() -> torch.Tensor:
             return start + features @ a @ b.T
     else:
         weight = start.clone().requires_grad_(True)
         bias = None if rows.added_bias is None else rows.added_bias.clone().requires_grad_(True)
-        params, row_lr = [weight] + ([bias] if bias is not None else []), lr * math.sqrt(scale / start.shape[1])
+        params = [weight] + ([bias] if bias is not None else [])
 
         def rows_now() -> torch.Tensor:
             return weight
