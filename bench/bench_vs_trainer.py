@@ -59,6 +59,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO)]
 
 from bench.common import processor, write_results  # noqa: E402
+from megaeeve.atomic import write_json  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -81,6 +82,7 @@ class Settings:
     steps: int = 8
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1
+    profile_step: int = 0  # this optimizer step runs under torch.profiler in every trainer (0: none)
 
     @property
     def global_batch(self) -> int:
@@ -126,7 +128,8 @@ def write_run_yaml(work: Path, stage: int, s: Settings, stage0: Path, prefixes: 
         "data": {"sources": [{"prefix": str(p), "weight": weights.get(n, 1.0), "name": n} for n, p in prefixes.items()],
                  "valid_fraction": 0.05, "new_token_bias": 1.0, "cache_dir": str(work / "index-cache")},
         "training": {"eval_every": 0, "eval_samples": 1, "checkpoint_every": 0, "keep_checkpoints": 1,
-                     "log_every": 1, "progress_bar": False},
+                     "log_every": 1, "progress_bar": False,
+                     "profile_steps": [s.profile_step] if s.profile_step else []},
         "stages": {stage: {"steps": s.steps, "warmup_ratio": s.warmup_ratio, "weight_decay": s.weight_decay,
                            "embedding_weight_decay": s.weight_decay}},
     }
@@ -152,6 +155,7 @@ def peer_main(work: Path, stage: int) -> None:
     from transformers import AutoModelForCausalLM, Trainer, TrainerCallback, TrainingArguments
 
     from megaeeve.model import read_model_meta
+    from megaeeve.training.profiling import StepProfiler
 
     s = Settings(**json.loads((work / "settings.json").read_text()))
     cfg, samples = stage_samples(work / f"run-{stage}.yaml", stage, s)
@@ -179,11 +183,19 @@ def peer_main(work: Path, stage: int) -> None:
             return torch.utils.data.SequentialSampler(train_dataset or self.train_dataset)
 
     class Clock(TrainerCallback):
+        """Each optimizer step's end time; the profiled step (Settings.profile_step) under torch.profiler, from
+        before its first micro batch's forward to after the optimizer step, as megaeeve's StepProfiler."""
+
         def __init__(self) -> None:
             self.times: list[float] = []
+            self.profiler = StepProfiler([s.profile_step] if s.profile_step else [], out / "profile", rank)
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            self.profiler.begin(state.global_step + 1)
 
         def on_step_end(self, args, state, control, **kwargs):
             self.times.append(time.time())
+            self.profiler.end(state.global_step)
 
     args = TrainingArguments(  # before from_pretrained: HF then builds the model under zero.Init
         output_dir=str(out), deepspeed=ds_config(s, hf=True), max_steps=s.steps,
@@ -236,6 +248,7 @@ def limit_main(work: Path, stage: int) -> None:
 
     from megaeeve.model import load_model_dir, parameter_roles
     from megaeeve.training.engine import freeze_for_stage, param_groups, warmup_cosine
+    from megaeeve.training.profiling import StepProfiler
 
     torch.set_num_threads(os.cpu_count() or 1)
     s = Settings(**json.loads((work / "settings.json").read_text()))
@@ -252,7 +265,9 @@ def limit_main(work: Path, stage: int) -> None:
     sched = LambdaLR(opt, warmup_cosine(s.steps, round(st.warmup_ratio * s.steps), st.min_lr_ratio))
     params = [p for g in groups for p in g["params"]]
     seen, times = [], []
+    profiler = StepProfiler([s.profile_step] if s.profile_step else [], out / "profile", 0)
     for step in range(s.steps):
+        profiler.begin(step + 1)
         tokens = torch.from_numpy(np.stack([samples[i][1] for i in range(step * s.global_batch,
                                                                           (step + 1) * s.global_batch)]).astype(np.int64))
         logits = model(input_ids=tokens[:, :-1], use_cache=False).logits
@@ -262,6 +277,7 @@ def limit_main(work: Path, stage: int) -> None:
         sched.step()
         opt.zero_grad(set_to_none=True)
         times.append(time.time())
+        profiler.end(step + 1)
         seen.append(tokens.numpy())
     save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(out / "weights.safetensors"))
     state_bytes = sum(t.numel() * t.element_size() for st_ in opt.state.values() for t in st_.values()
@@ -446,11 +462,48 @@ def measure(work: Path, stage: int, s: Settings, raw: dict[str, dict], skip: int
                            clock["times"][0] - raw["limit"]["started"], raw["limit"]["rss"], clock["optimizer_bytes"],
                            n, moved, drift, skip, windows)
 
+    if s.profile_step:  # rank 0's profiled step of each trainer; step_times_s start at step 2
+        dirs = {"megaeeve": stage_dir, "peer": work / "peer" / f"stage-{stage}", "limit": out}
+        for name, d in dirs.items():
+            res[name]["profile"] = profile_split(d / "profile" / f"rank0-step{s.profile_step}.ops.json",
+                                                 res[name]["step_times_s"][s.profile_step - 2])
+
     same = p_stream.shape == l_stream.shape and np.array_equal(p_stream, l_stream)
     if not same or step_checksums(l_stream, s) != m_checksums:
         sys.exit(f"stage {stage}: the trainers did not see the same samples (peer == limit: {same}; megaeeve's "
                  f"checksums {m_checksums} vs {step_checksums(l_stream, s)})")
     return res
+
+
+PROFILE_KINDS = ("matmul", "attention", "collectives", "optimizer", "copies", "other ops")
+
+
+def profile_kind(name: str) -> str:
+    """The part of a step an operator of torch.profiler's summary belongs to."""
+    low = name.lower()
+    if any(k in low for k in ("c10d", "gloo", "nccl", "all_gather", "reduce_scatter", "all_reduce", "broadcast")):
+        return "collectives"
+    if any(k in low for k in ("adam", "_foreach", "optimizer")):
+        return "optimizer"
+    if "attention" in low:
+        return "attention"
+    if low.startswith("aten::") and ("mm" in low[6:] or "linear" in low):
+        return "matmul"
+    if low in ("aten::copy_", "aten::cat", "aten::_to_copy", "aten::clone", "aten::index_select", "aten::embedding",
+               "aten::embedding_dense_backward", "aten::index_add_", "aten::narrow_copy", "aten::fill_", "aten::zero_"):
+        return "copies"
+    return "other ops"
+
+
+def profile_split(ops_file: Path, wall_s: float) -> dict:
+    """Rank 0's profiled step by PROFILE_KINDS (operators' self CPU seconds), plus the step's wall time and
+    what no operator accounts for (Python, the data, waiting); its five slowest operators by name."""
+    ops = json.loads(ops_file.read_text())
+    split = {k: 0.0 for k in PROFILE_KINDS}
+    for o in ops:
+        split[profile_kind(o["name"])] += o["self_cpu_s"]
+    return {"wall_s": wall_s, **split, "outside ops": wall_s - sum(split.values()),
+            "top": [(o["name"], round(o["self_cpu_s"], 4)) for o in ops[:5]]}
 
 
 def _split_roles(model_dir: Path) -> dict[str, str]:
@@ -504,6 +557,17 @@ def table(results: dict[str, dict], s: Settings, label: str) -> str:
         r = per["ratios"]
         lines.append(f"| {stage} | {r['m_over_p']:.2f}x | {r['m_over_l']:.2f}x | {r['fastest_m_over_p']:.2f}x, "
                      f"{r['fastest_m_over_l']:.2f}x | {r['rss_m_over_p']:.2f}x | {r['opt_m_over_p']:.3f}x |")
+    if s.profile_step:
+        lines += ["", f"Where step {s.profile_step} goes (rank 0 under torch.profiler, seconds: operators' self CPU time by "
+                  "kind; outside ops = the step's wall time less all of them):", "",
+                  "| stage | trainer | step wall | " + " | ".join(PROFILE_KINDS) + " | outside ops | slowest operators |",
+                  "|---|---|---" + "|---" * (len(PROFILE_KINDS) + 2) + "|"]
+        for stage, per in results.items():
+            for name in TRAINERS:
+                pr = per[name]["profile"]
+                top = ", ".join(f"{n} {t:.2f}" for n, t in pr["top"][:3])
+                lines.append(f"| {stage} | {name} | {pr['wall_s']:.2f} | "
+                             + " | ".join(f"{pr[k]:.2f}" for k in PROFILE_KINDS) + f" | {pr['outside ops']:.2f} | {top} |")
     return "\n".join(lines) + "\n"
 
 
@@ -530,15 +594,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--windows", type=int, default=3)
     p.add_argument("--seq-length", type=int, default=128)
     p.add_argument("--weight-decay", type=float, default=0.01)
+    p.add_argument("--profile", type=int, default=0, metavar="STEP",
+                   help="run optimizer step STEP (>= 2) of every trainer under torch.profiler and tabulate where it goes")
     p.add_argument("--work", type=Path, default=REPO / "bench" / "out" / "vs-trainer")
     p.add_argument("--stage0", type=Path, help="a stage-0 directory (default: SmolLM2-135M by the default pipeline)")
     p.add_argument("--data", nargs="+", metavar="NAME=PREFIX", help="with --stage0: its datasets (ko, en weigh 0.7/0.3)")
     p.add_argument("--json", type=Path)
+    p.add_argument("--fresh", action="store_true",
+                   help="measure every stage again (default: a stage already measured in --work at the same settings is "
+                        "reused, so an interrupted run resumes at the next stage)")
     p.add_argument("--results", type=Path, help="replace this section of RESULTS.md")
     args = p.parse_args(argv)
     if bool(args.stage0) != bool(args.data):
         p.error("--stage0 and --data go together")
-    s = Settings(seq_length=args.seq_length, steps=args.steps, weight_decay=args.weight_decay)
+    if args.profile and not 2 <= args.profile <= args.steps:
+        p.error(f"--profile {args.profile}: a step from 2 (step 1 is counted as launch) to --steps ({args.steps})")
+    s = Settings(seq_length=args.seq_length, steps=args.steps, weight_decay=args.weight_decay,
+                 profile_step=args.profile)
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
     if args.stage0:
@@ -552,6 +624,13 @@ def main(argv: list[str] | None = None) -> int:
         export_hf(stage0, work / "stage0-hf")
     results: dict[str, dict] = {}
     for stage in sorted(set(args.stages)):
+        done = work / "measured" / f"stage-{stage}.json"  # a stage measured by an earlier, interrupted run
+        key = {"settings": asdict(s), "stage0": str(stage0), "skip": args.skip, "windows": args.windows}
+        if done.is_file() and not args.fresh and json.loads(done.read_text())["key"] == key:
+            print(f"stage {stage}: measured by an earlier run at these settings ({done}; --fresh measures again)",
+                  flush=True)
+            results[str(stage)] = json.loads(done.read_text())["result"]
+            continue
         run_yaml = write_run_yaml(work, stage, s, stage0, prefixes)
         stage_samples(run_yaml, stage, s)  # build the index cache once, outside every trainer's clock
         raw = {}
@@ -561,11 +640,13 @@ def main(argv: list[str] | None = None) -> int:
         per = measure(work, stage, s, raw, args.skip, args.windows)
         per["ratios"] = ratios(per)
         results[str(stage)] = per
+        write_json(done, {"key": key, "machine": machine(), "result": per})
         print(json.dumps({k: {x: v[x] for x in ("tokens_per_s", "peak_rss_mib", "optimizer_bytes",
                                                  "frozen_elements_moved")} if k != "ratios" else v
                           for k, v in per.items()}), flush=True)
     label = (f"Machine: {machine()}. `python bench/bench_vs_trainer.py --stages {' '.join(map(str, args.stages))} "
-             f"--steps {s.steps}`: {s.world} gloo ranks for (M) and (P) (one thread each), one process for (L); "
+             f"--steps {s.steps}{f' --profile {s.profile_step}' if s.profile_step else ''}`: {s.world} gloo ranks "
+             f"for (M) and (P) (one thread each), one process for (L); "
              f"seq {s.seq_length}, global batch {s.global_batch} samples ({s.tokens_per_step:,} tokens a step), "
              f"weight decay {s.weight_decay:g}; tokens/s is the median of {args.windows} windows over steps "
              f"{args.skip + 1}..{s.steps}.")

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from _train_helpers import REPO, engine_view, make_stage0, metrics, write_prefix
 from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
@@ -30,7 +31,7 @@ def test_three_trainers_same_data_and_exactness_from_their_outputs(tmp_path, gpt
     work, out = tmp_path / "work", tmp_path / "result.json"
     cmd = [sys.executable, str(REPO / "bench" / "bench_vs_trainer.py"), "--stage0", str(model), "--data",
            f"ko={ko_prefix}", f"en={en_prefix}", "--stages", "1", "--steps", "2", "--skip", "0", "--windows", "1",
-           "--seq-length", "32", "--weight-decay", "0.1", "--work", str(work), "--json", str(out)]
+           "--seq-length", "32", "--weight-decay", "0.1", "--profile", "2", "--work", str(work), "--json", str(out)]
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=1200)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     result = json.loads(out.read_text())
@@ -74,3 +75,18 @@ def test_three_trainers_same_data_and_exactness_from_their_outputs(tmp_path, gpt
     after = load_file(str(work / "limit" / "stage-1" / "weights.safetensors"))
     assert all(torch.equal(after[n], before[n]) for n in before if n != "model.embed_tokens.added")
     assert per["limit"]["frozen_elements_moved"] == 0
+
+    # --profile 2: step 2 of every trainer under torch.profiler, split by kind from each one's own ops.json.
+    for name in bench.TRAINERS:
+        pr = per[name]["profile"]
+        assert pr["wall_s"] == per[name]["step_times_s"][0] > 0 and pr["matmul"] > 0 and pr["optimizer"] > 0
+        assert pr["outside ops"] == pytest.approx(pr["wall_s"] - sum(pr[k] for k in bench.PROFILE_KINDS))
+    assert per["megaeeve"]["profile"]["collectives"] > 0 and per["peer"]["profile"]["collectives"] > 0
+    assert per["limit"]["profile"]["collectives"] == 0  # one process: nothing to gather
+    assert (work / "megaeeve" / "run-1" / "stage-1" / "profile" / "rank1-step2.trace.json").is_file()
+
+    # A rerun at the same settings reuses the measured stage instead of training again; --fresh would not.
+    again = subprocess.run([*cmd[:-1], str(tmp_path / "again.json")], cwd=REPO, capture_output=True, text=True,
+                           timeout=600)
+    assert again.returncode == 0 and "measured by an earlier run" in again.stdout, again.stderr[-2000:]
+    assert json.loads((tmp_path / "again.json").read_text())["stages"] == result["stages"]

@@ -85,3 +85,17 @@ def test_every_user_error_is_one_line_and_a_bug_keeps_its_traceback(tmp_path, ca
     assert capsys.readouterr().err == f"error: [Errno 13] Permission denied: '{tmp_path / 'ro'}'\n"
     with pytest.raises(KeyError):
         fails(KeyError("a bug"))
+
+
+@pytest.mark.parametrize("flag, value, rule", [("--fit-english-samples", "0", "must be positive"),
+                                               ("--fit-samples", "0", "must be positive"),
+                                               ("--fit-output-rank", "-1", "must be >= 0")])
+def test_extend_refuses_a_bad_fit_count_before_any_work(tmp_path, capsys, flag, value, rule):
+    """The numbers of `--init fit` are checked when the command line is read, naming the flag and the value,
+    not after the base model was loaded (paths that do not exist prove nothing was opened)."""
+    missing = str(tmp_path / "absent")
+    with pytest.raises(SystemExit) as done:
+        main(["extend", "--base-model", missing, "--base-tokenizer", missing, "--tokenizer", missing,
+              "--output", str(tmp_path / "out"), flag, value])
+    assert done.value.code == 2 and f"{flag} {rule}, got {value}" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -119,6 +119,7 @@ def test_schedule_presets(tmp_path):
     ({"data": [{"prefix": "a", "weight": "heavy"}]}, r"data\.sources\[0\]\.weight: expected a number"),
     ({"seq_length": "long"}, r"seq_length: expected an integer, got 'long'"),
     ({"training": {"attn_implementation": "flash"}}, r"training\.attn_implementation: 'flash' is not one of"),
+    ({"training": {"profile_steps": [0, 3]}}, r"training\.profile_steps counts optimizer steps from 1, got \[0, 3\]"),
     ({"training": {"tensorboard": True}},  # the previous release's key names what replaced it
      r"training\.tensorboard is no longer read: write `report_to: \[tensorboard\]`"),
 ])

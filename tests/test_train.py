@@ -44,7 +44,7 @@ def corpus(module_tmp, phi2_tokenizer_dir, korean_split, english_docs):
 RESUME_STAGE, RESUME_STEPS = 6, 6  # the reference chain's stage 6 is also the uninterrupted run of the resume test
 REFERENCE = ("phi", "fp32", 2)  # the chain the metrics, export, refusal and resume tests read
 TRAINING = {"eval_samples": 4, "checkpoint_every": 2, "progress_bar": True, "peak_tflops": 0.5,
-            "report_to": ["tensorboard"]}
+            "report_to": ["tensorboard"], "profile_steps": [2]}
 # Every other cell: one step a stage, the checkpoint at the end only, final/ in shards of 1 MiB (written by every rank).
 QUICK = {"eval_samples": 2, "checkpoint_every": 0, "progress_bar": False, "report_to": [], "handoff_shard_mb": 1}
 CELLS = [(arch, precision, world) for arch in ("phi", "llama") for precision in ("fp32", "bf16") for world in (2, 3)]
@@ -112,6 +112,25 @@ def test_metrics_and_markers(phi_chain):
     log = (phi_chain["cfg"].parent / "phi-fp32-2-stage5.log.rank0").read_text()
     assert "stage 5 step 2/2 loss" in log and "ETA" in log and "\r" not in log
     assert (stage_dir / "DONE").is_file()
+
+
+def test_profiled_step_writes_trace_and_operator_times_on_every_rank(phi_chain):
+    """training.profile_steps: [2]: step 2 of each stage is profiled on both ranks, step 1 is not; the operator
+    summary holds the step's real work (matmuls, the backward, the ZeRO-3 gathers' collectives)."""
+    profile = phi_chain["run_dir"] / "stage-5" / "profile"
+    names = sorted(p.name for p in profile.iterdir())
+    assert names == sorted(f"rank{r}-step2.{kind}" for r in (0, 1) for kind in ("ops.json", "trace.json", "txt"))
+    for rank in (0, 1):
+        ops = json.loads((profile / f"rank{rank}-step2.ops.json").read_text())
+        by_name = {o["name"]: o for o in ops}
+        assert {"aten::mm", "aten::addmm"} & set(by_name) and any("backward" in n.lower() for n in by_name)
+        assert any(n.startswith("c10d::") or "all_gather" in n for n in by_name)  # ZeRO-3's gathers
+        assert all(o["calls"] >= 1 and o["cpu_total_s"] >= o["self_cpu_s"] >= 0 for o in ops)
+        selfs = [o["self_cpu_s"] for o in ops]
+        assert selfs == sorted(selfs, reverse=True) and sum(selfs) > 0
+        trace = json.loads((profile / f"rank{rank}-step2.trace.json").read_text())
+        assert any(e.get("name") == "aten::mm" or e.get("name") == "aten::addmm" for e in trace["traceEvents"])
+        assert "Self CPU" in (profile / f"rank{rank}-step2.txt").read_text()
 
 
 def test_final_export_loads_in_plain_transformers(phi_chain, tmp_path):

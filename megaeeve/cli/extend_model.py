@@ -2,7 +2,8 @@
 
     python tools/extend_model.py --base-model DIR_OR_GGUF --base-tokenizer TOKENIZER --tokenizer DIR --output DIR \
         [--init fit|eeve|mean|random] [--prior counts|model|none] [--fit-input-steps N] [--fit-output-steps N] [--fit-output-rank R]
-        [--fit-device auto|cpu|cuda] [--fit-samples N] [--fit-text FILE ...] [--fit-english FILE ...]
+        [--fit-device auto|cpu|cuda] [--fit-samples N] [--fit-english-samples N] [--fit-text FILE ...]
+        [--fit-english FILE ...]
 """
 
 from __future__ import annotations
@@ -58,6 +59,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                              "(row = start + input row x A B^T) instead of free rows (0)")
     parser.add_argument("--fit-samples", type=int, default=defaults.samples,
                         help=f"--init fit: samples of {defaults.sample_length} tokens of target-language text")
+    parser.add_argument("--fit-english-samples", type=int, default=defaults.english_samples,
+                        help=f"--init fit: samples of {defaults.sample_length} tokens of English the fold direction and "
+                             "the output fit see, so that the new rows learn to stay out of English contexts")
     parser.add_argument("--fit-text", nargs="+", metavar="FILE",
                         help="--init fit: target-language text (default: the corpus the tokenizer was expanded on)")
     parser.add_argument("--fit-english", nargs="+", metavar="FILE",
@@ -73,9 +77,10 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     parser = build_parser(prog)
     args = parser.parse_args(argv)
-    for flag in ("fit_input_norm", "fit_input_steps", "fit_output_steps", "fit_output_rank", "fit_samples"):
-        if getattr(args, flag) < (1 if flag == "fit_samples" else 0):
-            parser.error(f"--{flag.replace('_', '-')} must be {'positive' if flag == 'fit_samples' else '>= 0'}, "
+    positive = ("fit_samples", "fit_english_samples")
+    for flag in ("fit_input_norm", "fit_input_steps", "fit_output_steps", "fit_output_rank", *positive):
+        if getattr(args, flag) < (1 if flag in positive else 0):
+            parser.error(f"--{flag.replace('_', '-')} must be {'positive' if flag in positive else '>= 0'}, "
                          f"got {getattr(args, flag)}")
 
     if args.fit_device != "auto":
@@ -96,7 +101,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
                         fit=FitSettings(prior=args.prior, input_norm=args.fit_input_norm, input_steps=args.fit_input_steps,
                                         device=args.fit_device,
                                         output_steps=args.fit_output_steps, output_rank=args.fit_output_rank,
-                                        samples=args.fit_samples),
+                                        samples=args.fit_samples, english_samples=args.fit_english_samples),
                         fit_text=args.fit_text, fit_english=args.fit_english)
     log.info(describe(meta))
     log.info(f"wrote {args.output}")

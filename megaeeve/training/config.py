@@ -58,6 +58,7 @@ class TrainingConfig:
     dist_timeout_s: float = 300.0  # rendezvous and collective timeout: a rank whose peers are gone stops
     peak_tflops: float | None = None  # the device's dense 16-bit peak for MFU (default: known GPUs by name)
     handoff_shard_mb: int = 2048  # final/ is written in shards of at most this size, one owner rank each
+    profile_steps: tuple[int, ...] = ()  # optimizer steps (1-based) torch.profiler watches, each rank: STAGE_DIR/profile/
 
 
 @dataclass(frozen=True)
@@ -151,6 +152,8 @@ def _training(raw: Mapping[str, Any], where: str) -> TrainingConfig:
     unknown = set(cfg.report_to) - set(SINKS)
     if unknown:
         raise ConfigError(f"{where}: training.report_to: unknown sink(s) {sorted(unknown)}; known: {list(SINKS)}")
+    if any(step < 1 for step in cfg.profile_steps):
+        raise ConfigError(f"{where}: training.profile_steps counts optimizer steps from 1, got {list(cfg.profile_steps)}")
     if not cfg.dist_timeout_s > 0:
         raise ConfigError(f"{where}: training.dist_timeout_s must be > 0, got {cfg.dist_timeout_s!r}")
     return cfg

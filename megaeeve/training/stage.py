@@ -61,6 +61,7 @@ def run_stage(plan: StagePlan) -> int:
     from megaeeve.training.loop import LoopSettings, LoopState, evaluate, train
     from megaeeve.training.metrics import Metrics, MetricsSettings
     from megaeeve.training.objectives import stage_objective
+    from megaeeve.training.profiling import StepProfiler
     from megaeeve.training.throughput import flops_per_token, peak_tflops
 
     cfg, stage, number, t = plan.cfg, plan.stage, plan.number, plan.cfg.training
@@ -119,9 +120,10 @@ def run_stage(plan: StagePlan) -> int:
         peak_tflops=peak_tflops(plan.device, t.peak_tflops), log_every=t.log_every, eval_every=t.eval_every,
         checkpoint_every=t.checkpoint_every,
     )
+    profiler = StepProfiler(t.profile_steps, plan.stage_dir / "profile", plan.rank)
     try:
         if not train(engine, data, state=state, s=settings, metrics=metrics, stop=stop, save=save,
-                     objective=objective):
+                     objective=objective, profiler=profiler):
             log.info(f"stage {number}: stopped by signal {stop.signum} at step {state.step}; checkpoint saved, "
                      f"exit {REQUEUE_EXIT_CODE} (requeue)", extra=STDERR)
             return REQUEUE_EXIT_CODE
