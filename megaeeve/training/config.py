@@ -43,6 +43,9 @@ class TrainingConfig:
     RENAMED: ClassVar[Mapping[str, str]] = {  # keys of earlier releases -> what replaced them
         "tensorboard": "`report_to: [tensorboard]` for `tensorboard: true`, `report_to: []` for false",
     }
+    MINIMUM: ClassVar[Mapping[str, int]] = {  # smaller values would fail mid-stage (log_every 0 divides by zero)
+        "log_every": 1, "eval_every": 0, "eval_samples": 1, "checkpoint_every": 0, "handoff_shard_mb": 1,
+    }
 
     log_every: int = 1
     eval_every: int = 0  # 0: eval only at the end of a stage
@@ -152,6 +155,11 @@ def _training(raw: Mapping[str, Any], where: str) -> TrainingConfig:
     unknown = set(cfg.report_to) - set(SINKS)
     if unknown:
         raise ConfigError(f"{where}: training.report_to: unknown sink(s) {sorted(unknown)}; known: {list(SINKS)}")
+    for key, low in cfg.MINIMUM.items():
+        if getattr(cfg, key) < low:
+            raise ConfigError(f"{where}: training.{key} must be >= {low}, got {getattr(cfg, key)}")
+    if cfg.peak_tflops is not None and not cfg.peak_tflops > 0:
+        raise ConfigError(f"{where}: training.peak_tflops must be > 0 (or left out), got {cfg.peak_tflops}")
     if any(step < 1 for step in cfg.profile_steps):
         raise ConfigError(f"{where}: training.profile_steps counts optimizer steps from 1, got {list(cfg.profile_steps)}")
     if not cfg.dist_timeout_s > 0:
