@@ -16,21 +16,21 @@ log = logger(__name__)
 
 
 class Progress:
-    """Documents and tokens done out of `parts` parts of work; does nothing when not `enabled` (a rank other
-    than 0, or --no-progress)."""
+    """Documents (or other `unit`s) and tokens done out of `parts` parts of work; does nothing when not `enabled`
+    (a rank other than 0, or --no-progress)."""
 
-    def __init__(self, desc: str, parts: int, enabled: bool = True, every: float = 30.0) -> None:
-        self.desc, self.parts, self.enabled, self.every = desc, parts, enabled, every
+    def __init__(self, desc: str, parts: int, enabled: bool = True, every: float = 30.0, unit: str = "docs") -> None:
+        self.desc, self.parts, self.enabled, self.every, self.unit = desc, parts, enabled, every, unit
         self.docs = self.tokens = self.parts_done = 0
         self.started = self.last = time.perf_counter()
         self.bar = None
         if enabled and on_terminal():
             from tqdm import tqdm
 
-            self.bar = tqdm(desc=desc, unit=" docs", unit_scale=True, smoothing=0.1, dynamic_ncols=True)
+            self.bar = tqdm(desc=desc, unit=f" {unit}", unit_scale=True, smoothing=0.1, dynamic_ncols=True)
 
     def update(self, docs: int, tokens: int) -> None:
-        """`docs` more documents of `tokens` tokens in all are done."""
+        """`docs` more documents (units) of `tokens` tokens in all are done."""
         if not self.enabled:
             return
         self.docs += docs
@@ -55,7 +55,8 @@ class Progress:
 
     def _line(self, now: float, final: bool) -> None:
         elapsed = max(now - self.started, 1e-9)
-        text = f"{self.desc}: {self.docs:,} docs, {self.docs / elapsed:,.0f} docs/s, {self.tokens / elapsed:,.0f} tokens/s"
+        text = (f"{self.desc}: {self.docs:,} {self.unit}, {self.docs / elapsed:,.1f} {self.unit}/s, "
+                f"{self.tokens / elapsed:,.0f} tokens/s")
         if final:
             text += f", {elapsed:.1f} s"
         elif 0 < self.parts_done < self.parts:

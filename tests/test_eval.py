@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import math
 import runpy
 from pathlib import Path
@@ -138,7 +139,7 @@ def test_greedy_loop_matches_transformers_generate(plain):
     assert _greedy_one(model, tokenizer, "The import statement", 12, stop_at_eos=False) == tokenizer.decode(expected)
 
 
-def test_cli_writes_json_and_a_table(plain, tmp_path, capsys, korean_split, english_docs):
+def test_cli_writes_json_and_a_table(plain, tmp_path, capsys, caplog, korean_split, english_docs):
     ko = assets.write_jsonl(korean_split[1][:5], tmp_path / "ko.jsonl")
     en = tmp_path / "en.txt"
     en.write_text("\n\n".join(d.replace("\n", " ") for d in english_docs[:3]) + "\n", encoding="utf-8")
@@ -147,6 +148,9 @@ def test_cli_writes_json_and_a_table(plain, tmp_path, capsys, korean_split, engl
                 "--gen-tokens", 4, "--output", out) == 0
     table = capsys.readouterr().out
     assert "bits/char" in table and "\nko " in table and "\nen " in table
+    # Progress (no terminal here: a line at the end of each text, with windows and tokens per second).
+    line = re.search(r"scoring ko: (\d+) windows, [\d.,]+ windows/s, [\d,]+ tokens/s, [\d.]+ s", caplog.text)
+    assert line and int(line[1]) >= 4  # at least a window a document
     data = json.loads(out.read_text())
     assert data["model"] == str(plain) and list(data["texts"]) == ["ko", "en"]
     assert data["texts"]["ko"]["documents"] == 4 and data["texts"]["en"]["documents"] == 3  # blank lines are no docs

@@ -73,7 +73,8 @@ def evaluate_model(model: nn.Module, tokenizer, texts: dict[str, list[str]],
     for name, docs in texts.items():
         encoded = tokenizer(docs, add_special_tokens=False, verbose=False).input_ids
         nll = sum(sequence_nll(model, [[prefix_id(tokenizer)] + ids for ids in encoded], vocab_size=vocab_size,
-                               context=context, stride=stride, batch_tokens=settings.batch_tokens))
+                               context=context, stride=stride, batch_tokens=settings.batch_tokens,
+                               desc=f"scoring {name}"))
         bits, chars = nll / math.log(2), sum(len(d) for d in docs)
         tokens = sum(len(ids) for ids in encoded)
         speed = None

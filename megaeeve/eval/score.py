@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from megaeeve.progress import Progress
+
 
 @dataclass(frozen=True)
 class Window:
@@ -54,15 +56,19 @@ def _batches(items: list[Window], batch_tokens: int) -> list[list[Window]]:
 
 @torch.no_grad()
 def sequence_nll(model: nn.Module, sequences: list[list[int]], *, vocab_size: int, context: int, stride: int,
-                 batch_tokens: int) -> list[float]:
+                 batch_tokens: int, desc: str | None = None) -> list[float]:
     """Summed NLL in nats of sequence[1:] for each sequence (the first id is the context-giving prefix).
 
-    The softmax runs over ids [0, vocab_size) only; right padding is masked out of attention.
+    The softmax runs over ids [0, vocab_size) only; right padding is masked out of attention. With `desc`,
+    progress (windows/s, tokens/s, ETA) is shown under that name: a base model reading a script its tokenizer
+    splits into bytes scores several times the expanded model's tokens.
     """
     device = next(model.parameters()).device
     items = [w for i, ids in enumerate(sequences) for w in windows(i, ids, context, stride)]
     totals = torch.zeros(len(sequences), dtype=torch.float64)
-    for batch in _batches(items, batch_tokens):
+    batches = _batches(items, batch_tokens)
+    progress = Progress(desc or "", len(batches), enabled=desc is not None, unit="windows")
+    for batch in batches:
         width = len(batch[0].ids)
         ids = torch.zeros(len(batch), width, dtype=torch.long)
         attention = torch.zeros_like(ids)
@@ -78,4 +84,7 @@ def sequence_nll(model: nn.Module, sequences: list[list[int]], *, vocab_size: in
         targets = ids.roll(-1, dims=1).to(device).unsqueeze(-1)
         nll = torch.logsumexp(logits, -1) - logits.gather(-1, targets).squeeze(-1)
         totals.index_add_(0, docs[scored], nll[scored.to(device)].double().cpu())
+        progress.update(len(batch), int(scored.sum()))
+        progress.part_done()
+    progress.close()
     return totals.tolist()
