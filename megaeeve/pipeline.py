@@ -58,6 +58,7 @@ class PipelineConfig:
     ds_config: Path | None = None  # default: ds_configs/zero3.json on GPUs, zero3_cpu.json on CPU
     sample_max_new_tokens: int = 24
     fit_input_steps: int | None = None  # `megaeeve extend --fit-input-steps`; None: extend's default
+    eval_chars: int = 20_000  # characters of each eval text scored (`megaeeve evaluate --max-chars`)
 
 
 def tiny_config(run_dir: Path) -> PipelineConfig:
@@ -168,7 +169,8 @@ class Pipeline:
             out = r / "eval" / f"{name}.json"
             steps.append(Step(f"eval-{name}", out, lambda name=name, model=model, tokenizer=tokenizer, out=out:
                               self.call(f"eval-{name}", command("evaluate", "--model", model, "--tokenizer",
-                                                              tokenizer, *texts, "--output", out))))
+                                                              tokenizer, *texts, "--max-chars", c.eval_chars,
+                                                              "--output", out))))
         steps.append(Step("report", r / "report", self.write_report))
         return steps
 

@@ -152,7 +152,9 @@ def _eval_section(evals: dict[str, dict[str, Any]]) -> list[str]:
     labels = [TEXT_LABELS.get(t, t) for t in texts]
     md = ["## Held-out evaluation", "",
           "Bits per character (lower is better) on held-out documents that occur nowhere in the training text, "
-          "each model with its own tokenizer (tools/evaluate.py; `eval/*.json`).", ""]
+          "each model with its own tokenizer (tools/evaluate.py; `eval/*.json`). Scored: " + "; ".join(
+              f"{label} {e['characters']:,} characters in {e['documents']:,} documents"
+              for label, e in zip(labels, next(iter(evals.values())).values())) + ".", ""]
     header = ["model"] + [f"{label}: {what}" for label in labels for what in ("bits/char", "chars/token")]
     rows = [[name] + [f"{e[t][k]:.4f}" if k == "bits_per_char" else f"{e[t][k]:.2f}"
                       for t in texts for k in ("bits_per_char", "chars_per_token")] for name, e in evals.items()]

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-import re
 import math
+import re
 import runpy
 from pathlib import Path
 
@@ -174,3 +174,14 @@ def test_bad_input_is_one_error_line_naming_the_file(plain, tmp_path, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error: ") and named in err[0], err
     assert read_texts(bad, max_docs=1) == ["ok"]  # --max-docs stops before the bad line
+
+
+def test_max_chars_keeps_the_first_characters_in_file_order(tmp_path, capsys):
+    """--max-chars: whole documents while they fit, the one that crosses the limit cut there, none after it."""
+    path = assets.write_jsonl(["한국어 문장", "abcdefgh", "last"], tmp_path / "t.jsonl")
+    assert read_texts(path, max_chars=9) == ["한국어 문장", "abc"]
+    assert read_texts(path, max_chars=6) == ["한국어 문장"]
+    assert read_texts(path, max_chars=100) == read_texts(path) == ["한국어 문장", "abcdefgh", "last"]
+    with pytest.raises(SystemExit) as done:
+        tool("--model", tmp_path, "--text", f"t={path}", "--max-chars", 0)
+    assert done.value.code == 2 and "--max-chars must be at least 1, got 0" in capsys.readouterr().err

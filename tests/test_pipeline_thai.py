@@ -21,6 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 # The first 1,000 of ORCHID's 10,065 paragraphs (~150k characters): nine evaluations of the whole corpus's
 # held-out tenth would take longer than the rest of the run.
 THAI_DOCS = 1_000
+EVAL_CHARS = 5_000  # of the held-out Thai (about 15k characters): the report scores this many, every model alike
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +30,8 @@ def thai_run(module_tmp):
     corpus = assets.write_jsonl(assets.thai_documents()[:THAI_DOCS], tmp / "th.jsonl")
     run_dir = tmp / "thai"
     proc = subprocess.run([sys.executable, "-m", "megaeeve", "pipeline", "--tiny", "--script", "thai", "--run-dir",
-                           str(run_dir), "--corpus", str(corpus), "--steps-per-stage", "1"],
+                           str(run_dir), "--corpus", str(corpus), "--steps-per-stage", "1",
+                           "--eval-chars", str(EVAL_CHARS)],
                           cwd=REPO, capture_output=True, text=True, timeout=2400)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     return run_dir
@@ -54,6 +56,10 @@ def test_report_works_on_thai(thai_run):
     markdown = (thai_run / "report" / "report.md").read_text(encoding="utf-8")
     for heading in ("## Tokenizer", "## Training", "## Held-out evaluation", "## Samples"):
         assert heading in markdown
+    # --eval-chars: every model is scored on the same first 5,000 Thai characters, and the report says so.
+    evals = [json.loads(p.read_text(encoding="utf-8"))["texts"] for p in sorted((thai_run / "eval").glob("*.json"))]
+    assert len(evals) >= 9 and {e["held_out"]["characters"] for e in evals} == {EVAL_CHARS}
+    assert f"target language (held out) {EVAL_CHARS:,} characters in" in markdown
 
 
 def test_thai_without_a_corpus_takes_the_bundled_orchid(tmp_path):

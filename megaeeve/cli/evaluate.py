@@ -1,7 +1,7 @@
 """Evaluate a model on named texts: bits per character / byte, characters per token, generation speed.
 
     python tools/evaluate.py --model DIR_OR_GGUF [--tokenizer DIR] --text NAME=FILE [--text NAME=FILE ...] \
-        [--max-docs N] [--output eval.json]
+        [--max-docs N] [--max-chars N] [--output eval.json]
 
 --model: a base Hugging Face directory or .gguf file, a megaeeve model directory (stage-0, stage-N/final)
 or an export. FILE: JSONL (`text` key) or .txt (one document a line), read as preprocess_data reads it.
@@ -44,6 +44,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--text", action="append", required=True, metavar="NAME=FILE",
                         help="a named text to evaluate on (repeatable)")
     parser.add_argument("--max-docs", type=int, help="only the first N documents of each text")
+    parser.add_argument("--max-chars", type=int,
+                        help="only the first N characters of each text (documents in file order, the last one cut)")
     parser.add_argument("--output", type=Path, help="write the results as JSON")
     parser.add_argument("--context", type=int, help="window length in tokens (default: max_position_embeddings)")
     parser.add_argument("--batch-tokens", type=int, default=2048, help="padded tokens per forward pass")
@@ -57,14 +59,15 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     parser = build_parser(prog)
     args = parser.parse_args(argv)
-    if args.max_docs is not None and args.max_docs < 1:
-        parser.error("--max-docs must be at least 1")
+    for flag in ("max_docs", "max_chars"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            parser.error(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
 
     from megaeeve.atomic import write_json
     from megaeeve.eval import (EvalSettings, evaluate_model, format_table, load_any_model, load_hf_tokenizer,
                                read_texts, results_json)
 
-    texts = {name: read_texts(path, args.max_docs) for name, path in parse_texts(args.text).items()}
+    texts = {name: read_texts(path, args.max_docs, args.max_chars) for name, path in parse_texts(args.text).items()}
     tokenizer = load_hf_tokenizer(args.tokenizer or args.model)
     model = load_any_model(args.model, device=args.device)
     settings = EvalSettings(context=args.context, batch_tokens=args.batch_tokens, gen_tokens=args.gen_tokens)

@@ -45,6 +45,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--fit-input-steps", type=int,
                    help="steps of the stage-0 input fit (megaeeve extend --fit-input-steps; default 150, 10 with "
                         "--tiny; about 9 s each for SmolLM2-135M on 2 CPU cores, 0 skips it)")
+    p.add_argument("--eval-chars", type=int,
+                   help="characters of each eval text the report scores (default 20,000: the first documents, the "
+                        "last one cut); scoring time grows with it, a base model reading bytes most")
     p.add_argument("--intermediate-vocab-size", type=int)
     p.add_argument("--min-frequency", type=int)
     p.add_argument("--ds-config", type=Path, help="default: ds_configs/zero3.json on GPUs, zero3_cpu.json on CPU")
@@ -57,6 +60,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     args = p.parse_args(argv)
     if args.tiny and args.base_model:
         p.error("--tiny and --base-model exclude each other")
+    if args.eval_chars is not None and args.eval_chars < 1:
+        p.error(f"--eval-chars must be at least 1, got {args.eval_chars}")
     run_dir = args.run_dir or Path("runs") / ("tiny" if args.tiny else "default")
     cfg = tiny_config(run_dir) if args.tiny else PipelineConfig(run_dir=run_dir)
     overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in vars(args).items()
