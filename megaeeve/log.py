@@ -21,6 +21,7 @@ Progress bars are tqdm's, on a terminal only (`on_terminal`); elsewhere long wor
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sys
@@ -66,9 +67,15 @@ def level_from_env() -> int:
     a logging variable must not stop a training job, nor pass unnoticed)."""
     name = os.environ.get(LEVEL_ENV, "info").strip().lower()
     if name not in _LEVELS:
-        sys.stderr.write(f"warning: {LEVEL_ENV}={name!r} is not one of {', '.join(_LEVELS)}; logging at info\n")
+        _warn_unknown_level(name)
         return logging.INFO
     return _LEVELS[name]
+
+
+@functools.lru_cache(maxsize=None)
+def _warn_unknown_level(name: str) -> None:
+    """Once per process: setup() runs again when a stage learns its rank."""
+    sys.stderr.write(f"warning: {LEVEL_ENV}={name!r} is not one of {', '.join(_LEVELS)}; logging at info\n")
 
 
 def setup(rank: int = 0, world: int = 1, level: int | None = None) -> logging.Logger:
