@@ -224,12 +224,12 @@ class Compare(Pipeline):
             "training": {"eval_every": 0, "eval_samples": 8, "checkpoint_every": 10**9, "keep_checkpoints": 1,
                          "report_to": [], "progress_bar": False},
         }
-        schedule = {"warmup_ratio": 0.1, "min_lr_ratio": 0.1}
+        lr_schedule = {"warmup_ratio": 0.1, "min_lr_ratio": 0.1}
         if m.added_rows_lr_scale != 1:
-            schedule["added_rows_lr_scale"] = m.added_rows_lr_scale
+            lr_schedule["added_rows_lr_scale"] = m.added_rows_lr_scale
         if m.roles is None:
             run["schedule"] = m.schedule
-            run["stages"] = {n: {"steps": s, **schedule} for n in range(1, STAGES + 1)}
+            run["stages"] = {n: {"steps": s, **lr_schedule} for n in range(1, STAGES + 1)}
         else:
             steps = [s] * STAGES
             if self.stage_count(m) > STAGES:  # (d): on to the others' Korean text
@@ -237,7 +237,7 @@ class Compare(Pipeline):
                 k = self.stage_count(m) - STAGES
                 steps += [extra // k + (i < extra % k) for i in range(k)]
             run["default_stages"] = False
-            run["stages"] = {n: {"trainable": list(m.roles), "lr": self.cc.full_lr, "steps": max(1, k), **schedule,
+            run["stages"] = {n: {"trainable": list(m.roles), "lr": self.cc.full_lr, "steps": max(1, k), **lr_schedule,
                                  "description": f"all parameters, part {n}"} for n, k in enumerate(steps, 1)}
         self.method_dir(m).mkdir(parents=True, exist_ok=True)
         with atomic_file(self.method_dir(m) / "run.yaml", "w") as f:

@@ -152,23 +152,23 @@ def model_log_shares(model: nn.Module, rows: Rows, *, table: PieceTable, samples
     tokens were scored in context)."""
     base = rows.base_vocab_size
     total = torch.zeros(len(pieces), dtype=torch.float64)
-    seen = torch.zeros(len(pieces), dtype=torch.float64)
+    occurrences = torch.zeros(len(pieces), dtype=torch.float64)
     with torch.no_grad():
         for chunk in samples.split(batch):
             chunk, _ = within_context(table, chunk, context)
             rest = _rest_log_likelihoods(model, rows, table, chunk).double()
             new = chunk >= base
             total.index_add_(0, chunk[new] - base, rest[new])
-            seen.index_add_(0, chunk[new] - base, torch.ones_like(rest[new]))
+            occurrences.index_add_(0, chunk[new] - base, torch.ones_like(rest[new]))
         new_ids = torch.arange(base, base + len(pieces))
         alone = torch.cat([_rest_log_likelihoods(model, rows, table, ids[:, None]).double()[:, 0]
                            for ids in new_ids.split(256)])
-    log_weight = torch.where(seen > 0, total / seen.clamp(min=1), alone)
+    log_weight = torch.where(occurrences > 0, total / occurrences.clamp(min=1), alone)
     shares: dict[int, float] = {}
     for first, members in first_piece_groups(pieces, base).items():
         w = torch.cat([torch.zeros(1, dtype=torch.float64), log_weight[torch.tensor(members) - base]])
         shares.update(zip([first, *members], (w - w.logsumexp(0)).tolist()))
-    return shares, {"new_tokens_in_context": int((seen > 0).sum()), "new_tokens": len(pieces)}
+    return shares, {"new_tokens_in_context": int((occurrences > 0).sum()), "new_tokens": len(pieces)}
 
 
 def offsets_tensor(shares: Mapping[int, float], vocab_size: int) -> torch.Tensor:
