@@ -68,7 +68,7 @@ FIT_VARIANTS = {  # name -> (init, FitSettings overrides)
     "fit+output l2=10": ("fit", {"input_norm": 0.0, "input_steps": 0, "output_steps": 300, "output_l2": 10.0}),
     "fit+output l2=30": ("fit", {"input_norm": 0.0, "input_steps": 0, "output_steps": 300, "output_l2": 30.0}),
     "output": ("fit", {"prior": "none", "input_norm": 0.0, "input_steps": 0, "output_steps": 300}),
-    "fit+output rank 16": ("fit", {"output_steps": 600, "output_rank": 16, "samples": 256}),
+    "fit+output rank 16": ("fit", {"output_steps": 600, "output_rank": 16, "samples": 256, "english_samples": 64}),
 }
 EVAL_CHARS = 3000
 

@@ -334,10 +334,13 @@ def run_trainer(name: str, work: Path, stage: int, s: Settings) -> dict:
 
 
 # -- measuring -----------------------------------------------------------------------------------------------
-def steady_tokens_per_s(step_times: list[float], tokens_per_step: int, skip: int, windows: int) -> float:
-    """Median over `windows` contiguous windows of the steps after the first `skip` (at least one step).
-    `step_times` start at step 2: step 1 is part of the launch-to-first-step time."""
-    rest = step_times[min(max(skip - 1, 0), len(step_times) - 1):]
+def steady_tokens_per_s(step_times: list[float], tokens_per_step: int, skip: int, windows: int,
+                        leave_out: int = 0) -> float:
+    """Median over `windows` contiguous windows of the steps after the first `skip` (at least one step), step
+    `leave_out` (the profiled one) left out. `step_times` start at step 2: step 1 is part of the launch-to-first-step
+    time."""
+    first = min(max(skip - 1, 0), len(step_times) - 1)
+    rest = [t for i, t in enumerate(step_times[first:], first + 2) if i != leave_out] or step_times[first:]
     chunks = [c for c in np.array_split(np.array(rest), min(windows, len(rest))) if len(c)]
     return statistics.median(tokens_per_step * len(c) / float(c.sum()) for c in chunks)
 
@@ -519,8 +522,9 @@ def _split_roles(model_dir: Path) -> dict[str, str]:
 
 def _record(s: Settings, step_times: list[float], first_step_s: float, rss: list[float], opt_bytes: int,
             frozen: int, moved: int, drift: float, skip: int, windows: int) -> dict:
-    return {"tokens_per_s": steady_tokens_per_s(step_times, s.tokens_per_step, skip, windows),
-            "fastest_step_tokens_per_s": s.tokens_per_step / min(step_times),  # the least disturbed step
+    unwatched = [t for i, t in enumerate(step_times, 2) if i != s.profile_step] or step_times  # profiling slows a step
+    return {"tokens_per_s": steady_tokens_per_s(step_times, s.tokens_per_step, skip, windows, s.profile_step),
+            "fastest_step_tokens_per_s": s.tokens_per_step / min(unwatched),  # the least disturbed step
             "peak_rss_mib": max(rss), "rss_per_rank_mib": rss, "optimizer_bytes": opt_bytes,
             "launch_to_first_step_s": first_step_s, "frozen_elements": frozen, "frozen_elements_moved": moved,
             "max_frozen_drift": drift, "step_times_s": step_times}
@@ -595,7 +599,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seq-length", type=int, default=128)
     p.add_argument("--weight-decay", type=float, default=0.01)
     p.add_argument("--profile", type=int, default=0, metavar="STEP",
-                   help="run optimizer step STEP (>= 2) of every trainer under torch.profiler and tabulate where it goes")
+                   help="run optimizer step STEP (>= 2) of every trainer under torch.profiler and tabulate where it "
+                        "goes (tokens/s then leaves that step out)")
     p.add_argument("--work", type=Path, default=REPO / "bench" / "out" / "vs-trainer")
     p.add_argument("--stage0", type=Path, help="a stage-0 directory (default: SmolLM2-135M by the default pipeline)")
     p.add_argument("--data", nargs="+", metavar="NAME=PREFIX", help="with --stage0: its datasets (ko, en weigh 0.7/0.3)")

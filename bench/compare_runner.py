@@ -59,7 +59,7 @@ METHODS = (
 )
 # Stage-0 directories only some methods read, made only when a chosen method does: `megaeeve extend` flags.
 OPTIONAL_STAGE0 = {"stage-0-fit-rank16": ("--init", "fit", "--fit-output-steps", "600", "--fit-output-rank", "16",
-                                          "--fit-samples", "256")}
+                                          "--fit-samples", "256", "--fit-english-samples", "64")}
 
 
 @dataclass(frozen=True)

@@ -90,3 +90,10 @@ def test_three_trainers_same_data_and_exactness_from_their_outputs(tmp_path, gpt
                            timeout=600)
     assert again.returncode == 0 and "measured by an earlier run" in again.stdout, again.stderr[-2000:]
     assert json.loads((tmp_path / "again.json").read_text())["stages"] == result["stages"]
+
+
+def test_steady_tokens_per_s_skips_the_first_steps_and_the_profiled_one():
+    times = [1.0, 2.0, 1.0, 10.0, 1.0]  # steps 2..6; step 5 ran under the profiler
+    assert bench.steady_tokens_per_s(times, 100, skip=2, windows=1) == pytest.approx(400 / 14)
+    assert bench.steady_tokens_per_s(times, 100, skip=2, windows=1, leave_out=5) == pytest.approx(300 / 4)
+    assert bench.steady_tokens_per_s(times, 100, skip=2, windows=3, leave_out=5) == pytest.approx(100 / 1)
