@@ -327,8 +327,18 @@ class Pipeline:
         with atomic_file(r / "run.yaml", "w") as f:
             yaml.safe_dump(run, f, sort_keys=False)
 
+    def sample_prompts(self) -> tuple[str, ...]:
+        """The report's greedy prompts: the default run's (report.PROMPTS) on the bundled Korean; otherwise the
+        first words of the first held-out target document (a Thai run gets a Thai prompt), then the English one."""
+        from megaeeve.eval import read_texts
+        from megaeeve.report import PROMPTS, prompt_from
+
+        if self.bundles_korean and not self.cfg.corpus:
+            return PROMPTS
+        return prompt_from(read_texts(self.corpus_file("ko_eval"), max_docs=1)[0]), PROMPTS[1]
+
     def write_report(self) -> None:
         from megaeeve.report import build_report
 
         build_report(self.root, self.root / "run.yaml", base_model=self.base_model, base_tokenizer=self.base_tokenizer,
-                     max_new_tokens=self.cfg.sample_max_new_tokens)
+                     prompts=self.sample_prompts(), max_new_tokens=self.cfg.sample_max_new_tokens)

@@ -13,6 +13,7 @@ import pytest
 
 from megaeeve import assets
 from megaeeve.pipeline import Pipeline, PipelineConfig
+from megaeeve.report import PROMPTS, prompt_from
 from megaeeve.vocab.scripts import parse_script
 
 REPO = Path(__file__).resolve().parents[1]
@@ -60,6 +61,10 @@ def test_report_works_on_thai(thai_run):
     evals = [json.loads(p.read_text(encoding="utf-8"))["texts"] for p in sorted((thai_run / "eval").glob("*.json"))]
     assert len(evals) >= 9 and {e["held_out"]["characters"] for e in evals} == {EVAL_CHARS}
     assert f"target language (held out) {EVAL_CHARS:,} characters in" in markdown
+    # The greedy samples start from Thai (the first held-out document's first words), not the Korean default's.
+    first = json.loads((thai_run / "corpus" / "ko_eval.jsonl").read_text(encoding="utf-8").splitlines()[0])["text"]
+    assert report["prompts"][0] == prompt_from(first) and parse_script("thai").is_target_text(report["prompts"][0])
+    assert report["prompts"][1] == PROMPTS[1] and f"**Prompt:** {report['prompts'][0]}" in markdown
 
 
 def test_thai_without_a_corpus_takes_the_bundled_orchid(tmp_path):
