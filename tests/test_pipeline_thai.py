@@ -63,8 +63,9 @@ def test_report_works_on_thai(thai_run):
     assert f"target language (held out) {EVAL_CHARS:,} characters in" in markdown
     # The greedy samples start from Thai (the first held-out document's first words), not the Korean default's.
     first = json.loads((thai_run / "corpus" / "ko_eval.jsonl").read_text(encoding="utf-8").splitlines()[0])["text"]
-    assert report["prompts"][0] == prompt_from(first) and parse_script("thai").is_target_text(report["prompts"][0].replace(" ", ""))
-    assert report["prompts"][1] == PROMPTS[1] and f"**Prompt:** {report['prompts'][0]}" in markdown
+    prompt = report["prompts"][0]
+    assert prompt == prompt_from(first) and parse_script("thai").is_target_text(prompt.replace(" ", ""))
+    assert report["prompts"][1] == PROMPTS[1] and f"**Prompt:** {prompt}" in markdown
 
 
 def test_thai_without_a_corpus_takes_the_bundled_orchid(tmp_path):
