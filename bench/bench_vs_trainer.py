@@ -608,7 +608,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fresh", action="store_true",
                    help="measure every stage again (default: a stage already measured in --work at the same settings is "
                         "reused, so an interrupted run resumes at the next stage)")
-    p.add_argument("--results", type=Path, help="replace this section of RESULTS.md")
+    p.add_argument("--results", default="", help="replace this section of that RESULTS.md (default: write none)")
     args = p.parse_args(argv)
     if bool(args.stage0) != bool(args.data):
         p.error("--stage0 and --data go together")
@@ -660,7 +660,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.write_text(json.dumps({"settings": asdict(s), "stages": results}, indent=1))
     if args.results:
-        write_results(text, args.results)
+        write_results(text, Path(args.results))
     return 0
 
 
