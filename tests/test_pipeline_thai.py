@@ -64,7 +64,7 @@ def test_report_works_on_thai(thai_run):
     # The greedy samples start from Thai (the first held-out document's first words), not the Korean default's.
     first = json.loads((thai_run / "corpus" / "ko_eval.jsonl").read_text(encoding="utf-8").splitlines()[0])["text"]
     prompt = report["prompts"][0]
-    assert prompt == prompt_from(first) and parse_script("thai").is_target_text(prompt.replace(" ", ""))
+    assert prompt == prompt_from(first) and sum("\u0e00" <= c <= "\u0e7f" for c in prompt) > len(prompt) / 2
     assert report["prompts"][1] == PROMPTS[1] and f"**Prompt:** {prompt}" in markdown
 
 
