@@ -85,6 +85,11 @@ class Settings:
     profile_step: int = 0  # this optimizer step runs under torch.profiler in every trainer (0: none)
 
     @property
+    def profile_steps(self) -> list[int]:
+        """The steps StepProfiler watches (training.profile_steps for megaeeve)."""
+        return [self.profile_step] if self.profile_step else []
+
+    @property
     def global_batch(self) -> int:
         return self.micro * self.accum * self.world
 
@@ -129,7 +134,7 @@ def write_run_yaml(work: Path, stage: int, s: Settings, stage0: Path, prefixes: 
                  "valid_fraction": 0.05, "new_token_bias": 1.0, "cache_dir": str(work / "index-cache")},
         "training": {"eval_every": 0, "eval_samples": 1, "checkpoint_every": 0, "keep_checkpoints": 1,
                      "log_every": 1, "progress_bar": False,
-                     "profile_steps": [s.profile_step] if s.profile_step else []},
+                     "profile_steps": s.profile_steps},
         "stages": {stage: {"steps": s.steps, "warmup_ratio": s.warmup_ratio, "weight_decay": s.weight_decay,
                            "embedding_weight_decay": s.weight_decay}},
     }
@@ -188,7 +193,7 @@ def peer_main(work: Path, stage: int) -> None:
 
         def __init__(self) -> None:
             self.times: list[float] = []
-            self.profiler = StepProfiler([s.profile_step] if s.profile_step else [], out / "profile", rank)
+            self.profiler = StepProfiler(s.profile_steps, out / "profile", rank)
 
         def on_step_begin(self, args, state, control, **kwargs):
             self.profiler.begin(state.global_step + 1)
@@ -265,7 +270,7 @@ def limit_main(work: Path, stage: int) -> None:
     sched = LambdaLR(opt, warmup_cosine(s.steps, round(st.warmup_ratio * s.steps), st.min_lr_ratio))
     params = [p for g in groups for p in g["params"]]
     seen, times = [], []
-    profiler = StepProfiler([s.profile_step] if s.profile_step else [], out / "profile", 0)
+    profiler = StepProfiler(s.profile_steps, out / "profile", 0)
     for step in range(s.steps):
         profiler.begin(step + 1)
         tokens = torch.from_numpy(np.stack([samples[i][1] for i in range(step * s.global_batch,
@@ -334,13 +339,19 @@ def run_trainer(name: str, work: Path, stage: int, s: Settings) -> dict:
 
 
 # -- measuring -----------------------------------------------------------------------------------------------
+def unprofiled(step_times: list[float], first_step: int, leave_out: int) -> list[float]:
+    """The times of steps first_step, first_step + 1, ... without step `leave_out` (the profiled one, which the
+    profiler slows); all of them if that would leave none."""
+    return [t for i, t in enumerate(step_times, first_step) if i != leave_out] or step_times
+
+
 def steady_tokens_per_s(step_times: list[float], tokens_per_step: int, skip: int, windows: int,
                         leave_out: int = 0) -> float:
     """Median over `windows` contiguous windows of the steps after the first `skip` (at least one step), step
     `leave_out` (the profiled one) left out. `step_times` start at step 2: step 1 is part of the launch-to-first-step
     time."""
     first = min(max(skip - 1, 0), len(step_times) - 1)
-    rest = [t for i, t in enumerate(step_times[first:], first + 2) if i != leave_out] or step_times[first:]
+    rest = unprofiled(step_times[first:], first + 2, leave_out)
     chunks = [c for c in np.array_split(np.array(rest), min(windows, len(rest))) if len(c)]
     return statistics.median(tokens_per_step * len(c) / float(c.sum()) for c in chunks)
 
@@ -466,7 +477,7 @@ def measure(work: Path, stage: int, s: Settings, raw: dict[str, dict], skip: int
                            n, moved, drift, skip, windows)
 
     if s.profile_step:  # rank 0's profiled step of each trainer; step_times_s start at step 2
-        dirs = {"megaeeve": stage_dir, "peer": work / "peer" / f"stage-{stage}", "limit": out}
+        dirs = {"megaeeve": stage_dir, **{name: work / name / f"stage-{stage}" for name in ("peer", "limit")}}
         for name, d in dirs.items():
             res[name]["profile"] = profile_split(d / "profile" / f"rank0-step{s.profile_step}.ops.json",
                                                  res[name]["step_times_s"][s.profile_step - 2])
@@ -522,9 +533,8 @@ def _split_roles(model_dir: Path) -> dict[str, str]:
 
 def _record(s: Settings, step_times: list[float], first_step_s: float, rss: list[float], opt_bytes: int,
             frozen: int, moved: int, drift: float, skip: int, windows: int) -> dict:
-    unwatched = [t for i, t in enumerate(step_times, 2) if i != s.profile_step] or step_times  # profiling slows a step
     return {"tokens_per_s": steady_tokens_per_s(step_times, s.tokens_per_step, skip, windows, s.profile_step),
-            "fastest_step_tokens_per_s": s.tokens_per_step / min(unwatched),  # the least disturbed step
+            "fastest_step_tokens_per_s": s.tokens_per_step / min(unprofiled(step_times, 2, s.profile_step)),
             "peak_rss_mib": max(rss), "rss_per_rank_mib": rss, "optimizer_bytes": opt_bytes,
             "launch_to_first_step_s": first_step_s, "frozen_elements": frozen, "frozen_elements_moved": moved,
             "max_frozen_drift": drift, "step_times_s": step_times}
@@ -631,10 +641,11 @@ def main(argv: list[str] | None = None) -> int:
     for stage in sorted(set(args.stages)):
         done = work / "measured" / f"stage-{stage}.json"  # a stage measured by an earlier, interrupted run
         key = {"settings": asdict(s), "stage0": str(stage0), "skip": args.skip, "windows": args.windows}
-        if done.is_file() and not args.fresh and json.loads(done.read_text())["key"] == key:
+        earlier = json.loads(done.read_text()) if done.is_file() and not args.fresh else {}
+        if earlier.get("key") == key:
             print(f"stage {stage}: measured by an earlier run at these settings ({done}; --fresh measures again)",
                   flush=True)
-            results[str(stage)] = json.loads(done.read_text())["result"]
+            results[str(stage)] = earlier["result"]
             continue
         run_yaml = write_run_yaml(work, stage, s, stage0, prefixes)
         stage_samples(run_yaml, stage, s)  # build the index cache once, outside every trainer's clock

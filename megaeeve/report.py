@@ -20,6 +20,8 @@ from megaeeve.training.frozen import frozen_check
 
 PROMPTS = ("대한민국의 모든 국민은", "The import statement")  # the default run's languages: target, English
 PROMPT_CHARS = 24
+TEXT_LABELS = {"held_out": "target language (held out)", "other_domain": "target language, another domain",
+               "english": "English (held out)"}
 
 
 def prompt_from(document: str, chars: int = PROMPT_CHARS) -> str:
@@ -27,8 +29,6 @@ def prompt_from(document: str, chars: int = PROMPT_CHARS) -> str:
     within them when there is one (a prompt that ends inside a word asks the model to finish that word)."""
     head = " ".join(document.split())[:chars]
     return head.rsplit(" ", 1)[0] if " " in head[1:] and len(head) == chars else head
-TEXT_LABELS = {"held_out": "target language (held out)", "other_domain": "target language, another domain",
-               "english": "English (held out)"}
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:

@@ -70,17 +70,16 @@ def evaluate(engine: Any, data: StageData, s: LoopSettings, objective: Objective
 
 
 def train(engine: Any, data: StageData, *, state: LoopState, s: LoopSettings, metrics: Metrics, stop: StopRequest,
-          save: Callable[[LoopState], None], objective: Objective, profiler: StepProfiler | None = None) -> bool:
+          save: Callable[[LoopState], None], objective: Objective, profiler: StepProfiler) -> bool:
     """Train until `s.total_steps`; returns False if stopped early by a signal (after a checkpoint). An
     objective of several terms (distillation) also logs each as `<term>_loss`. `profiler` watches the steps it
-    lists (training.profile_steps)."""
+    lists (training.profile_steps; none: it costs nothing)."""
     rank, world = s.rank, s.world
     if state.step == 0:  # where the stage starts from: the curves' first point
         metrics.log({"kind": "eval", "step": 0, **evaluate(engine, data, s, objective)})
     engine.train()
     while state.step < s.total_steps:
-        if profiler:
-            profiler.begin(state.step + 1)
+        profiler.begin(state.step + 1)
         t0 = time.perf_counter()
         lr = float(engine.get_lr()[0])  # the lr this step uses
         loss_sum = tokens_sum = new_sum = extra_flops = 0.0
@@ -109,8 +108,7 @@ def train(engine: Any, data: StageData, *, state: LoopState, s: LoopSettings, me
         reduced = all_reduce_values([loss_sum, tokens_sum, new_sum, float(checksum), extra_flops, *share_by_dataset,
                                      *(term_sums[t] for t in terms)])
         elapsed = time.perf_counter() - t0
-        if profiler:
-            profiler.end(state.step)  # after the clock: writing the trace is not the step's time
+        profiler.end(state.step)  # after the clock: writing the trace is not the step's time
         if state.step % s.log_every == 0 or state.step == s.total_steps:
             tokens_per_s = reduced[1] / elapsed
             step_flops = s.flops_per_token * reduced[1] + reduced[4]  # the student's, plus a teacher's forward

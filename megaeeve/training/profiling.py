@@ -36,9 +36,9 @@ def op_summary(prof: profile) -> list[dict]:
     return sorted(rows, key=lambda r: (r.get("self_device_s", 0.0), r["self_cpu_s"]), reverse=True)
 
 
-def write_profile(prof: profile, out_dir: Path, name: str) -> list[dict]:
+def write_profile(prof: profile, out_dir: Path, name: str) -> None:
     """A finished profile's trace, operator summary and table under `out_dir` as NAME.trace.json, NAME.ops.json
-    and NAME.txt (each atomic); returns the summary."""
+    and NAME.txt (each atomic)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     trace = out_dir / f".{name}.trace.json.tmp"
     prof.export_chrome_trace(str(trace))  # torch writes the file itself: renamed into place once complete
@@ -50,7 +50,6 @@ def write_profile(prof: profile, out_dir: Path, name: str) -> list[dict]:
                                       row_limit=TABLE_ROWS)
     with atomic_file(out_dir / f"{name}.txt", "w") as f:
         f.write(table + "\n")
-    return ops
 
 
 def new_profile() -> profile:
@@ -72,12 +71,10 @@ class StepProfiler:
             self.active = new_profile()
             self.active.__enter__()
 
-    def end(self, step: int) -> Path | None:
-        """Stop and write the profile of `step` if it was profiled; returns its table's path."""
+    def end(self, step: int) -> None:
+        """Stop and write the profile of `step` if it was profiled."""
         if self.active is None:
-            return None
+            return
         prof, self.active = self.active, None
         prof.__exit__(None, None, None)
-        name = f"rank{self.rank}-step{step}"
-        write_profile(prof, self.out_dir, name)
-        return self.out_dir / f"{name}.txt"
+        write_profile(prof, self.out_dir, f"rank{self.rank}-step{step}")
