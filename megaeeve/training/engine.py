@@ -134,3 +134,28 @@ def initialize_engine(model: nn.Module, roles: Mapping[str, str], *, stage: Stag
 def optimizer_state_bytes(trainable_numel: int) -> int:
     """Adam moments plus the fp32 master copy (ZeRO-3 keeps one even in fp32 training), all ranks together."""
     return trainable_numel * (ADAM_STATE_BYTES + FP32_MASTER_BYTES)
+
+
+def restart_parameter_trace(engine: Any) -> None:
+    """Make ZeRO-3 record its parameter trace afresh from the next training step.
+
+    ZeRO-3 records the order in which modules fetch their parameters over the first forward (+ backward) and
+    then prefetches and releases by that trace. A forward-only pass before the first backward (the stage's
+    step-0 evaluation) completes a trace of the forward alone; the first backward invalidates it and a full
+    one is recorded, but DeepSpeed 0.19.8 memoises which parameters each module may release
+    (`PartitionedParameterCoordinator.__params_to_release`, an lru_cache keyed by module and position) and
+    never clears that cache on invalidation. The forward-only trace's answer, "release everything after the
+    forward", then stands for the whole stage: every parameter is gathered twice a step, module by module
+    (SmolLM2 stage 6: 552 all_gathers a step instead of 6, bench/RESULTS.md). Invalidating the trace and
+    clearing that cache after the evaluation lets the first training step record the trace the steps use.
+    A no-op for engines other than ZeRO-3.
+    """
+    if engine.zero_optimization_stage() != 3:
+        return
+    coordinator = engine.optimizer.parameter_offload.get_param_coordinator()
+    if not coordinator.is_invalid_trace():
+        coordinator._invalidate_trace()
+    method = getattr(type(coordinator), "_PartitionedParameterCoordinator__params_to_release", None)
+    for cell in getattr(method, "__closure__", None) or ():  # the lru_cache sits inside DeepSpeed's nvtx wrapper
+        if hasattr(cell.cell_contents, "cache_clear"):
+            cell.cell_contents.cache_clear()

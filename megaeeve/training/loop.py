@@ -13,6 +13,7 @@ from megaeeve.data.sampler import micro_batch_indices
 from megaeeve.training.collectives import all_reduce_values
 from megaeeve.training.config import BatchShape
 from megaeeve.training.data import StageData
+from megaeeve.training.engine import restart_parameter_trace
 from megaeeve.training.metrics import Metrics
 from megaeeve.training.objectives import Objective
 from megaeeve.training.profiling import StepProfiler
@@ -77,6 +78,7 @@ def train(engine: Any, data: StageData, *, state: LoopState, s: LoopSettings, me
     rank, world = s.rank, s.world
     if state.step == 0:  # where the stage starts from: the curves' first point
         metrics.log({"kind": "eval", "step": 0, **evaluate(engine, data, s, objective)})
+        restart_parameter_trace(engine)  # else ZeRO-3 keeps the forward-only pass's release plan all stage
     engine.train()
     while state.step < s.total_steps:
         profiler.begin(state.step + 1)
