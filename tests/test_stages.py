@@ -122,6 +122,7 @@ def test_schedule_presets(tmp_path):
     ({"training": {"log_every": 0}}, r"training\.log_every must be >= 1, got 0"),
     ({"training": {"eval_samples": 0}}, r"training\.eval_samples must be >= 1, got 0"),
     ({"training": {"checkpoint_every": -5}}, r"training\.checkpoint_every must be >= 0, got -5"),
+    ({"training": {"keep_checkpoints": -1}}, r"training\.keep_checkpoints must be >= 0, got -1"),
     ({"training": {"peak_tflops": 0}}, r"training\.peak_tflops must be > 0 \(or left out\), got 0"),
     ({"training": {"profile_steps": [0, 3]}}, r"training\.profile_steps counts optimizer steps from 1, got \[0, 3\]"),
     ({"training": {"tensorboard": True}},  # the previous release's key names what replaced it

@@ -44,14 +44,15 @@ class TrainingConfig:
         "tensorboard": "`report_to: [tensorboard]` for `tensorboard: true`, `report_to: []` for false",
     }
     MINIMUM: ClassVar[Mapping[str, int]] = {  # smaller values would fail mid-stage (log_every 0 divides by zero)
-        "log_every": 1, "eval_every": 0, "eval_samples": 1, "checkpoint_every": 0, "handoff_shard_mb": 1,
+        "log_every": 1, "eval_every": 0, "eval_samples": 1, "checkpoint_every": 0, "keep_checkpoints": 0,
+        "handoff_shard_mb": 1,
     }
 
     log_every: int = 1
     eval_every: int = 0  # 0: eval only at the end of a stage
     eval_samples: int = 32  # per dataset
     checkpoint_every: int = 100
-    keep_checkpoints: int = 2
+    keep_checkpoints: int = 2  # the newest complete ones a stage keeps; 0: all of them
     activation_checkpointing: bool = False
     report_to: tuple[str, ...] = ()  # metric sinks besides metrics.jsonl: tensorboard, wandb (optional extras)
     wandb_project: str = "megaeeve"
