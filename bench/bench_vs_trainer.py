@@ -19,7 +19,7 @@ stage's lr, gradient clipping 1.0 and ds_config family (ds_configs/zero3_cpu.jso
 Every stage starts each trainer from the same stage-0 (SmolLM2-135M extended by the default run's stage 0,
 built here with the default pipeline's own steps, or --stage0/--data for another model). Per stage and
 trainer: steady-state tokens/s (the first --skip steps dropped, median of --windows windows), peak RSS per
-rank (ru_maxrss of each rank process), optimizer-state bytes (every tensor of the ZeRO optimizer checkpoints,
+rank (wait4's ru_maxrss of each rank process, from a small wrapper), optimizer-state bytes (every tensor of the ZeRO optimizer checkpoints,
 fp32 masters included; for (L) its AdamW state), launch to the end of the first step, and exactness: every
 frozen element (frozen tensors and, for the hook, the base and padding rows of a hooked matrix) compared
 bitwise with the stage's input after the run, read from the trainer's own output: DeepSpeed's zero_to_fp32
@@ -58,7 +58,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO)]
 
-from bench.common import processor, write_results  # noqa: E402
+from bench.common import processor, rss_wrapped, write_results  # noqa: E402
 from megaeeve.atomic import write_json  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -294,7 +294,8 @@ def limit_main(work: Path, stage: int) -> None:
 # -- launching -----------------------------------------------------------------------------------------------
 def launch(cmd: list[str], world: int, log: Path, threads: int = 1) -> tuple[list[int], list[float], float]:
     """Start `world` ranks of `cmd` with torch.distributed's env vars (as torchrun would) and wait for them;
-    returns exit codes, peak RSS (MiB) of each rank from its own rusage, and the launch time."""
+    returns exit codes, peak RSS (MiB) of each rank (bench.common.rss_wrapped: a child of this process would
+    report at least this process's own RSS) and the launch time."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = str(sock.getsockname()[1])
@@ -306,13 +307,10 @@ def launch(cmd: list[str], world: int, log: Path, threads: int = 1) -> tuple[lis
                "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
                "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
         out = open(f"{log}.rank{rank}", "w")
-        procs.append(subprocess.Popen(cmd, env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT))
-    codes, rss = [], []
-    for p in procs:
-        _, status, usage = os.wait4(p.pid, 0)
-        p.returncode = os.waitstatus_to_exitcode(status)
-        codes.append(p.returncode)
-        rss.append(usage.ru_maxrss / 1024)
+        procs.append(subprocess.Popen(rss_wrapped(cmd, Path(f"{log}.rank{rank}.usage.json")), env=env, cwd=REPO,
+                                      stdout=out, stderr=subprocess.STDOUT))
+    codes = [p.wait() for p in procs]
+    rss = [json.loads(Path(f"{log}.rank{rank}.usage.json").read_text())["rss_kb"] / 1024 for rank in range(world)]
     return codes, rss, started
 
 

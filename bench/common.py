@@ -17,6 +17,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -58,23 +59,34 @@ def tree_env(tree: Path) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(tree), os.environ.get("PYTHONPATH")]))}
 
 
+def rss_wrapped(cmd: list[str], report: Path) -> list[str]:
+    """`cmd` under a small Python wrapper that waits for it and writes its exit status, peak RSS (KiB), CPU s
+    (user + system of its whole tree) and wall s to `report` as JSON; the wrapper exits with cmd's code.
+
+    Peak RSS comes from wait4 in the wrapper because Linux carries a process's peak RSS over fork + exec: a
+    child started straight from a large bench process reports at least that process's own RSS.
+    """
+    code = ("import json, os, subprocess, sys, time\n"
+            "t = time.perf_counter(); p = subprocess.Popen(sys.argv[2:]); _, status, ru = os.wait4(p.pid, 0)\n"
+            "open(sys.argv[1], 'w').write(json.dumps({'status': status, 'rss_kb': ru.ru_maxrss,\n"
+            "    'cpu': ru.ru_utime + ru.ru_stime, 'wall': time.perf_counter() - t}))\n"
+            "sys.exit(os.waitstatus_to_exitcode(status))\n")
+    return [sys.executable, "-c", code, str(report), *cmd]
+
+
 def measure(cmd: list[str], stderr: bool = False, env: dict[str, str] | None = None) -> tuple[str, float, float, float]:
     """(stdout, and stderr too when asked; wall s, peak RSS MiB, CPU s) of `cmd` run in `env` (default:
-    this one), from wait4 in a small wrapper process. Peak RSS is that of the largest process of the tree;
-    CPU is user + system of the whole tree.
+    this one), through rss_wrapped. Peak RSS is that of the largest process of the tree; CPU is user + system
+    of the whole tree.
     """
-    wrapper = (
-        "import os, subprocess, sys, json, time\n"
-        f"t = time.perf_counter(); p = subprocess.Popen(sys.argv[1:], stdout=subprocess.PIPE, text=True{', stderr=subprocess.STDOUT' if stderr else ''})\n"
-        "out = p.stdout.read(); _, status, ru = os.wait4(p.pid, 0)\n"
-        "print(json.dumps({'out': out, 'status': status, 'wall': time.perf_counter() - t, 'rss_kb': ru.ru_maxrss,\n"
-        "                  'cpu': ru.ru_utime + ru.ru_stime}))\n"
-    )
-    res = subprocess.run([sys.executable, "-c", wrapper, *cmd], capture_output=True, text=True, env=env)
-    info = json.loads(res.stdout)
+    with tempfile.TemporaryDirectory() as tmp:
+        report = Path(tmp) / "usage.json"
+        res = subprocess.run(rss_wrapped(cmd, report), stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT if stderr else subprocess.PIPE, text=True, env=env)
+        info = json.loads(report.read_text())
     if info["status"] != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed:\n{res.stderr[-3000:]}")
-    return info["out"], info["wall"], info["rss_kb"] / 1024, info["cpu"]
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{(res.stderr or res.stdout)[-3000:]}")
+    return res.stdout, info["wall"], info["rss_kb"] / 1024, info["cpu"]
 
 
 # -- RESULTS.md ------------------------------------------------------------------------------------
