@@ -1,6 +1,6 @@
 """megaeeve's stages side by side with the Hugging Face Trainer running the card's recipe, and with a bare loop.
 
-    python bench/bench_vs_trainer.py [--stages 1 3 6] [--steps 8] [--json FILE] [--results bench/RESULTS.md]
+    python bench/bench_vs_trainer.py [--stages 1 3 6] [--steps 6] [--json FILE] [--results bench/RESULTS.md]
 
 Three trainers, one run, the same machine, model, data (same samples in the same order), sequence length,
 global batch, AdamW (betas 0.9/0.95, eps 1e-8, the same weight decay), warmup + cosine schedule to 10% of the
@@ -34,9 +34,10 @@ Found on the way: under DeepSpeed on CPU, accelerate (1.16) finds no distributed
 the Trainer's dataloader, so every rank of a plain Trainer run reads the same batches (each rank still does
 a full micro batch of work, so its speed is unchanged); the peer's dataset is therefore each rank's own slice.
 
-Cost: one SmolLM2 stage takes each trainer a model load plus --steps steps of 1,024 tokens. Not yet timed on
-an idle machine: on the shared 2-core VM at load 13-16, stage 1 at --steps 6 took 50 minutes for the three
-trainers (45-180 s a step), so run a subset (`--stages 1 6`) unless the cores are free. Outputs stay in --work
+Cost: one SmolLM2 stage takes each trainer a model load plus --steps steps of 1,024 tokens. On the idle 2-core
+VM all seven stages at --steps 6 took 25 minutes for the three trainers (2-15 s a step; stage 6 the longest,
+6 minutes), plus the stage-0 and data the first time; under load it grows fast (stage 1 alone took 50 minutes at
+load 13-16): run a subset (`--stages 1 6`) unless the cores are free. Outputs stay in --work
 (bench/out/vs-trainer: the default run's stage-0 and data under inputs/, reused by the next run).
 """
 
@@ -603,7 +604,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     p.add_argument("--stages", type=int, nargs="+", default=list(range(1, 8)), choices=range(1, 8))
-    p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--steps", type=int, default=6)
     p.add_argument("--skip", type=int, default=2, help="first steps left out of tokens/s")
     p.add_argument("--windows", type=int, default=3)
     p.add_argument("--seq-length", type=int, default=128)
