@@ -17,7 +17,7 @@ stage's lr, gradient clipping 1.0 and ds_config family (ds_configs/zero3_cpu.jso
                 stage's trainable set, torch.optim.AdamW(fused=True), the whole global batch in one pass.
 
 Every stage starts each trainer from the same stage-0 (SmolLM2-135M extended by the default run's stage 0,
-built here with the default pipeline's own steps less the input-row fit, or --stage0/--data for another model). Per stage and
+built here with the default pipeline's own steps less the row fits, or --stage0/--data for another model). Per stage and
 trainer: steady-state tokens/s (the first --skip steps dropped, median of --windows windows), peak RSS per
 rank (wait4's ru_maxrss of each rank process, from a small wrapper), optimizer-state bytes (every tensor of the ZeRO optimizer checkpoints,
 fp32 masters included; for (L) its AdamW state), launch to the end of the first step, and exactness: every
@@ -103,11 +103,11 @@ class Settings:
 # -- inputs ------------------------------------------------------------------------------------------------
 def prepare_default(out: Path) -> tuple[Path, dict[str, Path]]:
     """SmolLM2-135M's stage-0 and the Korean + English datasets, by the default pipeline's own steps, without the
-    input-row fit (`--fit-input-steps 0`): the new rows' values do not change what a training step costs, and the
-    fit alone would take 15-20 minutes of the bench's 30 on 2 cores."""
+    row fits (`--fit-input-steps 0 --fit-output-steps 0`): the new rows' values do not change what a training step
+    costs, and the fits would take about 20 minutes of the bench's 30 on 2 cores."""
     from megaeeve.pipeline import Pipeline, PipelineConfig
 
-    pipe = Pipeline(PipelineConfig(run_dir=out, fit_input_steps=0))
+    pipe = Pipeline(PipelineConfig(run_dir=out, fit_input_steps=0, fit_output_steps=0))
     pipe.root.mkdir(parents=True, exist_ok=True)
     for step in pipe.steps():
         if step.name in PREP_STEPS and not step.output.exists():

@@ -108,7 +108,8 @@ class Compare(Pipeline):
                  parent["base"], parent["tokenizer"],
                  Step("base-tokenizer", r / "base-tokenizer", self.write_base_tokenizer),
                  self.extend_step("stage-0", r / "tokenizer", r / "stage-0", "--init", "eeve"),  # the card's
-                 self.extend_step("stage-0-fit", r / "tokenizer", r / "stage-0-fit", "--init", "fit"),
+                 self.extend_step("stage-0-fit", r / "tokenizer", r / "stage-0-fit", "--init", "fit",
+                                  "--fit-output-steps", "0"),  # the fitted init without the output map, as measured
                  self.extend_step("stage-0-mean", r / "tokenizer", r / "stage-0-mean", "--init", "mean"),
                  self.extend_step("stage-0-base", r / "base-tokenizer", r / "stage-0-base", "--allow-no-new-tokens"),
                  *[self.extend_step(name, r / "tokenizer", r / name, *flags) for name, flags in OPTIONAL_STAGE0.items()

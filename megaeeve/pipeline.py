@@ -58,13 +58,14 @@ class PipelineConfig:
     ds_config: Path | None = None  # default: ds_configs/zero3.json on GPUs, zero3_cpu.json on CPU
     sample_max_new_tokens: int = 24
     fit_input_steps: int | None = None  # `megaeeve extend --fit-input-steps`; None: extend's default
+    fit_output_steps: int | None = None  # `megaeeve extend --fit-output-steps`; None: extend's default
     eval_chars: int = 20_000  # characters of each eval text scored (`megaeeve evaluate --max-chars`)
 
 
 def tiny_config(run_dir: Path) -> PipelineConfig:
     return PipelineConfig(run_dir=run_dir, tiny=True, intermediate_vocab_size=3000, min_frequency=8,
                           seq_length=64, steps_per_stage=6, eval_every=3,
-                          fit_input_steps=10)  # a random model has nothing to fit: the path runs, briefly
+                          fit_input_steps=10, fit_output_steps=20)  # a random model has nothing to fit: the paths run, briefly
 
 
 @dataclass(frozen=True)
@@ -155,8 +156,9 @@ class Pipeline:
                 "--intermediate-vocab-size", c.intermediate_vocab_size, "--min-frequency", c.min_frequency,
                 "--held-out", self.corpus_file("ko_held_out"), "--english", self.corpus_file("en_held_out"),
                 "--script", c.script, "--workers", c.nproc))),
-            self.extend_step("stage-0", r / "tokenizer", r / "stage-0", *(
-                () if c.fit_input_steps is None else ("--fit-input-steps", c.fit_input_steps))),
+            self.extend_step("stage-0", r / "tokenizer", r / "stage-0",
+                             *(() if c.fit_input_steps is None else ("--fit-input-steps", c.fit_input_steps)),
+                             *(() if c.fit_output_steps is None else ("--fit-output-steps", c.fit_output_steps))),
         ]
         steps += [self.data_step(f"data-{lang}", lang, r / "tokenizer", r / "data" / lang) for lang in ("ko", "en")]
         steps.append(Step("run.yaml", r / "run.yaml", self.write_run_config))

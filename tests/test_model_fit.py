@@ -33,7 +33,7 @@ from _model_helpers import expand, save_model, tiny_phi
 
 REPO = Path(__file__).resolve().parents[1]
 PRIOR_ONLY = FitSettings(input_steps=0, output_steps=0)
-QUICK_INPUT_FIT = FitSettings(input_steps=8)  # the default's input fit, shortened for CPU tests
+QUICK_INPUT_FIT = FitSettings(input_steps=8, output_steps=60)  # the default's fits (rank-16 output map), shortened
 
 
 def _expand(base_tok_dir, docs: list[str], out: Path) -> Path:
@@ -182,7 +182,7 @@ def test_new_input_rows_are_the_means_direction_at_a_base_rows_norm(phi, tmp_pat
     for norm in (1.0, 1.5, 0.0):
         out = tmp_path / f"norm-{norm}"
         meta = extend_model(phi["base_dir"], phi["base_tok_dir"], tokenizer=phi["tokenizer"], output=out,
-                            model=phi["base"], init="fit", fit=FitSettings(input_norm=norm, input_steps=0))
+                            model=phi["base"], init="fit", fit=FitSettings(input_norm=norm, input_steps=0, output_steps=0))
         pieces = token_pieces(load_tokenizer(phi["base_tok_dir"]), expanded, range(meta.base_vocab_size, meta.vocab_size))
         mean = torch.stack([base_emb[p].mean(0) for p in pieces])
         expected = mean if not norm else mean / mean.norm(dim=1, keepdim=True) * base_emb.norm(dim=1).mean() * norm
@@ -226,7 +226,7 @@ def test_input_fit_lowers_the_kl_to_the_base_and_moves_only_new_rows_it_saw(phi,
         out = tmp_path / f"input-{steps}"
         meta = extend_model(phi["base_dir"], phi["base_tok_dir"], tokenizer=phi["tokenizer"], output=out,
                             model=phi["base"], init="fit", fit_text=[str(text)],
-                            fit=FitSettings(input_steps=steps, input_batch=8, sample_length=16))
+                            fit=FitSettings(input_steps=steps, input_batch=8, sample_length=16, output_steps=0))
         models[steps] = load_model_dir(out)
         rows[steps] = {"in": models[steps].get_input_embeddings(), "out": models[steps].get_output_embeddings()}
     kl = {steps: _kl_to_base(phi["base"], base_tok, m, expanded, docs, 64, meta.base_vocab_size)
@@ -303,8 +303,8 @@ def test_prior_is_exact_on_smollm2_before_the_fold(smollm2, english_docs, korean
 @pytest.mark.slow
 def test_fit_keeps_english_where_eeve_does_not_and_exports_as_scored(smollm2, korean_split, english_docs):
     """Stage 0 with --init fit (EEVE's rows + the prior, folded into SmolLM2's rows, then the input fit, here
-    8 steps of the default's 100) stays within 0.01 bits/char of the base on English, where EEVE's rows lose
-    more; on held-out Korean the input fit lowers bits/char below the same init without it; the
+    8 steps of the default's 150, and the rank-16 output map, 60 of its 600) stays within 0.01 bits/char of the base
+    on English, where EEVE's rows lose more; on held-out Korean the input fit lowers bits/char below the same init without it; the
     plain-transformers export scores what the split directory scores (the fold lives in the rows, nothing is lost
     on the way out)."""
     from transformers import AutoModelForCausalLM
@@ -322,7 +322,8 @@ def test_fit_keeps_english_where_eeve_does_not_and_exports_as_scored(smollm2, ko
         res = evaluate_model(load_model_dir(out), load_hf_tokenizer(out), held, settings)
         scores[name] = {k: r.bits_per_char for k, r in res.items()}
     base = evaluate_model(s["base"], load_hf_tokenizer(s["base_tok"]), held, settings)["en"].bits_per_char
-    assert abs(scores["fit"]["en"] - base) < min(0.01, abs(scores["eeve"]["en"] - base) / 2), (scores, base)
+    # The output map trades a little English for Korean (within the 0.01 target); EEVE's rows still lose more.
+    assert abs(scores["fit"]["en"] - base) < min(0.01, abs(scores["eeve"]["en"] - base)), (scores, base)
     assert scores["fit"]["ko"] < scores["no-input-fit"]["ko"] - 0.05, scores
     export_hf(s["tmp"] / "stage0-fit", s["tmp"] / "export-fit")
     plain = AutoModelForCausalLM.from_pretrained(str(s["tmp"] / "export-fit")).eval()

@@ -45,6 +45,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--fit-input-steps", type=int,
                    help="steps of the stage-0 input fit (megaeeve extend --fit-input-steps; default 150, 10 with "
                         "--tiny; about 9 s each for SmolLM2-135M on 2 CPU cores, 0 skips it)")
+    p.add_argument("--fit-output-steps", type=int,
+                   help="steps of the stage-0 output fit through the shared rank-16 map (megaeeve extend "
+                        "--fit-output-steps; default 600, 20 with --tiny; 0 skips it)")
     p.add_argument("--eval-chars", type=int,
                    help="characters of each eval text the report scores (default 20,000: the first documents, the "
                         "last one cut); scoring time grows with it, a base model reading bytes most")
