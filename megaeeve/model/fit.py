@@ -425,7 +425,7 @@ class FitSettings:
     free rows (0); output_l2 is then not applied. On SmolLM2, rank 16 with 600 steps, 256 samples and 64 English
     samples (the defaults) against the same init without the map, at stage 0 (bench/RESULTS.md "Stage-0
     initialisation"): the pipeline's text, held-out Korean of the tokenizer's domain 6.414 bits/char against 7.573,
-    of another domain 6.397 against 6.411, English +0.0045 over the base against +0.0011; compare_methods' text 4.618
+    of another domain 6.397 against 6.411, English +0.0048 over the base against +0.0011; compare_methods' text 4.618
     against 4.729, English +0.008 (+0.017 with 16 English samples); and 0.117 lower after 53,760 tokens of
     all-parameter training ("Break-even")."""
     sample_length: int = 128
