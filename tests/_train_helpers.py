@@ -142,16 +142,22 @@ def metrics(stage_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (stage_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def roles_of(model_dir: Path) -> dict[str, str]:
-    """Parameter roles of a model directory's split model, built on the meta device."""
+def split_model_on_meta(model_dir: Path) -> torch.nn.Module:
+    """A model directory's split model, built on the meta device (its structure, no weights)."""
     from transformers import AutoConfig
 
-    from megaeeve.model import parameter_roles, read_model_meta
+    from megaeeve.model import read_model_meta
     from megaeeve.model.checkpoint import build_split_model
 
     with torch.device("meta"):
-        model = build_split_model(AutoConfig.from_pretrained(str(model_dir)), read_model_meta(model_dir), torch.float32)
-    return parameter_roles(model)
+        return build_split_model(AutoConfig.from_pretrained(str(model_dir)), read_model_meta(model_dir), torch.float32)
+
+
+def roles_of(model_dir: Path) -> dict[str, str]:
+    """Parameter roles of a model directory's split model."""
+    from megaeeve.model import parameter_roles
+
+    return parameter_roles(split_model_on_meta(model_dir))
 
 
 def engine_view(run_dir: Path, stage: int) -> dict[str, torch.Tensor]:

@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 import torch
 from _train_helpers import (REPO, TRAIN, check_stage, ds_config, engine_view, launch, make_stage0, metrics, read_log,
-                            roles_of, run_config, train_stage, wait, weights, write_prefix)
+                            roles_of, run_config, split_model_on_meta, train_stage, wait, weights,
+                            write_prefix)
 
 from megaeeve.model import read_model_meta
 from megaeeve.training.signals import REQUEUE_EXIT_CODE
@@ -139,13 +140,7 @@ def test_step0_evaluation_leaves_zero3_prefetching_whole_steps(phi_chain):
     forward and gathered again module by module in the backward (SmolLM2 stage 6: 552 all_gathers a step instead
     of 6). With the trace restarted after the evaluation (megaeeve.training.engine.restart_parameter_trace), the
     profiled step 2 of every stage gathers in a few coalesced calls: fewer than the modules that hold parameters."""
-    from transformers import AutoConfig
-
-    from megaeeve.model.checkpoint import build_split_model
-
-    with torch.device("meta"):
-        model = build_split_model(AutoConfig.from_pretrained(str(phi_chain["model"])),
-                                  read_model_meta(phi_chain["model"]), torch.float32)
+    model = split_model_on_meta(phi_chain["model"])
     holders = sum(1 for m in model.modules() if any(True for _ in m.parameters(recurse=False)))
     for stage in phi_chain["stages"]:
         assert [r["step"] for r in metrics(phi_chain["run_dir"] / f"stage-{stage}") if r["kind"] == "eval"][0] == 0
