@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 from bench.common import machine
-from bench.compare_runner import LANGS, STAGES, WEIGHTS, Compare
+from bench.compare_runner import BASE_STAGE0, LANGS, STAGES, WEIGHTS, Compare
 from megaeeve.atomic import write_json
 
 SECTION = "## Method comparison"
@@ -67,7 +67,8 @@ def collect(cmp: Compare) -> dict:
                            **_eval_numbers(json.loads(cmp.eval_file(m.key, n).read_text()))})
         wall = sum(v for k, v in timings.items() if k.startswith(f"{m.key}.stage-"))
         methods[m.key] = {"label": m.label, "stage0": m.stage0, "points": points, "stage_wall_s": round(wall, 1)}
-    base = json.loads(cmp.eval_file("stage-0-base").read_text()) if cmp.eval_file("stage-0-base").exists() else None
+    base_eval = cmp.eval_file(BASE_STAGE0)
+    base = json.loads(base_eval.read_text()) if base_eval.exists() else None
     base_ko = base and _eval_numbers(base).get("ko_bits_per_char")
     for m in methods.values():
         m["break_even"] = break_even(m["points"], base_ko)

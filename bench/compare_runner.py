@@ -57,9 +57,17 @@ METHODS = (
     Method("full-fit-rank", "(j) as (g), output rows through a shared rank-16 map", "stage-0-fit-rank16", "data",
            ALL_ROLES),
 )
-# Stage-0 directories only some methods read, made only when a chosen method does: `megaeeve extend` flags.
-OPTIONAL_STAGE0 = {"stage-0-fit-rank16": ("--init", "fit", "--fit-output-steps", "600", "--fit-output-rank", "16",
-                                          "--fit-samples", "256", "--fit-english-samples", "64")}
+# Every stage-0 directory a method reads: the tokenizer it extends and `megaeeve extend`'s flags. Only those of
+# the chosen methods are made (an input fit is 20 minutes on 2 CPU cores), and always the base: the reference.
+STAGE0 = {
+    "stage-0": ("tokenizer", ("--init", "eeve")),  # the card's
+    "stage-0-fit": ("tokenizer", ("--init", "fit", "--fit-output-steps", "0")),  # without the output map, as measured
+    "stage-0-mean": ("tokenizer", ("--init", "mean")),
+    "stage-0-base": ("base-tokenizer", ("--allow-no-new-tokens",)),
+    "stage-0-fit-rank16": ("tokenizer", ("--init", "fit", "--fit-output-steps", "600", "--fit-output-rank", "16",
+                                         "--fit-samples", "256", "--fit-english-samples", "64")),
+}
+BASE_STAGE0 = "stage-0-base"
 
 
 @dataclass(frozen=True)
@@ -107,17 +115,11 @@ class Compare(Pipeline):
         steps = [Step("korean-debian", r / "korean-debian", self.write_korean_debian), parent["corpus"],
                  parent["base"], parent["tokenizer"],
                  Step("base-tokenizer", r / "base-tokenizer", self.write_base_tokenizer),
-                 self.extend_step("stage-0", r / "tokenizer", r / "stage-0", "--init", "eeve"),  # the card's
-                 self.extend_step("stage-0-fit", r / "tokenizer", r / "stage-0-fit", "--init", "fit",
-                                  "--fit-output-steps", "0"),  # the fitted init without the output map, as measured
-                 self.extend_step("stage-0-mean", r / "tokenizer", r / "stage-0-mean", "--init", "mean"),
-                 self.extend_step("stage-0-base", r / "base-tokenizer", r / "stage-0-base", "--allow-no-new-tokens"),
-                 *[self.extend_step(name, r / "tokenizer", r / name, *flags) for name, flags in OPTIONAL_STAGE0.items()
-                   if any(m.stage0 == name for m in self.methods)],
+                 *[self.extend_step(name, r / STAGE0[name][0], r / name, *STAGE0[name][1]) for name in self.stage0s],
                  parent["data-ko"], parent["data-en"],
                  *[self.data_step(f"data-base-{lang}", lang, r / "base-tokenizer", r / "data-base" / lang)
                    for lang in LANGS]]
-        for stage0 in sorted({m.stage0 for m in self.methods}):
+        for stage0 in self.stage0s:
             steps.append(self.eval_step(f"eval-{stage0}", r / stage0, self.eval_file(stage0)))
         for m in self.methods:
             run_yaml = self.method_dir(m) / "run.yaml"
@@ -147,6 +149,11 @@ class Compare(Pipeline):
     @property
     def methods(self) -> list[Method]:
         return [m for m in METHODS if m.key in self.cc.methods]
+
+    @property
+    def stage0s(self) -> list[str]:
+        """The stage-0 directories the chosen methods read, and the base model's, in STAGE0's order."""
+        return [name for name in STAGE0 if name == BASE_STAGE0 or any(m.stage0 == name for m in self.methods)]
 
     def method_dir(self, m: Method) -> Path:
         return self.root / "methods" / m.key

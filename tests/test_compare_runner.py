@@ -1,0 +1,53 @@
+"""bench/compare_runner.py's plan: a comparison makes the stage-0 directories its methods read, and the base's.
+
+A stage-0 with an input fit costs 20 minutes on 2 CPU cores, so a comparison of one method must not make the
+others'; the base model's stage 0 is the reference every report needs (break-even, the base's bits/char).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.compare_runner import BASE_STAGE0, METHODS, STAGE0, Compare, CompareConfig  # noqa: E402
+
+
+def extend_steps(cmp: Compare) -> list[str]:
+    return [s.name for s in cmp.steps() if s.name in STAGE0]
+
+
+@pytest.mark.parametrize("methods, wanted", [
+    (("full-fit-rank",), ["stage-0-base", "stage-0-fit-rank16"]),
+    (("eeve", "full-eeve"), ["stage-0", "stage-0-base"]),
+    (("no-expand",), ["stage-0-base"]),
+])
+def test_only_the_chosen_methods_stage0_and_the_base_are_made(tmp_path: Path, methods, wanted) -> None:
+    cmp = Compare(CompareConfig(out=tmp_path, methods=methods))
+    assert sorted(extend_steps(cmp)) == wanted
+    evals = sorted(s.name for s in cmp.steps() if s.name.startswith("eval-"))
+    assert evals == [f"eval-{name}" for name in wanted]
+
+
+def test_every_stage0_a_method_reads_is_planned(tmp_path: Path) -> None:
+    cmp = Compare(CompareConfig(out=tmp_path))
+    assert set(extend_steps(cmp)) == {m.stage0 for m in METHODS} | {BASE_STAGE0}
+    assert set(STAGE0) == {m.stage0 for m in METHODS} | {BASE_STAGE0}  # no entry that nothing reads
+
+
+def test_tokenizer_settings_reach_the_expansion_step(tmp_path: Path, monkeypatch) -> None:
+    """compare_methods' --min-frequency and --intermediate-vocab-size are what expand-vocab is called with."""
+    from bench import compare_methods
+
+    calls = []
+    monkeypatch.setattr(Compare, "run", lambda self: [s.run() for s in self.steps() if s.name == "tokenizer"])
+    monkeypatch.setattr(Compare, "call", lambda self, name, cmd: calls.append([str(x) for x in cmd]))
+    monkeypatch.setattr(compare_methods, "report", lambda cmp: {})
+    compare_methods.main(["--out", str(tmp_path), "--methods", "full-fit", "--min-frequency", "300",
+                          "--intermediate-vocab-size", "6000", "--results", ""])
+    (cmd,) = calls
+    assert cmd[cmd.index("--min-frequency") + 1] == "300"
+    assert cmd[cmd.index("--intermediate-vocab-size") + 1] == "6000"
