@@ -601,7 +601,9 @@ def main(argv: list[str] | None = None) -> int:
         r.add_argument("--stage", type=int, required=True)
         ra = r.parse_args(argv[1:])
         (peer_main if argv[0] == "peer" else limit_main)(ra.work, ra.stage)
-        return 0
+        from megaeeve.training.collectives import exit_rank
+
+        exit_rank(0)
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     p.add_argument("--stages", type=int, nargs="+", default=list(range(1, 8)), choices=range(1, 8))
     p.add_argument("--steps", type=int, default=6)

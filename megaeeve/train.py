@@ -123,17 +123,6 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
 
 
 if __name__ == "__main__":
-    code = main()
-    import logging
+    from megaeeve.training.collectives import exit_rank
 
-    import torch.distributed as dist
-
-    if dist.is_initialized():
-        dist.destroy_process_group()
-    # Everything is written and closed by now. Leave without interpreter finalization: tearing down the
-    # C++ threads of gloo and DeepSpeed's CPU ops there now and then aborts a rank whose stage has finished
-    # ("terminate called without an active exception", SIGABRT: seen once in ~170 CPU stage launches).
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    exit_rank(main())
