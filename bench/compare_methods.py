@@ -20,6 +20,8 @@ Methods, each trained by megaeeve/train.py (DeepSpeed ZeRO-3) from the real pret
   (i) full-fit-frozen-new  as (g), the new tokens' rows frozen at the fitted init (base rows and body train)
   (j) full-fit-rank  as (g), stage 0's new output rows fitted through a rank-16 map shared by every new token
                 (--fit-output-rank 16 --fit-output-steps 600 --fit-samples 256)
+  (k) full-fit-rank-mixed  as (j), every stage's objective `mixed`: half next-token loss, half distillation of
+                the base model's likelihood of each token's pieces (the teacher's forward counted in FLOPs)
 
 Every method trains seven stages of the same number of steps (the same tokens, the same seeds, so
 (a) and (b) see the very same batches in each stage); each stage is a fresh engine with a 10% warmup

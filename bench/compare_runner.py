@@ -41,6 +41,7 @@ class Method:
     roles: list[str] | None  # None: a preset stage table
     schedule: str = "eeve"  # the preset (megaeeve.stages.SCHEDULES) when roles is None
     added_rows_lr_scale: float = 1.0  # the stages' setting: the new tokens' rows at this multiple of the lr
+    objective: str = "lm"  # every stage's objective when roles is set (megaeeve.stages.OBJECTIVES)
 
 
 METHODS = (
@@ -56,6 +57,8 @@ METHODS = (
     Method("full-fit-frozen-new", "(i) as (g), new rows frozen", "stage-0-fit", "data", BASE_ROLES),
     Method("full-fit-rank", "(j) as (g), output rows through a shared rank-16 map", "stage-0-fit-rank16", "data",
            ALL_ROLES),
+    Method("full-fit-rank-mixed", "(k) as (j), next-token loss + distillation from the base", "stage-0-fit-rank16",
+           "data", ALL_ROLES, objective="mixed"),
 )
 # Every stage-0 directory a method reads: the tokenizer it extends and `megaeeve extend`'s flags. Only those of
 # the chosen methods are made (an input fit is 20 minutes on 2 CPU cores), and always the base: the reference.
@@ -245,8 +248,10 @@ class Compare(Pipeline):
                 k = self.stage_count(m) - STAGES
                 steps += [extra // k + (i < extra % k) for i in range(k)]
             run["default_stages"] = False
+            objective = {"objective": m.objective} if m.objective != "lm" else {}
             run["stages"] = {n: {"trainable": list(m.roles), "lr": self.cc.full_lr, "steps": max(1, k), **lr_schedule,
-                                 "description": f"all parameters, part {n}"} for n, k in enumerate(steps, 1)}
+                                 **objective, "description": f"all parameters, part {n}"}
+                             for n, k in enumerate(steps, 1)}
         self.method_dir(m).mkdir(parents=True, exist_ok=True)
         with atomic_file(self.method_dir(m) / "run.yaml", "w") as f:
             yaml.safe_dump(run, f, sort_keys=False)

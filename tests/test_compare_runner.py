@@ -51,3 +51,17 @@ def test_tokenizer_settings_reach_the_expansion_step(tmp_path: Path, monkeypatch
     (cmd,) = calls
     assert cmd[cmd.index("--min-frequency") + 1] == "300"
     assert cmd[cmd.index("--intermediate-vocab-size") + 1] == "6000"
+
+
+def test_a_methods_objective_reaches_every_stage_of_its_run(tmp_path: Path) -> None:
+    """(k)'s stages train every parameter on next-token loss + distillation, as megaeeve reads its RUN.yaml."""
+    from megaeeve.training.config import load_run_config
+
+    cmp = Compare(CompareConfig(out=tmp_path, methods=("full-fit-rank-mixed", "full-fit-rank")))
+    for m in cmp.methods:
+        cmp.write_method_config(m)
+        stages = load_run_config(cmp.method_dir(m) / "run.yaml").stages
+        assert len(stages) == 7
+        assert {st.objective for st in stages.values()} == {m.objective}
+        assert all(set(st.trainable) == set(m.roles) for st in stages.values())
+    assert {m.objective for m in cmp.methods} == {"mixed", "lm"}
