@@ -1,6 +1,7 @@
 """megaeeve's stages side by side with the Hugging Face Trainer running the card's recipe, and with a bare loop.
 
     python bench/bench_vs_trainer.py [--stages 1 3 6] [--steps 6] [--json FILE] [--results bench/RESULTS.md]
+    python bench/bench_vs_trainer.py --device cuda [--seq-length 2048 --micro 8] ...   # on GPUs
 
 Three trainers, one run, the same machine, model, data (same samples in the same order), sequence length,
 global batch, AdamW (betas 0.9/0.95, eps 1e-8, the same weight decay), warmup + cosine schedule to 10% of the
@@ -33,6 +34,14 @@ the same samples in the same order and that they match (M)'s per-step batch chec
 Found on the way: under DeepSpeed on CPU, accelerate (1.16) finds no distributed backend and does not shard
 the Trainer's dataloader, so every rank of a plain Trainer run reads the same batches (each rank still does
 a full micro batch of work, so its speed is unchanged); the peer's dataset is therefore each rank's own slice.
+
+On GPUs (`--device cuda`): (M) and (P) run one rank per visible GPU over NCCL (--world fewer) with
+ds_configs/zero3.json (overlapped communication, fused AdamW) in bf16, (L) on GPU 0 with bf16 autocast over fp32
+weights; every clock waits for the GPU (torch.cuda.synchronize) and peak GPU memory (torch.cuda.max_memory_allocated,
+rank 0) is reported beside RSS; frozen elements are compared after rounding the fp32 input to bf16, the dtype (M)
+and (P) hold it in. Where accelerate shards the Trainer's dataloader (NCCL), the peer reads the whole stream and
+accelerate deals each rank its micro batches, in megaeeve's order. `--bf16` runs the bf16 path on CPU (tested
+there); the CUDA path has not run yet: no GPU was lent to this project.
 
 Cost: one SmolLM2 stage takes each trainer a model load plus --steps steps of 1,024 tokens. On the idle 2-core
 VM all seven stages at --steps 6 took 25 minutes for the three trainers (2-15 s a step; stage 6 the longest,
@@ -84,6 +93,12 @@ class Settings:
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1
     profile_step: int = 0  # this optimizer step runs under torch.profiler in every trainer (0: none)
+    device: str = "cpu"  # "cuda": one rank per visible GPU (NCCL), ds_configs/zero3.json
+    bf16: bool = False  # DeepSpeed's bf16 for (M) and (P); autocast over fp32 weights for (L)
+
+    @property
+    def cuda(self) -> bool:
+        return self.device == "cuda"
 
     @property
     def profile_steps(self) -> list[int]:
@@ -117,9 +132,11 @@ def prepare_default(out: Path) -> tuple[Path, dict[str, Path]]:
 
 
 def ds_config(s: Settings, hf: bool) -> dict:
-    """ds_configs/zero3_cpu.json at the bench's batch; the peer's copy says "auto" where HF users do."""
-    cfg = json.loads((REPO / "ds_configs" / "zero3_cpu.json").read_text())
-    cfg.update(train_micro_batch_size_per_gpu=s.micro, gradient_accumulation_steps=s.accum)
+    """ds_configs/zero3_cpu.json (zero3.json on GPUs: overlapped communication, fused AdamW) at the bench's batch
+    and precision; the peer's copy says "auto" where HF users do."""
+    cfg = json.loads((REPO / "ds_configs" / ("zero3.json" if s.cuda else "zero3_cpu.json")).read_text())
+    cfg.update(train_micro_batch_size_per_gpu=s.micro, gradient_accumulation_steps=s.accum,
+               bf16={"enabled": "auto" if hf else s.bf16})
     if hf:
         cfg.update(gradient_clipping="auto")  # train_batch_size: DeepSpeed derives it (HF's "auto" counts 1 rank here)
         cfg["optimizer"]["params"].update(lr="auto", betas="auto", eps="auto", weight_decay="auto")
@@ -171,17 +188,30 @@ def peer_main(work: Path, stage: int) -> None:
     out = work / "peer" / f"stage-{stage}"
     rank = int(os.environ["RANK"])
 
+    args = TrainingArguments(  # before from_pretrained: HF then builds the model under zero.Init
+        output_dir=str(out), deepspeed=ds_config(s, hf=True), max_steps=s.steps, bf16=s.bf16,
+        per_device_train_batch_size=s.micro, gradient_accumulation_steps=s.accum,
+        learning_rate=st.lr, weight_decay=s.weight_decay, adam_beta1=0.9, adam_beta2=0.95, adam_epsilon=1e-8,
+        max_grad_norm=1.0, lr_scheduler_type="cosine_with_min_lr", lr_scheduler_kwargs={"min_lr_rate": st.min_lr_ratio},
+        warmup_steps=round(st.warmup_ratio * s.steps), save_strategy="steps", save_steps=s.steps,
+        logging_strategy="no", report_to="none", disable_tqdm=True, dataloader_pin_memory=s.cuda,
+        remove_unused_columns=False, seed=cfg.seed + stage,
+        use_cpu=s.bf16 and not s.cuda)  # what HF asks of bf16 on CPU (else "Your setup doesn't support bf16/gpu")
+    shards = args.world_size > 1  # accelerate hands rank r micro batches r, r + world, ... of the dataset
+
     class Samples(torch.utils.data.Dataset):
-        """This rank's share of the blend, in order: micro batch q is stream samples [(q * world + rank) * micro,
-        ... + micro), as megaeeve's sampler reads them. Under DeepSpeed on CPU accelerate 1.16 finds no
-        distributed backend (its state is NO, one process), so it would hand every rank the same batches."""
+        """The blend in megaeeve's order: rank r's micro batch q is stream samples [(q * world + r) * micro,
+        ... + micro). Where accelerate shards the dataloader (NCCL on GPUs) that is the whole stream; under
+        DeepSpeed on CPU accelerate 1.16 finds no distributed backend (its state is NO, one process) and would
+        hand every rank the same batches, so there each rank reads its own share."""
 
         def __len__(self) -> int:
-            return len(samples) // s.world
+            return len(samples) if shards else len(samples) // s.world
 
         def __getitem__(self, i: int) -> dict:
             q, j = divmod(i, s.micro)
-            t = torch.from_numpy(samples[(q * s.world + rank) * s.micro + j][1].astype(np.int64))
+            k = i if shards else (q * s.world + rank) * s.micro + j
+            t = torch.from_numpy(samples[k][1].astype(np.int64))
             return {"input_ids": t, "labels": t}  # HF shifts the labels: seq_length predicted positions
 
     class InOrder(Trainer):
@@ -202,17 +232,9 @@ def peer_main(work: Path, stage: int) -> None:
             self.profiler.begin(state.global_step + 1)
 
         def on_step_end(self, args, state, control, **kwargs):
+            synchronize(s)
             self.times.append(time.time())
             self.profiler.end(state.global_step)
-
-    args = TrainingArguments(  # before from_pretrained: HF then builds the model under zero.Init
-        output_dir=str(out), deepspeed=ds_config(s, hf=True), max_steps=s.steps,
-        per_device_train_batch_size=s.micro, gradient_accumulation_steps=s.accum,
-        learning_rate=st.lr, weight_decay=s.weight_decay, adam_beta1=0.9, adam_beta2=0.95, adam_epsilon=1e-8,
-        max_grad_norm=1.0, lr_scheduler_type="cosine_with_min_lr", lr_scheduler_kwargs={"min_lr_rate": st.min_lr_ratio},
-        warmup_steps=round(st.warmup_ratio * s.steps), save_strategy="steps", save_steps=s.steps,
-        logging_strategy="no", report_to="none", disable_tqdm=True, dataloader_pin_memory=False,
-        remove_unused_columns=False, seed=cfg.seed + stage)
     model = AutoModelForCausalLM.from_pretrained(str(work / "stage0-hf"), dtype=torch.float32)
     freeze_peer(model, st.trainable, meta.base_vocab_size, meta.num_added)
     seen: list[np.ndarray] = []
@@ -223,9 +245,23 @@ def peer_main(work: Path, stage: int) -> None:
 
     model.register_forward_pre_hook(record, with_kwargs=True)
     clock = Clock()
-    InOrder(model=model, args=args, train_dataset=Samples(), callbacks=[clock]).train()
+    trainer = InOrder(model=model, args=args, train_dataset=Samples(), callbacks=[clock])
+    trainer.train()
     np.save(out / f"tokens-rank{rank}.npy", np.stack(seen))
     (out / f"clock-rank{rank}.json").write_text(json.dumps(clock.times))
+    write_json(out / f"rank{rank}.json", {"peak_gpu_mib": peak_gpu_mib(s), "accelerate_shards_data": shards,
+                                          "dtype": str(next(trainer.model_wrapped.parameters()).dtype)})
+
+
+def synchronize(s: Settings) -> None:
+    """Wait for the GPU's queued work, so that a step's clock stops when its kernels are done."""
+    if s.cuda:
+        torch.cuda.synchronize()
+
+
+def peak_gpu_mib(s: Settings) -> float | None:
+    """This process's peak GPU memory allocated by torch (MiB); None on CPU."""
+    return torch.cuda.max_memory_allocated() / 2**20 if s.cuda else None
 
 
 def freeze_peer(model: torch.nn.Module, trainable: tuple[str, ...], base: int, added: int) -> None:
@@ -265,7 +301,8 @@ def limit_main(work: Path, stage: int) -> None:
     out = work / "limit" / f"stage-{stage}"
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed + stage)
-    model = load_model_dir(cfg.model).train()
+    device = torch.device(s.device)
+    model = load_model_dir(cfg.model).to(device).train()
     roles = parameter_roles(model)
     freeze_for_stage(model, roles, st)
     groups = [{k: v for k, v in g.items() if k != "names"} for g in param_groups(model, roles, st)]
@@ -278,25 +315,31 @@ def limit_main(work: Path, stage: int) -> None:
         profiler.begin(step + 1)
         tokens = torch.from_numpy(np.stack([samples[i][1] for i in range(step * s.global_batch,
                                                                           (step + 1) * s.global_batch)]).astype(np.int64))
-        logits = model(input_ids=tokens[:, :-1], use_cache=False).logits
-        F.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten()).backward()
+        batch = tokens.to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=s.bf16):
+            logits = model(input_ids=batch[:, :-1], use_cache=False).logits
+        F.cross_entropy(logits.float().flatten(0, 1), batch[:, 1:].flatten()).backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0, foreach=True)
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
+        synchronize(s)
         times.append(time.time())
         profiler.end(step + 1)
         seen.append(tokens.numpy())
-    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(out / "weights.safetensors"))
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(out / "weights.safetensors"))
     state_bytes = sum(t.numel() * t.element_size() for st_ in opt.state.values() for t in st_.values()
                       if torch.is_tensor(t))
     np.save(out / "tokens.npy", np.concatenate(seen))
-    (out / "clock.json").write_text(json.dumps({"times": times, "optimizer_bytes": state_bytes}))
+    (out / "clock.json").write_text(json.dumps({"times": times, "optimizer_bytes": state_bytes,
+                                                "peak_gpu_mib": peak_gpu_mib(s)}))
 
 
 # -- launching -----------------------------------------------------------------------------------------------
-def launch(cmd: list[str], world: int, log: Path, threads: int = 1) -> tuple[list[int], list[float], float]:
-    """Start `world` ranks of `cmd` with torch.distributed's env vars (as torchrun would) and wait for them;
+def launch(cmd: list[str], world: int, log: Path, threads: int = 1,
+           device: str = "cpu") -> tuple[list[int], list[float], float]:
+    """Start `world` ranks of `cmd` with torch.distributed's env vars (as torchrun would; rank r on GPU r where
+    `device` is cuda) and wait for them;
     returns exit codes, peak RSS (MiB) of each rank (bench.common.rss_wrapped: a child of this process would
     report at least this process's own RSS) and the launch time."""
     with socket.socket() as sock:
@@ -306,7 +349,7 @@ def launch(cmd: list[str], world: int, log: Path, threads: int = 1) -> tuple[lis
     procs = []
     for rank in range(world):
         env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world),
-               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "DS_ACCELERATOR": "cpu",
+               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "DS_ACCELERATOR": device,
                "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
                "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
         out = open(f"{log}.rank{rank}", "w")
@@ -322,17 +365,20 @@ def run_trainer(name: str, work: Path, stage: int, s: Settings) -> dict:
     log = work / "logs" / f"{name}-{stage}"
     log.parent.mkdir(parents=True, exist_ok=True)
     me = [sys.executable, str(Path(__file__).resolve())]
+    cores = os.cpu_count() or 1
+    rank_threads = cores // s.world if s.cuda else 1  # on CPU each rank computes on one core of its own
     if name == "megaeeve":
         ds = work / "ds-megaeeve.json"
         ds.write_text(json.dumps(ds_config(s, hf=False)))
         cmd = [sys.executable, "-m", "megaeeve.train", "--ds_config", str(ds), "--config",
                str(work / f"run-{stage}.yaml"), "--stage", str(stage), "--overwrite"]
-        codes, rss, started = launch(cmd, s.world, log)
+        codes, rss, started = launch(cmd, s.world, log, rank_threads, s.device)
     elif name == "peer":
-        codes, rss, started = launch([*me, "peer", "--work", str(work), "--stage", str(stage)], s.world, log)
+        codes, rss, started = launch([*me, "peer", "--work", str(work), "--stage", str(stage)], s.world, log,
+                                     rank_threads, s.device)
     else:
-        codes, rss, started = launch([*me, "limit", "--work", str(work), "--stage", str(stage)], 1, log,
-                                     threads=os.cpu_count() or 1)
+        codes, rss, started = launch([*me, "limit", "--work", str(work), "--stage", str(stage)], 1, log, cores,
+                                     s.device)
     if any(codes):
         tail = "\n".join(Path(f"{log}.rank{r}").read_text()[-3000:] for r in range(len(codes)))
         sys.exit(f"{name} stage {stage} failed with exit codes {codes}:\n{tail}")
@@ -399,13 +445,15 @@ def optimizer_bytes(ckpt: Path) -> int:
 
 
 def frozen_moved(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor],
-                 frozen_rows: dict[str, slice | None]) -> tuple[int, int, float]:
+                 frozen_rows: dict[str, slice | None], held: torch.dtype = torch.float32) -> tuple[int, int, float]:
     """(elements compared, elements that differ bitwise, largest |change|) over the frozen part of each tensor:
-    `frozen_rows[name]` None means the whole tensor, a slice the trainable rows (everything else is frozen)."""
+    `frozen_rows[name]` None means the whole tensor, a slice the trainable rows (everything else is frozen).
+    `held`: the dtype the trainer holds its weights in (bf16 under DeepSpeed's bf16), which the stage's fp32
+    input is rounded to first: that rounding is the load's, not a move."""
     total = moved = 0
     drift = 0.0
     for name, rows in frozen_rows.items():
-        a, b = before[name].detach().float(), after[name].detach().float()
+        a, b = before[name].detach().to(held).float(), after[name].detach().float()
         mask = torch.ones(a.shape[0], dtype=torch.bool)
         if rows is not None:
             mask[rows] = False
@@ -430,6 +478,7 @@ def measure(work: Path, stage: int, s: Settings, raw: dict[str, dict], skip: int
     cfg = load_run_config(work / f"run-{stage}.yaml")
     st, meta = cfg.stages[stage], read_model_meta(cfg.model)
     res: dict[str, dict] = {}
+    held = torch.bfloat16 if s.bf16 else torch.float32  # (M)'s and (P)'s weights; (L) keeps fp32 under autocast
 
     # (M): metrics.jsonl and DeepSpeed's view of its checkpoint
     stage_dir = cfg.stage_dir(stage)
@@ -440,9 +489,10 @@ def measure(work: Path, stage: int, s: Settings, raw: dict[str, dict], skip: int
     keep = set(trainable_names(roles, st))
     frozen = {n: None for n in roles if n not in keep}
     view = get_fp32_state_dict_from_zero_checkpoint(str(stage_dir / "checkpoints"))
-    n, moved, drift = frozen_moved(split_before, view, frozen)
+    n, moved, drift = frozen_moved(split_before, view, frozen, held)
+    gpu = max(r["peak_memory_gib"] for r in train) * 1024 if s.cuda else None  # rank 0's torch peak on a GPU
     res["megaeeve"] = _record(s, [r["step_time_s"] for r in train][1:], train[0]["time"] - raw["megaeeve"]["started"],
-                              raw["megaeeve"]["rss"], optimizer_bytes(stage_dir / "checkpoints"), n, moved, drift,
+                              raw["megaeeve"]["rss"], gpu, optimizer_bytes(stage_dir / "checkpoints"), n, moved, drift,
                               skip, windows)
     m_checksums = [r["batch_checksum"] for r in train]
 
@@ -464,9 +514,10 @@ def measure(work: Path, stage: int, s: Settings, raw: dict[str, dict], skip: int
             p_frozen[name] = None
         elif trained == {f"{side}_added"}:
             p_frozen[name] = rows
-    n, moved, drift = frozen_moved(hf_before, view, p_frozen)
+    n, moved, drift = frozen_moved(hf_before, view, p_frozen, held)
     res["peer"] = _record(s, list(np.diff([raw["peer"]["started"], *times]))[1:], times[0] - raw["peer"]["started"],
-                          raw["peer"]["rss"], optimizer_bytes(ckpt), n, moved, drift, skip, windows)
+                          raw["peer"]["rss"], json.loads((out / "rank0.json").read_text())["peak_gpu_mib"], optimizer_bytes(ckpt),
+                          n, moved, drift, skip, windows)
 
     # (L): its clock, batches and saved weights
     out = work / "limit" / f"stage-{stage}"
@@ -474,14 +525,14 @@ def measure(work: Path, stage: int, s: Settings, raw: dict[str, dict], skip: int
     l_stream = np.load(out / "tokens.npy")
     n, moved, drift = frozen_moved(split_before, load_file(str(out / "weights.safetensors")), frozen)
     res["limit"] = _record(s, list(np.diff([raw["limit"]["started"], *clock["times"]]))[1:],
-                           clock["times"][0] - raw["limit"]["started"], raw["limit"]["rss"], clock["optimizer_bytes"],
-                           n, moved, drift, skip, windows)
+                           clock["times"][0] - raw["limit"]["started"], raw["limit"]["rss"], clock["peak_gpu_mib"],
+                           clock["optimizer_bytes"], n, moved, drift, skip, windows)
 
     if s.profile_step:  # rank 0's profiled step of each trainer; step_times_s start at step 2
         dirs = {"megaeeve": stage_dir, **{name: work / name / f"stage-{stage}" for name in ("peer", "limit")}}
         for name, d in dirs.items():
             res[name]["profile"] = profile_split(d / "profile" / f"rank0-step{s.profile_step}.ops.json",
-                                                 res[name]["step_times_s"][s.profile_step - 2])
+                                                 res[name]["step_times_s"][s.profile_step - 2], s.cuda)
 
     same = p_stream.shape == l_stream.shape and np.array_equal(p_stream, l_stream)
     if not same or step_checksums(l_stream, s) != m_checksums:
@@ -510,15 +561,17 @@ def profile_kind(name: str) -> str:
     return "other ops"
 
 
-def profile_split(ops_file: Path, wall_s: float) -> dict:
-    """Rank 0's profiled step by PROFILE_KINDS (operators' self CPU seconds), plus the step's wall time and
-    what no operator accounts for (Python, the data, waiting); its five slowest operators by name."""
-    ops = json.loads(ops_file.read_text())
+def profile_split(ops_file: Path, wall_s: float, device: bool = False) -> dict:
+    """Rank 0's profiled step by PROFILE_KINDS (operators' self CPU seconds; with `device`, their self GPU
+    seconds), plus the step's wall time and what no operator accounts for (Python, the data, waiting; on a GPU,
+    the time it sat idle); its five slowest operators by name."""
+    key = "self_device_s" if device else "self_cpu_s"
+    ops = sorted(json.loads(ops_file.read_text()), key=lambda o: -o.get(key, 0.0))
     split = {k: 0.0 for k in PROFILE_KINDS}
     for o in ops:
-        split[profile_kind(o["name"])] += o["self_cpu_s"]
+        split[profile_kind(o["name"])] += o.get(key, 0.0)
     return {"wall_s": wall_s, **split, "outside ops": wall_s - sum(split.values()),
-            "top": [(o["name"], round(o["self_cpu_s"], 4)) for o in ops[:5]]}
+            "top": [(o["name"], round(o.get(key, 0.0), 4)) for o in ops[:5]]}
 
 
 def _split_roles(model_dir: Path) -> dict[str, str]:
@@ -532,11 +585,11 @@ def _split_roles(model_dir: Path) -> dict[str, str]:
     return parameter_roles(model)
 
 
-def _record(s: Settings, step_times: list[float], first_step_s: float, rss: list[float], opt_bytes: int,
-            frozen: int, moved: int, drift: float, skip: int, windows: int) -> dict:
+def _record(s: Settings, step_times: list[float], first_step_s: float, rss: list[float], gpu_mib: float | None,
+            opt_bytes: int, frozen: int, moved: int, drift: float, skip: int, windows: int) -> dict:
     return {"tokens_per_s": steady_tokens_per_s(step_times, s.tokens_per_step, skip, windows, s.profile_step),
             "fastest_step_tokens_per_s": s.tokens_per_step / min(unprofiled(step_times, 2, s.profile_step)),
-            "peak_rss_mib": max(rss), "rss_per_rank_mib": rss, "optimizer_bytes": opt_bytes,
+            "peak_rss_mib": max(rss), "rss_per_rank_mib": rss, "peak_gpu_mib": gpu_mib, "optimizer_bytes": opt_bytes,
             "launch_to_first_step_s": first_step_s, "frozen_elements": frozen, "frozen_elements_moved": moved,
             "max_frozen_drift": drift, "step_times_s": step_times}
 
@@ -548,15 +601,17 @@ def ratios(per: dict[str, dict]) -> dict[str, float]:
             "fastest_m_over_p": m["fastest_step_tokens_per_s"] / pe["fastest_step_tokens_per_s"],
             "fastest_m_over_l": m["fastest_step_tokens_per_s"] / li["fastest_step_tokens_per_s"],
             "rss_m_over_p": m["peak_rss_mib"] / pe["peak_rss_mib"],
+            **({"gpu_m_over_p": m["peak_gpu_mib"] / pe["peak_gpu_mib"]} if m.get("peak_gpu_mib") else {}),
             "opt_m_over_p": m["optimizer_bytes"] / max(1, pe["optimizer_bytes"])}
 
 
 # -- report --------------------------------------------------------------------------------------------------
 def table(results: dict[str, dict], s: Settings, label: str) -> str:
+    gpu = " peak GPU memory, rank 0 (MiB) |" if s.cuda else ""
     lines = [SECTION, "", label, "",
-             "| stage | trainer | tokens/s | fastest step (tokens/s) | peak RSS / rank (MiB) | optimizer state (MiB) "
-             "| launch to step 1 (s) | frozen elements moved (max drift) |",
-             "|---|---|---|---|---|---|---|---|"]
+             f"| stage | trainer | tokens/s | fastest step (tokens/s) | peak RSS / rank (MiB) |{gpu} optimizer state "
+             "(MiB) | launch to step 1 (s) | frozen elements moved (max drift) |",
+             "|---|---|---|---|---|---|---|---|" + "---|" * bool(gpu)]
     for stage, per in results.items():
         for name in TRAINERS:
             r = per[name]
@@ -564,17 +619,19 @@ def table(results: dict[str, dict], s: Settings, label: str) -> str:
             if r["frozen_elements_moved"]:
                 moved += f" ({r['max_frozen_drift']:.2e})"
             lines.append(f"| {stage} | {name} | {r['tokens_per_s']:,.1f} | {r['fastest_step_tokens_per_s']:,.1f} | "
-                         f"{r['peak_rss_mib']:,.0f} | "
-                         f"{r['optimizer_bytes'] / 2**20:,.1f} | {r['launch_to_first_step_s']:.1f} | {moved} |")
+                         f"{r['peak_rss_mib']:,.0f} | " + (f"{r['peak_gpu_mib']:,.0f} | " if gpu else "")
+                         + f"{r['optimizer_bytes'] / 2**20:,.1f} | {r['launch_to_first_step_s']:.1f} | {moved} |")
     lines += ["", "| stage | (M)/(P) tokens/s | (M)/(L) tokens/s | fastest steps (M)/(P), (M)/(L) | (M)/(P) peak RSS "
-              "| (M)/(P) optimizer bytes |", "|---|---|---|---|---|---|"]
+              f"|{' (M)/(P) peak GPU memory |' if gpu else ''} (M)/(P) optimizer bytes |",
+              "|---|---|---|---|---|---|" + "---|" * bool(gpu)]
     for stage, per in results.items():
         r = per["ratios"]
         lines.append(f"| {stage} | {r['m_over_p']:.2f}x | {r['m_over_l']:.2f}x | {r['fastest_m_over_p']:.2f}x, "
-                     f"{r['fastest_m_over_l']:.2f}x | {r['rss_m_over_p']:.2f}x | {r['opt_m_over_p']:.3f}x |")
+                     f"{r['fastest_m_over_l']:.2f}x | {r['rss_m_over_p']:.2f}x | "
+                     + (f"{r['gpu_m_over_p']:.2f}x | " if gpu else "") + f"{r['opt_m_over_p']:.3f}x |")
     if s.profile_step:
-        lines += ["", f"Where step {s.profile_step} goes (rank 0 under torch.profiler, seconds: operators' self CPU time by "
-                  "kind; outside ops = the step's wall time less all of them):", "",
+        lines += ["", f"Where step {s.profile_step} goes (rank 0 under torch.profiler, seconds: operators' self "
+                  f"{'GPU' if s.cuda else 'CPU'} time by kind; outside ops = the step's wall time less all of them):", "",
                   "| stage | trainer | step wall | " + " | ".join(PROFILE_KINDS) + " | outside ops | slowest operators |",
                   "|---|---|---" + "|---" * (len(PROFILE_KINDS) + 2) + "|"]
         for stage, per in results.items():
@@ -588,7 +645,8 @@ def table(results: dict[str, dict], s: Settings, label: str) -> str:
 
 def machine() -> str:
     load = os.getloadavg()
-    return (f"{os.cpu_count()} CPU cores ({processor()}), Python "
+    gpus = torch.cuda.device_count()
+    return ((f"{gpus}x {torch.cuda.get_device_name(0)}, " if gpus else "") + f"{os.cpu_count()} CPU cores ({processor()}), Python "
             f"{platform.python_version()}, torch {torch.__version__}; load average at the end "
             f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}")
 
@@ -610,10 +668,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--skip", type=int, default=2, help="first steps left out of tokens/s")
     p.add_argument("--windows", type=int, default=3)
     p.add_argument("--seq-length", type=int, default=128)
+    p.add_argument("--micro", type=int, default=Settings.micro, help="samples per rank and micro step")
+    p.add_argument("--accum", type=int, default=Settings.accum, help="micro steps per optimizer step")
     p.add_argument("--weight-decay", type=float, default=0.01)
     p.add_argument("--profile", type=int, default=0, metavar="STEP",
                    help="run optimizer step STEP (>= 2) of every trainer under torch.profiler and tabulate where it "
                         "goes (tokens/s then leaves that step out)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="cuda: (M) and (P) one rank per visible GPU over NCCL with ds_configs/zero3.json, (L) on GPU 0; "
+                        "peak GPU memory beside RSS")
+    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
+                   help="DeepSpeed's bf16 for (M) and (P), autocast for (L) (default: on with --device cuda, off on CPU)")
+    p.add_argument("--world", type=int, help="ranks of (M) and (P) (default: 2 on CPU, every visible GPU with --device cuda)")
     p.add_argument("--work", type=Path, default=REPO / "bench" / "out" / "vs-trainer")
     p.add_argument("--stage0", type=Path, help="a stage-0 directory (default: SmolLM2-135M by the default pipeline)")
     p.add_argument("--data", nargs="+", metavar="NAME=PREFIX", help="with --stage0: its datasets (ko, en weigh 0.7/0.3)")
@@ -627,8 +693,16 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--stage0 and --data go together")
     if args.profile and not 2 <= args.profile <= args.steps:
         p.error(f"--profile {args.profile}: a step from 2 (step 1 is counted as launch) to --steps ({args.steps})")
-    s = Settings(seq_length=args.seq_length, steps=args.steps, weight_decay=args.weight_decay,
-                 profile_step=args.profile)
+    gpus = torch.cuda.device_count() if args.device == "cuda" else 0
+    if args.device == "cuda" and not gpus:
+        p.error(f"--device cuda: torch {torch.__version__} sees no CUDA device (CUDA build: {torch.version.cuda})")
+    world = args.world or gpus or 2
+    if gpus and world > gpus:
+        p.error(f"--world {world}: {gpus} GPU(s) visible, and NCCL runs one rank per GPU")
+    s = Settings(seq_length=args.seq_length, micro=args.micro, accum=args.accum, steps=args.steps,
+                 weight_decay=args.weight_decay,
+                 profile_step=args.profile, world=world, device=args.device,
+                 bf16=args.device == "cuda" if args.bf16 is None else args.bf16)
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
     if args.stage0:
@@ -664,9 +738,11 @@ def main(argv: list[str] | None = None) -> int:
                                                  "frozen_elements_moved")} if k != "ratios" else v
                           for k, v in per.items()}), flush=True)
     label = (f"Machine: {machine()}. `python bench/bench_vs_trainer.py --stages {' '.join(map(str, args.stages))} "
-             f"--steps {s.steps}{f' --profile {s.profile_step}' if s.profile_step else ''}`: {s.world} gloo ranks "
-             f"for (M) and (P) (one thread each), one process for (L); "
-             f"seq {s.seq_length}, global batch {s.global_batch} samples ({s.tokens_per_step:,} tokens a step), "
+             f"--steps {s.steps}{f' --profile {s.profile_step}' if s.profile_step else ''}"
+             f"{' --device cuda' if s.cuda else ''}{' --bf16' if s.bf16 and not s.cuda else ''}`: "
+             + (f"{s.world} NCCL ranks (one GPU each)" if s.cuda else f"{s.world} gloo ranks (one thread each)")
+             + f" for (M) and (P), one process for (L); {'bf16' if s.bf16 else 'fp32'}, "
+             f"seq {s.seq_length}, micro batch {s.micro} x {s.accum} accumulation steps, global batch {s.global_batch} samples ({s.tokens_per_step:,} tokens a step), "
              f"weight decay {s.weight_decay:g}; tokens/s is the median of {args.windows} windows over steps "
              f"{args.skip + 1}..{s.steps}.")
     text = table(results, s, label)
