@@ -68,7 +68,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO)]
 
-from bench.common import processor, rss_wrapped, write_results  # noqa: E402
+from bench.common import processor, rss_wrapped, wrapped_usage, write_results  # noqa: E402
 from megaeeve.atomic import write_json  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -356,7 +356,8 @@ def launch(cmd: list[str], world: int, log: Path, threads: int = 1,
         procs.append(subprocess.Popen(rss_wrapped(cmd, Path(f"{log}.rank{rank}.usage.json")), env=env, cwd=REPO,
                                       stdout=out, stderr=subprocess.STDOUT))
     codes = [p.wait() for p in procs]
-    rss = [json.loads(Path(f"{log}.rank{rank}.usage.json").read_text())["rss_kb"] / 1024 for rank in range(world)]
+    rss = [wrapped_usage(Path(f"{log}.rank{rank}.usage.json"), cmd, Path(f"{log}.rank{rank}").read_text())["rss_kb"]
+           / 1024 for rank in range(world)]
     return codes, rss, started
 
 

@@ -74,6 +74,14 @@ def rss_wrapped(cmd: list[str], report: Path) -> list[str]:
     return [sys.executable, "-c", code, str(report), *cmd]
 
 
+def wrapped_usage(report: Path, cmd: list[str], output: str) -> dict:
+    """rss_wrapped's report of `cmd`; where the wrapper wrote none (`cmd` could not be started: a missing
+    program, a bad path) an error that shows `cmd` and its output instead of a missing-file error."""
+    if not report.is_file():
+        raise RuntimeError(f"{' '.join(map(str, cmd))} did not run (no usage report {report}):\n{output[-3000:]}")
+    return json.loads(report.read_text())
+
+
 def measure(cmd: list[str], stderr: bool = False, env: dict[str, str] | None = None) -> tuple[str, float, float, float]:
     """(stdout, and stderr too when asked; wall s, peak RSS MiB, CPU s) of `cmd` run in `env` (default:
     this one), through rss_wrapped. Peak RSS is that of the largest process of the tree; CPU is user + system
@@ -83,7 +91,7 @@ def measure(cmd: list[str], stderr: bool = False, env: dict[str, str] | None = N
         report = Path(tmp) / "usage.json"
         res = subprocess.run(rss_wrapped(cmd, report), stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT if stderr else subprocess.PIPE, text=True, env=env)
-        info = json.loads(report.read_text())
+        info = wrapped_usage(report, cmd, (res.stderr or "") + (res.stdout or ""))
     if info["status"] != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{(res.stderr or res.stdout)[-3000:]}")
     return res.stdout, info["wall"], info["rss_kb"] / 1024, info["cpu"]

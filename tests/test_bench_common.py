@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
+
+import pytest
 
 from bench.common import measure
+
+REPO = Path(__file__).resolve().parents[1]
 
 ALLOCATE = "import sys; b = bytearray(int(sys.argv[1]) << 20); b[::4096] = b'x' * len(b[::4096]); print(len(b) >> 20)"
 
@@ -20,3 +25,15 @@ def test_peak_rss_is_the_commands_own_not_the_large_launching_process():
     _, _, large, _ = measure([sys.executable, "-c", ALLOCATE, "300"])
     assert 300 <= large < 500, large
     del held
+
+
+def test_a_command_that_cannot_start_is_named_with_its_error(tmp_path):
+    """The wrapper writes no usage report when the command cannot be started: the error says which command and
+    why, where it used to be a missing-file error about the report."""
+    with pytest.raises(RuntimeError, match=r"(?s)/no/such/program --flag did not run.*No such file or directory"):
+        measure(["/no/such/program", "--flag"])
+    sys.path.insert(0, str(REPO / "bench"))
+    import bench_vs_trainer
+
+    with pytest.raises(RuntimeError, match=r"(?s)/no/such/rank-program did not run.*No such file or directory"):
+        bench_vs_trainer.launch(["/no/such/rank-program"], 1, tmp_path / "log")
