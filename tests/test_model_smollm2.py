@@ -16,6 +16,15 @@ from megaeeve.tokenizer_io import load_tokenizer
 from _model_helpers import expand
 
 
+def same_logits(got: torch.Tensor, base: torch.Tensor) -> None:
+    """The base tokens' logits of the extended model are the base model's, up to the order of the fp32 sums: the
+    split head (and the export's padded lm_head) writes them into a buffer 49,216 columns wide where the base's
+    is 49,152, and on some CPUs the BLAS then takes another kernel (bitwise equal on the AMD EPYC VMs, up to 3e-5 on
+    an Intel Xeon one, for logits of magnitude ~10-20). The tiny models' tests stay bitwise."""
+    torch.testing.assert_close(got, base, rtol=0, atol=1e-4)
+    torch.testing.assert_close(got.log_softmax(-1), base.log_softmax(-1), rtol=0, atol=1e-4)
+
+
 @pytest.mark.slow
 def test_smollm2_gguf_extension(tmp_path):
     gguf = assets.smollm2_gguf()
@@ -33,7 +42,7 @@ def test_smollm2_gguf_extension(tmp_path):
     ids = torch.tensor([base_tok.encode("The capital of South Korea is Seoul, and").ids])
     with torch.no_grad():
         base_logits, split_logits = base(ids).logits, split(ids).logits
-    assert torch.equal(split_logits[..., :49152], base_logits)
+    same_logits(split_logits[..., :49152], base_logits)
     weights = load_file(str(tmp_path / "stage0" / MODEL_FILE))
     emb = base.model.embed_tokens.weight
     pieces = base_tok.encode(" 대한민국", add_special_tokens=False).ids
@@ -44,4 +53,4 @@ def test_smollm2_gguf_extension(tmp_path):
     plain = AutoModelForCausalLM.from_pretrained(str(tmp_path / "exported")).eval()
     assert plain.lm_head.weight.data_ptr() != plain.model.embed_tokens.weight.data_ptr()
     with torch.no_grad():
-        assert torch.equal(plain(ids).logits[..., :49152], base_logits)
+        same_logits(plain(ids).logits[..., :49152], base_logits)
