@@ -248,9 +248,9 @@ def peer_main(work: Path, stage: int) -> None:
     trainer = InOrder(model=model, args=args, train_dataset=Samples(), callbacks=[clock])
     trainer.train()
     np.save(out / f"tokens-rank{rank}.npy", np.stack(seen))
-    (out / f"clock-rank{rank}.json").write_text(json.dumps(clock.times))
-    write_json(out / f"rank{rank}.json", {"peak_gpu_mib": peak_gpu_mib(s), "accelerate_shards_data": shards,
-                                          "dtype": str(next(trainer.model_wrapped.parameters()).dtype)})
+    write_json(out / f"clock-rank{rank}.json", {"times": clock.times, "peak_gpu_mib": peak_gpu_mib(s),
+                                                "accelerate_shards_data": shards,
+                                                "dtype": str(next(trainer.model_wrapped.parameters()).dtype)})
 
 
 def synchronize(s: Settings) -> None:
@@ -260,8 +260,10 @@ def synchronize(s: Settings) -> None:
 
 
 def peak_gpu_mib(s: Settings) -> float | None:
-    """This process's peak GPU memory allocated by torch (MiB); None on CPU."""
-    return torch.cuda.max_memory_allocated() / 2**20 if s.cuda else None
+    """This process's peak GPU memory allocated by torch (MiB), as megaeeve's metrics count it; None on CPU."""
+    from megaeeve.training.throughput import peak_memory_gib
+
+    return peak_memory_gib(torch.device("cuda")) * 1024 if s.cuda else None
 
 
 def freeze_peer(model: torch.nn.Module, trainable: tuple[str, ...], base: int, added: int) -> None:
@@ -499,7 +501,8 @@ def measure(work: Path, stage: int, s: Settings, raw: dict[str, dict], skip: int
 
     # (P): its clock, its recorded batches, DeepSpeed's view of the Trainer's checkpoint
     out = work / "peer" / f"stage-{stage}"
-    times = json.loads((out / "clock-rank0.json").read_text())
+    clock = json.loads((out / "clock-rank0.json").read_text())
+    times = clock["times"]
     p_stream = peer_stream(out, s)
     ckpt = out / f"checkpoint-{s.steps}"
     view = get_fp32_state_dict_from_zero_checkpoint(str(ckpt))
@@ -517,7 +520,7 @@ def measure(work: Path, stage: int, s: Settings, raw: dict[str, dict], skip: int
             p_frozen[name] = rows
     n, moved, drift = frozen_moved(hf_before, view, p_frozen, held)
     res["peer"] = _record(s, list(np.diff([raw["peer"]["started"], *times]))[1:], times[0] - raw["peer"]["started"],
-                          raw["peer"]["rss"], json.loads((out / "rank0.json").read_text())["peak_gpu_mib"], optimizer_bytes(ckpt),
+                          raw["peer"]["rss"], clock["peak_gpu_mib"], optimizer_bytes(ckpt),
                           n, moved, drift, skip, windows)
 
     # (L): its clock, batches and saved weights

@@ -56,6 +56,11 @@ def same_samples(work: Path, s: bench.Settings) -> None:
     assert bench.step_checksums(blend[::-1], s) != logged  # the checksum sees the order
 
 
+def peer_clocks(work: Path, s: bench.Settings) -> list[dict]:
+    """What each peer rank recorded besides its batches: step times, peak GPU memory, its data path and dtype."""
+    return [json.loads((work / "peer" / "stage-1" / f"clock-rank{r}.json").read_text()) for r in range(s.world)]
+
+
 def hook_rows_moved(before: torch.Tensor, after: torch.Tensor, base: int, added: int) -> torch.Tensor:
     """Which elements of the rows the hook keeps at zero gradient (base and padding rows) differ."""
     return torch.cat([after[:base], after[base + added:]]) != torch.cat([before[:base], before[base + added:]])
@@ -66,7 +71,7 @@ def test_three_trainers_same_data_and_exactness_from_their_outputs(tmp_path, gpt
     s = bench.Settings(**result["settings"])
     per = result["stages"]["1"]
     assert not s.bf16 and all(per[name]["peak_gpu_mib"] is None for name in bench.TRAINERS)
-    peer_ranks = [json.loads((work / "peer" / "stage-1" / f"rank{r}.json").read_text()) for r in range(s.world)]
+    peer_ranks = peer_clocks(work, s)
     assert [r["accelerate_shards_data"] for r in peer_ranks] == [False, False]  # each rank reads its own share
     assert {r["dtype"] for r in peer_ranks} == {"torch.float32"}
     same_samples(work, s)
@@ -120,7 +125,7 @@ def test_bf16_compares_frozen_elements_in_the_dtype_the_trainers_hold(tmp_path, 
     per = result["stages"]["1"]
     assert s.bf16 and not s.cuda
     same_samples(work, s)
-    peer_ranks = [json.loads((work / "peer" / "stage-1" / f"rank{r}.json").read_text()) for r in range(s.world)]
+    peer_ranks = peer_clocks(work, s)
     # use_cpu (HF's condition for bf16 on CPU) gives accelerate a gloo group, so it deals the micro batches, as
     # it does over NCCL on GPUs: the stream is the same either way.
     assert [r["accelerate_shards_data"] for r in peer_ranks] == [True, True]
