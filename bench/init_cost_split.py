@@ -22,6 +22,11 @@ likelihood of a token's remaining pieces) can win. The stage-0 line is repeated 
   mean, renormed the same direction at the base rows' mean norm (averaging 2-6 piece vectors shrinks it)
   first, last    one piece's row
 
+`--models DIR ...` scores further expanded models on the same tokens (a stage-0 directory, a trained stage's
+final/, an export) and splits each one's distance to the base by where it falls: on the spans it reads as new
+tokens (the base pays for their pieces) and on those it reads as base tokens. After training, this says whether
+what is left to win is the new tokens' prediction or the text around them.
+
 Bits are summed over every token but each document's first; bits/char divide by the documents' characters.
 """
 
@@ -54,8 +59,9 @@ def input_rows(emb, pieces: list[list[int]]) -> dict:
 
 
 def split(model, base_tok, new_tok, pieces: list[list[int]], shares: dict[int, float], docs: list[str],
-          rows: dict) -> dict:
-    """Bits of the scorings (base, output side with count and oracle shares, stage 0 per input rows) and the
+          rows: dict, models: dict | None = None) -> dict:
+    """Bits of the scorings (base, output side with count and oracle shares, stage 0 per input rows; each of
+    `models` on the new-token spans and on the base-token spans, with the base's bits on the same spans) and the
     characters they cover."""
     import torch
 
@@ -64,7 +70,8 @@ def split(model, base_tok, new_tok, pieces: list[list[int]], shares: dict[int, f
     emb = model.get_input_embeddings().weight.detach()
     base = len(emb)
     total = {"chars": 0, "tokens": 0, "new tokens": 0, "documents": 0, "base": 0.0, "output side": 0.0,
-             "output side, oracle shares": 0.0, **{f"stage 0, {k}": 0.0 for k in rows}}
+             "output side, oracle shares": 0.0, **{f"stage 0, {k}": 0.0 for k in rows},
+             **{f"{who} on {span} spans": 0.0 for who in ("base", *(models or {})) for span in ("new", "base")}}
     counts: dict[int, int] = {}
     for enc in new_tok.encode_batch(docs, add_special_tokens=False):
         for i in enc.ids[1:]:
@@ -91,6 +98,14 @@ def split(model, base_tok, new_tok, pieces: list[list[int]], shares: dict[int, f
                 x = torch.stack([emb[i] if i < base else added[i - base] for i in eids])
                 lp = model(inputs_embeds=x[None]).logits[0, :-1].float().log_softmax(-1)
                 total[f"stage 0, {name}"] -= float((lp.gather(1, firsts[:, None])[:, 0] + offset).sum()) / LN2
+            new = torch.tensor([i >= base for i in eids[1:]])
+            per_token = {"base": -torch.stack([q[a:b].sum() for a, b in zip(starts[1:-1], starts[2:])]) / LN2}
+            for name, other in (models or {}).items():
+                e = torch.tensor(eids)
+                per_token[name] = -other(e[None]).logits[0, :-1].float().log_softmax(-1).gather(1, e[1:, None])[:, 0] / LN2
+            for who, bits in per_token.items():
+                total[f"{who} on new spans"] += float(bits[new].sum())
+                total[f"{who} on base spans"] += float(bits[~new].sum())
         total["chars"] += len(text)
         total["tokens"] += len(eids) - 1
         total["new tokens"] += sum(i >= base for i in eids[1:])
@@ -113,10 +128,28 @@ def table(results: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def span_table(results: dict[str, dict], models: list[str]) -> str:
+    """Each model's distance to the base, split into the spans it reads as new tokens and as base tokens."""
+    lines = ["| held-out text | model | bits/char | vs base | on new-token spans: bits/char (base) | vs base there "
+             "| on base-token spans: bits/char (base) | vs base there |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for text, t in results.items():
+        c = t["chars"]
+        for name in models:
+            cells = []
+            for span in ("new", "base"):
+                mine, base = t[f"{name} on {span} spans"] / c, t[f"base on {span} spans"] / c
+                cells += [f"{mine:.3f} ({base:.3f})", f"{mine - base:+.3f}"]
+            total = (t[f"{name} on new spans"] + t[f"{name} on base spans"]) / c
+            lines.append(f"| {text} | {name} | {total:.3f} | {total - t['base'] / c:+.3f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--dir", type=Path, default=REPO / "bench" / "out" / "init" / "compare-smollm2",
                    help="bench_init's compare setup for SmolLM2 (base/, tokenizer/, corpus/)")
+    p.add_argument("--models", nargs="*", default=[], metavar="DIR",
+                   help="expanded models to split the same way (stage-0 directories, trained stages' final/, exports)")
     p.add_argument("--results", default=str(REPO / "bench" / "RESULTS.md"), help="'' to not write")
     args = p.parse_args(argv)
 
@@ -135,15 +168,20 @@ def main(argv: list[str] | None = None) -> int:
     shares = group_log_shares(pieces, base, report_counts(args.dir / "tokenizer"))
     model = AutoModelForCausalLM.from_pretrained(args.dir / "base", dtype=torch.float32).eval()
     rows = input_rows(model.get_input_embeddings().weight.detach(), pieces)
+    from megaeeve.eval.load import load_any_model
+
+    others = {str(d): load_any_model(d, device="cpu") for d in args.models}
     results = {}
     for name, file in (("Korean", "ko_eval.jsonl"), ("English", "en_eval.jsonl")):
         docs = [json.loads(line)["text"] for line in (args.dir / "corpus" / file).read_text().splitlines()]
         results[name] = split(model, base_tok, new_tok, pieces, shares, docs, rows if name == "Korean" else
-                              {"mean": rows["mean"]})
+                              {"mean": rows["mean"]}, others)
         t = results[name]
         print(f"{name}: {t['documents']} of {t['documents seen']} documents in the base's segmentation, "
               f"{t['chars']:,} characters, {t['tokens']:,} tokens scored ({t['new tokens']:,} new)")
     text = table(results)
+    if others:
+        text += "\n\n" + span_table(results, list(others))
     print(text)
     if args.results:
         k = results["Korean"]
