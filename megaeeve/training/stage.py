@@ -8,6 +8,8 @@ import json
 import os
 import random
 import shutil
+import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -36,10 +38,44 @@ def steps_before(cfg: RunConfig, number: int) -> int:
     return sum(json.loads(p.read_text())["steps"] for p in done if p.is_file())
 
 
+STALE_BUILD_LOCK_S = 600.0
+"""A JIT build of an op (DeepSpeed's shared-memory collectives on CPU, fused Adam on a GPU) takes a minute or two."""
+
+
+def stale_build_locks(older_than_s: float = STALE_BUILD_LOCK_S) -> dict[Path, float]:
+    """Locks of DeepSpeed's op builds in torch's extension root (or $TORCH_EXTENSIONS_DIR) last touched over
+    `older_than_s` ago, with their ages in seconds.
+
+    torch builds an op under a lock file that the builder deletes when it ends, and every other process waits for
+    it to go (FileBaton), with no time limit and no message. A build killed mid-way leaves its lock behind, and
+    every later run's ranks then hang in deepspeed.init_distributed; init_distributed refuses to start instead.
+    Only the ops this accelerator's DeepSpeed can build count: another project's long build is none of ours."""
+    from deepspeed.ops.op_builder.all_ops import ALL_OPS
+    from torch.utils.cpp_extension import get_default_build_root
+
+    found = list(Path(get_default_build_root()).glob("*/*/lock"))  # <root>/<python + accelerator>/<op>/lock
+    if os.environ.get("TORCH_EXTENSIONS_DIR"):
+        found += Path(os.environ["TORCH_EXTENSIONS_DIR"]).glob("*/lock")
+    now, ages = time.time(), {}
+    for lock in sorted({f for f in found if f.parent.name in ALL_OPS}):
+        try:
+            ages[lock] = now - lock.stat().st_mtime
+        except FileNotFoundError:  # its build ended meanwhile
+            continue
+    return {lock: age for lock, age in ages.items() if age > older_than_s}
+
+
 def init_distributed(timeout_s: float) -> None:
-    """deepspeed.init_distributed with the run's timeout; a rank that cannot reach its peers says where it looked."""
+    """deepspeed.init_distributed with the run's timeout; a rank that cannot reach its peers says where it looked,
+    and a run refuses to start where a killed op build left its lock (which would make every rank wait forever)."""
     import deepspeed
 
+    stale = stale_build_locks()
+    if stale:
+        lock, age = next(iter(stale.items()))
+        raise StageError(f"{lock}: the lock of a torch extension build, last touched {age / 60:.0f} minutes ago; a "
+                         f"build that was killed left it, and DeepSpeed would wait for it forever. If no build is "
+                         f"running, delete it: rm {' '.join(map(str, stale))}")
     try:
         deepspeed.init_distributed(timeout=datetime.timedelta(seconds=timeout_s))
     except (RuntimeError, ValueError) as e:  # torch's DistStoreError / DistNetworkError are RuntimeErrors
