@@ -44,3 +44,15 @@ def test_a_killed_builds_lock_stops_the_stage_naming_the_file(tmp_path, monkeypa
     assert f"rm {stale}" in run.stderr
     stale.unlink()
     assert stale_build_locks() == {}
+
+
+def test_only_the_directory_torch_builds_in_is_searched(tmp_path, monkeypatch):
+    import torch.utils.cpp_extension
+
+    root = tmp_path / "root"  # torch's default: <root>/<python + accelerator>/<op>/lock
+    in_root = _lock(root / "py311_cpu", "deepspeed_shm_comm", STALE_BUILD_LOCK_S + 60)
+    monkeypatch.setattr(torch.utils.cpp_extension, "get_default_build_root", lambda: str(root))
+    monkeypatch.delenv("TORCH_EXTENSIONS_DIR", raising=False)
+    assert list(stale_build_locks()) == [in_root]
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "chosen"))  # torch then ignores the default root
+    assert stale_build_locks() == {}

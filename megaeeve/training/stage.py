@@ -43,8 +43,8 @@ STALE_BUILD_LOCK_S = 600.0
 
 
 def stale_build_locks(older_than_s: float = STALE_BUILD_LOCK_S) -> dict[Path, float]:
-    """Locks of DeepSpeed's op builds in torch's extension root (or $TORCH_EXTENSIONS_DIR) last touched over
-    `older_than_s` ago, with their ages in seconds.
+    """Locks of DeepSpeed's op builds where torch builds them ($TORCH_EXTENSIONS_DIR when set, else its default
+    root) last touched over `older_than_s` ago, with their ages in seconds.
 
     torch builds an op under a lock file that the builder deletes when it ends, and every other process waits for
     it to go (FileBaton), with no time limit and no message. A build killed mid-way leaves its lock behind, and
@@ -53,16 +53,17 @@ def stale_build_locks(older_than_s: float = STALE_BUILD_LOCK_S) -> dict[Path, fl
     from deepspeed.ops.op_builder.all_ops import ALL_OPS
     from torch.utils.cpp_extension import get_default_build_root
 
-    found = list(Path(get_default_build_root()).glob("*/*/lock"))  # <root>/<python + accelerator>/<op>/lock
-    if os.environ.get("TORCH_EXTENSIONS_DIR"):
-        found += Path(os.environ["TORCH_EXTENSIONS_DIR"]).glob("*/lock")
-    now, ages = time.time(), {}
-    for lock in sorted({f for f in found if f.parent.name in ALL_OPS}):
+    chosen = os.environ.get("TORCH_EXTENSIONS_DIR")  # torch then builds there only: <dir>/<op>/lock
+    found = Path(chosen).glob("*/lock") if chosen else Path(get_default_build_root()).glob("*/*/lock")
+    now, stale = time.time(), {}  # the default root: <root>/<python + accelerator>/<op>/lock
+    for lock in sorted(f for f in found if f.parent.name in ALL_OPS):
         try:
-            ages[lock] = now - lock.stat().st_mtime
+            age = now - lock.stat().st_mtime
         except FileNotFoundError:  # its build ended meanwhile
             continue
-    return {lock: age for lock, age in ages.items() if age > older_than_s}
+        if age > older_than_s:
+            stale[lock] = age
+    return stale
 
 
 def init_distributed(timeout_s: float) -> None:
