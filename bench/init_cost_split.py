@@ -58,6 +58,11 @@ def input_rows(emb, pieces: list[list[int]]) -> dict:
             "last": emb[[p[-1] for p in pieces]]}
 
 
+def next_token_log_probs(model, ids):
+    """log p(ids[k] | ids[<k]) for k >= 1 under a causal LM, fp32."""
+    return model(ids[None]).logits[0, :-1].float().log_softmax(-1).gather(1, ids[1:, None])[:, 0]
+
+
 def split(model, base_tok, new_tok, pieces: list[list[int]], shares: dict[int, float], docs: list[str],
           rows: dict, models: dict | None = None) -> dict:
     """Bits of the scorings (base, output side with count and oracle shares, stage 0 per input rows; each of
@@ -86,8 +91,8 @@ def split(model, base_tok, new_tok, pieces: list[list[int]], shares: dict[int, f
         starts = torch.tensor([0] + [len(r) for r in runs]).cumsum(0)
         with torch.no_grad():
             ids = torch.tensor(bids)
-            q = model(ids[None]).logits[0, :-1].float().log_softmax(-1).gather(1, ids[1:, None])[:, 0]
-            q = torch.cat([torch.zeros(1), q])  # q[k] = log q(bids[k] | bids[<k]); the first is unscored
+            # q[k] = log q(bids[k] | bids[<k]); the first is unscored
+            q = torch.cat([torch.zeros(1), next_token_log_probs(model, ids)])
             firsts = torch.tensor([r[0] for r in runs[1:]])
             offset = torch.tensor([shares.get(i, 0.0) for i in eids[1:]], dtype=torch.float32)
             total["base"] -= float(q[starts[1]:].sum()) / LN2
@@ -100,15 +105,15 @@ def split(model, base_tok, new_tok, pieces: list[list[int]], shares: dict[int, f
                 total[f"stage 0, {name}"] -= float((lp.gather(1, firsts[:, None])[:, 0] + offset).sum()) / LN2
             new = torch.tensor([i >= base for i in eids[1:]])
             per_token = {"base": -torch.stack([q[a:b].sum() for a, b in zip(starts[1:-1], starts[2:])]) / LN2}
+            expanded = torch.tensor(eids)
             for name, other in (models or {}).items():
-                e = torch.tensor(eids)
-                per_token[name] = -other(e[None]).logits[0, :-1].float().log_softmax(-1).gather(1, e[1:, None])[:, 0] / LN2
+                per_token[name] = -next_token_log_probs(other, expanded) / LN2
             for who, bits in per_token.items():
                 total[f"{who} on new spans"] += float(bits[new].sum())
                 total[f"{who} on base spans"] += float(bits[~new].sum())
         total["chars"] += len(text)
         total["tokens"] += len(eids) - 1
-        total["new tokens"] += sum(i >= base for i in eids[1:])
+        total["new tokens"] += int(new.sum())
         total["documents"] += 1
     total["documents seen"] = len(docs)
     return total
