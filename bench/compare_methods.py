@@ -22,6 +22,8 @@ Methods, each trained by megaeeve/train.py (DeepSpeed ZeRO-3) from the real pret
                 (--fit-output-rank 16 --fit-output-steps 600 --fit-samples 256)
   (k) full-fit-rank-mixed  as (j), every stage's objective `mixed`: half next-token loss, half distillation of
                 the base model's likelihood of each token's pieces (the teacher's forward counted in FLOPs)
+  (l) full-fit-rank-map  as (j), every stage also training the new output rows through a rank-16 map shared by
+                every new token (stage setting `output_map`, role output_map, at 6x the lr: fit_output_rows' step)
 
 Every method trains seven stages of the same number of steps (the same tokens, the same seeds, so
 (a) and (b) see the very same batches in each stage); each stage is a fresh engine with a 10% warmup

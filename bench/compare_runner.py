@@ -42,6 +42,7 @@ class Method:
     schedule: str = "eeve"  # the preset (megaeeve.stages.SCHEDULES) when roles is None
     added_rows_lr_scale: float = 1.0  # the stages' setting: the new tokens' rows at this multiple of the lr
     objective: str = "lm"  # every stage's objective when roles is set (megaeeve.stages.OBJECTIVES)
+    output_map: dict | None = None  # every stage's `output_map` (megaeeve.stages.OutputMapSpec) when roles is set
 
 
 METHODS = (
@@ -59,6 +60,8 @@ METHODS = (
            ALL_ROLES),
     Method("full-fit-rank-mixed", "(k) as (j), next-token loss + distillation from the base", "stage-0-fit-rank16",
            "data", ALL_ROLES, objective="mixed"),
+    Method("full-fit-rank-map", "(l) as (j), new output rows also through a trained rank-16 map",
+           "stage-0-fit-rank16", "data", [*ALL_ROLES, "output_map"], output_map={"rank": 16, "lr_scale": 6.0}),
 )
 # Every stage-0 directory a method reads: the tokenizer it extends and `megaeeve extend`'s flags. Only those of
 # the chosen methods are made (an input fit is 20 minutes on 2 CPU cores), and always the base: the reference.
@@ -249,6 +252,8 @@ class Compare(Pipeline):
                 steps += [extra // k + (i < extra % k) for i in range(k)]
             run["default_stages"] = False
             objective = {"objective": m.objective} if m.objective != "lm" else {}
+            if m.output_map:
+                objective["output_map"] = dict(m.output_map)
             run["stages"] = {n: {"trainable": list(m.roles), "lr": self.cc.full_lr, "steps": max(1, k), **lr_schedule,
                                  **objective, "description": f"all parameters, part {n}"}
                              for n, k in enumerate(steps, 1)}

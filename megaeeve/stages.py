@@ -18,6 +18,7 @@ from megaeeve.typed import coerce, field_hints
 
 ROLES = ("input_original", "input_added", "output_original", "output_added", "body")  # the model's own parameters
 LORA = "lora"  # adapters a LoRA stage adds (LoraSpec)
+OUTPUT_MAP = "output_map"  # the shared map of the new output rows a stage adds (OutputMapSpec)
 EMBEDDING_ROLES = frozenset(ROLES) - {"body"}
 ADDED_ROLES = frozenset({"input_added", "output_added"})  # the new tokens' rows (and the new lm_head bias)
 OBJECTIVES = ("lm", "distill", "mixed")  # megaeeve/training/objectives.py
@@ -43,6 +44,23 @@ class LoraSpec:
         if self.quantize is not None:
             raise ValueError(f"lora.quantize: {self.quantize!r} (QLoRA) is not supported: bitsandbytes' 4-bit weights "
                              "cannot be ZeRO-3 partitions here; use plain LoRA (quantize: null)")
+
+
+@dataclass(frozen=True)
+class OutputMapSpec:
+    """The new tokens' output rows trained through a map every new token shares, for a stage that trains role
+    `output_map`: row_t + x_t A B^T, x_t the stage input's new input row of t at unit norm, A [hidden, rank] random
+    and B [hidden, rank] zero (the stage starts from its input exactly). A free row learns only from the positions
+    where its token is the target or a strong competitor; A and B learn from every position, which features of a
+    new token the final hidden state selects (the same map `megaeeve extend --fit-output-rank` fits at stage 0).
+    Folded into the rows at the stage's hand-off, as LoRA merges: the next stage and the export see plain rows."""
+
+    rank: int = 16
+    lr_scale: float = 1.0  # A and B train at the stage's lr times this
+
+    def __post_init__(self) -> None:
+        if self.rank < 1 or self.lr_scale <= 0:
+            raise ValueError(f"output_map: rank must be >= 1 and lr_scale > 0, got {self}")
 
 
 @dataclass(frozen=True)
@@ -78,19 +96,24 @@ class Stage:
     added_rows_lr_scale: float = 1.0
     data_weights: Mapping[str, float] | None = None  # per dataset name; None: the run's weights
     lora: LoraSpec | None = None  # adapters for role `lora` (see LoraSpec)
+    output_map: OutputMapSpec | None = None  # the shared map for role `output_map` (see OutputMapSpec)
     objective: str = "lm"  # one of OBJECTIVES: next-token loss, distillation from the base model, or both
     distill: DistillSpec = DistillSpec()  # settings of `distill` and `mixed`
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
             raise ValueError(f"stage {self.number}: objective {self.objective!r}; objectives are {list(OBJECTIVES)}")
-        unknown = set(self.trainable) - {*ROLES, LORA}
+        unknown = set(self.trainable) - {*ROLES, LORA, OUTPUT_MAP}
         if unknown:
-            raise ValueError(f"stage {self.number}: unknown role(s) {sorted(unknown)}; roles are {[*ROLES, LORA]}")
+            raise ValueError(f"stage {self.number}: unknown role(s) {sorted(unknown)}; roles are "
+                             f"{[*ROLES, LORA, OUTPUT_MAP]}")
         if not self.trainable:
             raise ValueError(f"stage {self.number}: trains nothing (empty `trainable`)")
         if (LORA in self.trainable) != (self.lora is not None):
             raise ValueError(f"stage {self.number}: `lora` settings and the `lora` role in `trainable` go together")
+        if (OUTPUT_MAP in self.trainable) != (self.output_map is not None):
+            raise ValueError(f"stage {self.number}: `output_map` settings and the `output_map` role in `trainable` go "
+                             "together")
         if self.lora is not None and "body" in self.trainable:
             raise ValueError(f"stage {self.number}: trains the body both fully and through LoRA; choose one")
         if self.lr <= 0 or self.added_rows_lr_scale <= 0:

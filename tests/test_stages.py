@@ -13,8 +13,8 @@ import yaml
 from megaeeve.errors import ConfigError
 from megaeeve.model import parameter_roles
 from megaeeve.model.checkpoint import ModelMeta, build_split_model
-from megaeeve.stages import (ADDED_ROLES, DEFAULT_STAGES, ROLES, DistillSpec, LoraSpec, Stage, stage_table,
-                             trainable_names)
+from megaeeve.stages import (ADDED_ROLES, DEFAULT_STAGES, ROLES, DistillSpec, LoraSpec, OutputMapSpec, Stage,
+                             stage_table, trainable_names)
 from megaeeve.training.config import DataConfig, TrainingConfig, batch_shape, load_run_config
 from megaeeve.training.engine import freeze_for_stage, param_groups, warmup_cosine
 
@@ -286,11 +286,12 @@ def _readme_run_yaml_keys() -> list[str]:
 
 
 _SECTIONS = {"data": DataConfig, "training": TrainingConfig, "stages.N": Stage, "stages.N.lora": LoraSpec,
-             "stages.N.distill": DistillSpec}
+             "stages.N.distill": DistillSpec, "stages.N.output_map": OutputMapSpec}
 _SAMPLES = {"run_dir": "runs/y", "model": "stage1", "seq_length": 32, "seed": 7, "data.sources": BASE["data"],
             "run_stages": [1, 2], "schedule": "eeve", "default_stages": True, "stages.N": {"lr": 1e-4},
             "stages.N.description": "custom", "stages.N.trainable": ["input_added"], "stages.N.lr": 1e-4,
-            "stages.N.lora": {}}
+            "stages.N.lora": {}, "stages.N.output_map": {}}
+_ROLE_OF = {"stages.N.lora": ["lora"], "stages.N.output_map": ["output_added", "output_map"]}  # goes with the key
 
 
 def _plain(value):
@@ -310,8 +311,8 @@ def test_every_key_in_the_readme_run_yaml_table_is_read(tmp_path):
         else:
             fields = {f.name: f for f in dataclasses.fields(_SECTIONS[section])} if section in _SECTIONS else {}
             value = _plain(fields[name].default) if name in fields else 0  # an unknown name: the loader refuses it
-        raw = {**BASE, "data": {"sources": BASE["data"]},
-               "stages": {1: {"trainable": ["lora"]}} if key.startswith("stages.N.lora") else {}}
+        roles = next((r for prefix, r in _ROLE_OF.items() if key.startswith(prefix)), None)
+        raw = {**BASE, "data": {"sources": BASE["data"]}, "stages": {1: {"trainable": roles}} if roles else {}}
         path = [1 if p == "N" else p for p in key.split(".")]
         target = raw
         for part in path[:-1]:

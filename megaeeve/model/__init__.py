@@ -3,7 +3,7 @@
 Interfaces the trainer relies on:
 
 - ``parameter_roles(model) -> dict[str, str]``: every parameter name -> one of "input_original",
-  "input_added", "output_original", "output_added", "lora", "body" (only tensors of the model directory's
+  "input_added", "output_original", "output_added", "lora", "output_map", "body" (only tensors of the model directory's
   weights; any other parameter is a RoleError). ``bias_original`` goes with
   output_original, ``bias_added`` with output_added. A model without new tokens (num_added = 0) has no
   ``added`` parameters, hence no input_added / output_added roles. Padding rows (vocab rounded up to a multiple)
@@ -33,13 +33,14 @@ from megaeeve.model.checkpoint import SOURCE_WEIGHTS, ModelMeta, load_model_dir,
 from megaeeve.model.export import export_hf
 from megaeeve.model.extend import extend_model
 from megaeeve.model.lora import file_name, lora_roles
+from megaeeve.model.output_map import PARAMS as MAP_PARAMS
 from megaeeve.model.split import SplitEmbedding, SplitLMHead
-from megaeeve.stages import ROLES
+from megaeeve.stages import OUTPUT_MAP, ROLES
 
 
 def parameter_roles(model: nn.Module) -> dict[str, str]:
     """Role of every parameter of a split model (keys as in model.named_parameters()): by module class,
-    split embedding rows, LoRA adapters (lora.py), and `body` for the rest of the model directory's weights.
+    split embedding rows, LoRA adapters (lora.py), a stage's output map (output_map.py), and `body` for the rest of the model directory's weights.
 
     Roles fail closed: a parameter outside those (a module injected after the model was built) raises
     RoleError naming it, rather than training or freezing as body without a word."""
@@ -49,6 +50,9 @@ def parameter_roles(model: nn.Module) -> dict[str, str]:
         if side is None:
             continue
         for name, _ in module.named_parameters(recurse=False):
+            if side == "output" and name in MAP_PARAMS:  # a stage's shared map (output_map.py)
+                roles[f"{prefix}.{name}" if prefix else name] = OUTPUT_MAP
+                continue
             part = "original" if name.endswith("original") else "added"
             roles[f"{prefix}.{name}" if prefix else name] = f"{side}_{part}"
     if not {"input_original", "output_original"} <= set(roles.values()):

@@ -131,7 +131,10 @@ class SplitLMHead(nn.Module):
             self.bias_original = self.bias_added = None
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return _SplitLinear.apply(hidden, self.original, self.added, self.bias_original, self.bias_added,
+        added = self.added
+        if getattr(self, "map_b", None) is not None:  # a stage's shared map (output_map.py): row_t + x_t A B^T
+            added = added + (self.map_features.to(added.dtype) @ self.map_a) @ self.map_b.T
+        return _SplitLinear.apply(hidden, self.original, added, self.bias_original, self.bias_added,
                                   self.num_padding)
 
     def extra_repr(self) -> str:

@@ -43,6 +43,8 @@ from megaeeve.log import logger
 from megaeeve.model import ModelMeta, read_model_meta
 from megaeeve.model.checkpoint import copy_model_files
 from megaeeve.model.lora import ADAPTER, file_name, lora_layers, lora_roles, merged_weight
+from megaeeve.model.output_map import PARAMS as MAP_PARAMS
+from megaeeve.model.output_map import folded_rows, mapped
 from megaeeve.model.partition import local_values, read_partition
 from megaeeve.model.weights import SINGLE_FILE, open_weights, plan_shards, shard_name, write_index
 from megaeeve.tokenizer_io import load_tokenizer, tokenizer_fingerprint
@@ -250,13 +252,17 @@ def export_final(model: torch.nn.Module, src_dir: Path, *, out_dir: Path, shard_
 
     Trainable parameters: their fp32 masters. Frozen parameters and buffers: the input tensors, after
     each rank checked that its partition of the engine's copy still equals its slice of the input
-    bitwise (invariant 2); a LoRA layer's weight gets its merged adapters (PEFT's own delta), in fp32.
+    bitwise (invariant 2); a LoRA layer's weight gets its merged adapters (PEFT's own delta), in fp32, and the new
+    output rows a stage's output map (output_map.py) folded in, in fp32.
     The tensors are cut into shards of at most `shard_bytes`; shard k belongs to rank k % world, which
     assembles and writes it; a trainable tensor's partitions are gathered to its owner only, so no rank
     holds more than one shard plus the parameter being gathered. Rank 0 publishes the directory atomically.
     """
     adapters = lora_layers(model)
-    params = {file_name(n): p for n, p in model.named_parameters() if n not in lora_roles(model)}
+    extra = {*lora_roles(model), *_map_names(model)}
+    params = {file_name(n): p for n, p in model.named_parameters() if n not in extra}
+    head = mapped(model)
+    fold = f"{head[0]}.added" if head else None
     with open_weights(src_dir) as src:
         sizes = [(name, (4 if name in params and params[name].requires_grad else
                          _itemsize(src.get_slice(name).get_dtype())) * math.prod(src.get_slice(name).get_shape()))
@@ -271,17 +277,17 @@ def export_final(model: torch.nn.Module, src_dir: Path, *, out_dir: Path, shard_
                 for name in names:
                     p = params.get(name)
                     if p is not None and p.requires_grad:
-                        full = _gather_fp32_master(p, owner=k % world, rank=rank, world=world)  # collective
-                        if mine:
-                            shard[name] = full
-                        continue
-                    if p is not None:
-                        held = local_values(p).cpu()
-                        if not torch.equal(held, read_partition(src, name, p)[: held.numel()].to(held.dtype)):
-                            moved.append(name)
-                    value = src.get_tensor(name) if mine else None
-                    if name in adapters:
-                        value = _merge_lora(adapters[name], value)
+                        value = _gather_fp32_master(p, owner=k % world, rank=rank, world=world)  # collective
+                    else:
+                        if p is not None:
+                            held = local_values(p).cpu()
+                            if not torch.equal(held, read_partition(src, name, p)[: held.numel()].to(held.dtype)):
+                                moved.append(name)
+                        value = src.get_tensor(name) if mine else None
+                        if name in adapters:
+                            value = _merge_lora(adapters[name], value)
+                    if name == fold:
+                        value = _fold_output_map(head[1], value)
                     if mine:
                         shard[name] = value
                 if mine:
@@ -315,6 +321,22 @@ def _merge_lora(layer: torch.nn.Module, weight: torch.Tensor | None) -> torch.Te
     if weight is None:
         return None
     return merged_weight(layer, weight, a.cpu(), b.cpu())
+
+
+def _map_names(model: torch.nn.Module) -> list[str]:
+    """The names of a stage's output map parameters (not tensors of the model directory)."""
+    head = mapped(model)
+    return [f"{head[0]}.{n}" if head[0] else n for n in MAP_PARAMS] if head else []
+
+
+def _fold_output_map(head: torch.nn.Module, rows: torch.Tensor | None) -> torch.Tensor | None:
+    """The new output rows with the stage's map folded in (output_map.folded_rows), from A's and B's fp32
+    masters (collective: every rank calls; `rows` is None on ranks that do not write them)."""
+    a = safe_get_full_fp32_param(head.map_a)
+    b = safe_get_full_fp32_param(head.map_b)
+    if rows is None:
+        return None
+    return folded_rows(head.map_features.cpu(), rows, a.cpu(), b.cpu())
 
 
 def _itemsize(dtype: str) -> int:

@@ -16,7 +16,7 @@ from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
 from megaeeve.errors import ConfigError
-from megaeeve.stages import ADDED_ROLES, EMBEDDING_ROLES, Stage, trainable_names
+from megaeeve.stages import ADDED_ROLES, EMBEDDING_ROLES, OUTPUT_MAP, Stage, trainable_names
 
 # Adam(W) keeps two fp32 moments per trainable parameter; ZeRO keeps an fp32 master copy too.
 ADAM_STATE_BYTES = 8
@@ -52,12 +52,19 @@ def param_groups(model: nn.Module, roles: Mapping[str, str], stage: Stage) -> li
     `weight_decay`; 1-D tensors (biases, the lm_head's `bias_original` / `bias_added` included, and norm
     weights) never decay: a decayed bias is pulled to 0 even where its gradient is 0. With an
     `added_rows_lr_scale` other than 1 the new tokens' parameters (roles in ADDED_ROLES) form groups of their own
-    ("added_" + the group's name) at that multiple of the lr; the schedule scales every group alike.
+    ("added_" + the group's name) at that multiple of the lr; a stage's output map (role `output_map`) is a group
+    of its own at its `lr_scale`, without decay. The schedule scales every group alike.
     """
     decay = {"embeddings": stage.embedding_weight_decay, "body_decay": stage.weight_decay, "no_decay": 0.0}
     groups: dict[str, dict[str, Any]] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
+            continue
+        if roles[name] == OUTPUT_MAP:  # the map is limited by its rank, not pulled to 0 (as in fit_output_rows)
+            groups.setdefault(OUTPUT_MAP, {"weight_decay": 0.0, "lr": stage.lr * stage.output_map.lr_scale,
+                                           "params": [], "names": []})
+            groups[OUTPUT_MAP]["params"].append(p)
+            groups[OUTPUT_MAP]["names"].append(name)
             continue
         kind = ("no_decay" if len(full_shape(p)) < 2
                 else "embeddings" if roles[name] in EMBEDDING_ROLES else "body_decay")
@@ -67,7 +74,7 @@ def param_groups(model: nn.Module, roles: Mapping[str, str], stage: Stage) -> li
             "params": [], "names": []})
         group["params"].append(p)
         group["names"].append(name)
-    order = [k for kind in decay for k in (kind, f"added_{kind}")]  # a fixed order: resumed optimizer states match
+    order = [*(k for kind in decay for k in (kind, f"added_{kind}")), OUTPUT_MAP]  # fixed: resumed states match
     return [{"group": k, **groups[k]} for k in order if k in groups]
 
 

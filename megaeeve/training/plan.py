@@ -84,10 +84,13 @@ def meta_stage_model(model_dir: Path, stage: Stage, ds_config: dict | None = Non
     """The split model on the meta device as `stage` builds it (its LoRA adapters added), and its parameter roles:
     a LoRA stage's names carry `.base_layer.` and its adapters are parameters of their own."""
     from megaeeve.model.lora import add_lora
+    from megaeeve.model.output_map import add_output_map
 
     model = meta_model(model_dir, ds_config, meta)
     if stage.lora is not None:
         add_lora(model, stage.lora)
+    if stage.output_map is not None:
+        add_output_map(model, stage.output_map, None)
     return model, parameter_roles(model)
 
 

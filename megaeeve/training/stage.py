@@ -92,6 +92,7 @@ def run_stage(plan: StagePlan) -> int:
 
     from megaeeve.model.checkpoint import load_split_model
     from megaeeve.model.lora import add_lora
+    from megaeeve.model.output_map import add_output_map, input_features
     from megaeeve.training import checkpoint as ckpt
     from megaeeve.training.data import stage_data
     from megaeeve.training.engine import freeze_for_stage, initialize_engine
@@ -126,6 +127,8 @@ def run_stage(plan: StagePlan) -> int:
                              attn_implementation=t.attn_implementation)
     if stage.lora is not None:
         add_lora(model, stage.lora)
+    if stage.output_map is not None:
+        add_output_map(model, stage.output_map, input_features(plan.src_dir))
     freeze_for_stage(model, plan.roles, stage)
     if t.activation_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
