@@ -3,9 +3,9 @@
 Interfaces the trainer relies on:
 
 - ``parameter_roles(model) -> dict[str, str]``: every parameter name -> one of "input_original",
-  "input_added", "output_original", "output_added", "lora", "output_map", "body" (only tensors of the model directory's
-  weights; any other parameter is a RoleError). ``bias_original`` goes with
-  output_original, ``bias_added`` with output_added. A model without new tokens (num_added = 0) has no
+  "input_added", "output_original", "output_added", "lora", "output_map", "body" (only tensors of the model
+  directory's weights, LoRA adapters and a stage's output map; any other parameter is a RoleError).
+  ``bias_original`` goes with output_original, ``bias_added`` with output_added. A model without new tokens (num_added = 0) has no
   ``added`` parameters, hence no input_added / output_added roles. Padding rows (vocab rounded up to a multiple)
   are not parameters at all: the embedding returns zeros for padding ids and the head returns -inf
   logits for them (see split.py), so no stage can train or predict them.
@@ -40,7 +40,8 @@ from megaeeve.stages import OUTPUT_MAP, ROLES
 
 def parameter_roles(model: nn.Module) -> dict[str, str]:
     """Role of every parameter of a split model (keys as in model.named_parameters()): by module class,
-    split embedding rows, LoRA adapters (lora.py), a stage's output map (output_map.py), and `body` for the rest of the model directory's weights.
+    split embedding rows, LoRA adapters (lora.py), a stage's output map (output_map.py), and `body` for the rest
+    of the model directory's weights.
 
     Roles fail closed: a parameter outside those (a module injected after the model was built) raises
     RoleError naming it, rather than training or freezing as body without a word."""
