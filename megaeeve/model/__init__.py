@@ -2,13 +2,13 @@
 
 Interfaces the trainer relies on:
 
-- ``parameter_roles(model) -> dict[str, str]``: every parameter name -> one of "input_original",
-  "input_added", "output_original", "output_added", "lora", "output_map", "body" (only tensors of the model
-  directory's weights, LoRA adapters and a stage's output map; any other parameter is a RoleError).
-  ``bias_original`` goes with output_original, ``bias_added`` with output_added. A model without new tokens
-  (num_added = 0) has no ``added`` parameters, hence no input_added / output_added roles. Padding rows (vocab
-  rounded up to a multiple) are not parameters at all: the embedding returns zeros for padding ids and the head returns -inf
-  logits for them (see split.py), so no stage can train or predict them.
+- ``parameter_roles(model) -> dict[str, str]``: every parameter name -> one of "input_original", "input_added",
+  "output_original", "output_added", "lora", "output_map", "body" (only tensors of the model directory's weights,
+  LoRA adapters and a stage's output map; any other parameter is a RoleError). ``bias_original`` goes with
+  output_original, ``bias_added`` with output_added. A model without new tokens (num_added = 0) has no ``added``
+  parameters, hence no input_added / output_added roles. Padding rows (vocab rounded up to a multiple) are not
+  parameters at all: the embedding returns zeros for padding ids and the head returns -inf logits for them (see
+  split.py), so no stage can train or predict them.
 - Model directory (stage-0 output and each stage's final/): ``split_model.safetensors`` with the split
   names (``<input>.original``, ``<input>.added``, ``<lm_head>.original``, ``<lm_head>.added``
   [, ``<lm_head>.bias_original``, ``<lm_head>.bias_added``] + body weights), ``config.json`` (HF,
