@@ -24,6 +24,7 @@ Methods, each trained by megaeeve/train.py (DeepSpeed ZeRO-3) from the real pret
                 the base model's likelihood of each token's pieces (the teacher's forward counted in FLOPs)
   (l) full-fit-rank-map  as (j), every stage also training the new output rows through a rank-16 map shared by
                 every new token (stage setting `output_map`, role output_map, at 6x the lr: fit_output_rows' step)
+  (m) full-fit-rank-frozen-new  as (j), the new tokens' rows frozen at stage 0's (base rows and body train)
 
 Every method trains seven stages of the same number of steps (the same tokens, the same seeds, so
 (a) and (b) see the very same batches in each stage); each stage is a fresh engine with a 10% warmup

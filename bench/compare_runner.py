@@ -62,6 +62,8 @@ METHODS = (
            "data", ALL_ROLES, objective="mixed"),
     Method("full-fit-rank-map", "(l) as (j), new output rows also through a trained rank-16 map",
            "stage-0-fit-rank16", "data", [*ALL_ROLES, "output_map"], output_map={"rank": 16, "lr_scale": 6.0}),
+    Method("full-fit-rank-frozen-new", "(m) as (j), the new tokens' rows frozen", "stage-0-fit-rank16", "data",
+           BASE_ROLES),
 )
 # Every stage-0 directory a method reads: the tokenizer it extends and `megaeeve extend`'s flags. Only those of
 # the chosen methods are made (an input fit is 20 minutes on 2 CPU cores), and always the base: the reference.
