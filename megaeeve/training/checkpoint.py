@@ -259,10 +259,11 @@ def export_final(model: torch.nn.Module, src_dir: Path, *, out_dir: Path, shard_
     holds more than one shard plus the parameter being gathered. Rank 0 publishes the directory atomically.
     """
     adapters = lora_layers(model)
-    extra = {*lora_roles(model), *_map_names(model)}
+    head = mapped(model)  # (module path, head) where the stage added an output map
+    prefix = f"{head[0]}." if head and head[0] else ""
+    extra = {*lora_roles(model), *(prefix + n for n in (MAP_PARAMS if head else ()))}
     params = {file_name(n): p for n, p in model.named_parameters() if n not in extra}
-    head = mapped(model)
-    fold = f"{head[0]}.added" if head else None
+    fold = f"{prefix}added" if head else None
     with open_weights(src_dir) as src:
         sizes = [(name, (4 if name in params and params[name].requires_grad else
                          _itemsize(src.get_slice(name).get_dtype())) * math.prod(src.get_slice(name).get_shape()))
@@ -321,12 +322,6 @@ def _merge_lora(layer: torch.nn.Module, weight: torch.Tensor | None) -> torch.Te
     if weight is None:
         return None
     return merged_weight(layer, weight, a.cpu(), b.cpu())
-
-
-def _map_names(model: torch.nn.Module) -> list[str]:
-    """The names of a stage's output map parameters (not tensors of the model directory)."""
-    head = mapped(model)
-    return [f"{head[0]}.{n}" if head[0] else n for n in MAP_PARAMS] if head else []
 
 
 def _fold_output_map(head: torch.nn.Module, rows: torch.Tensor | None) -> torch.Tensor | None:

@@ -61,17 +61,14 @@ def param_groups(model: nn.Module, roles: Mapping[str, str], stage: Stage) -> li
         if not p.requires_grad:
             continue
         if roles[name] == OUTPUT_MAP:  # the map is limited by its rank, not pulled to 0 (as in fit_output_rows)
-            groups.setdefault(OUTPUT_MAP, {"weight_decay": 0.0, "lr": stage.lr * stage.output_map.lr_scale,
-                                           "params": [], "names": []})
-            groups[OUTPUT_MAP]["params"].append(p)
-            groups[OUTPUT_MAP]["names"].append(name)
-            continue
-        kind = ("no_decay" if len(full_shape(p)) < 2
-                else "embeddings" if roles[name] in EMBEDDING_ROLES else "body_decay")
-        scaled = roles[name] in ADDED_ROLES and stage.added_rows_lr_scale != 1
-        group = groups.setdefault(f"added_{kind}" if scaled else kind, {
-            "weight_decay": decay[kind], "lr": stage.lr * (stage.added_rows_lr_scale if scaled else 1),
-            "params": [], "names": []})
+            key, weight_decay, lr = OUTPUT_MAP, 0.0, stage.lr * stage.output_map.lr_scale
+        else:
+            kind = ("no_decay" if len(full_shape(p)) < 2
+                    else "embeddings" if roles[name] in EMBEDDING_ROLES else "body_decay")
+            scaled = roles[name] in ADDED_ROLES and stage.added_rows_lr_scale != 1
+            key, weight_decay = f"added_{kind}" if scaled else kind, decay[kind]
+            lr = stage.lr * (stage.added_rows_lr_scale if scaled else 1)
+        group = groups.setdefault(key, {"weight_decay": weight_decay, "lr": lr, "params": [], "names": []})
         group["params"].append(p)
         group["names"].append(name)
     order = [*(k for kind in decay for k in (kind, f"added_{kind}")), OUTPUT_MAP]  # fixed: resumed states match
