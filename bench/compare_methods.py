@@ -1,7 +1,7 @@
 """EEVE against simpler ways to teach SmolLM2-135M Korean: same data, same training tokens, same seeds.
 
     python bench/compare_methods.py [--scale N] [--out bench/out/compare] [--gpu] [--results bench/RESULTS.md]
-        [--methods a,b] [--nproc N] [--min-frequency N] [--intermediate-vocab-size N]
+        [--methods a,b] [--nproc N] [--min-frequency N] [--intermediate-vocab-size N] [--korean-weight W]
 
 Methods, each trained by megaeeve/train.py (DeepSpeed ZeRO-3) from the real pretrained SmolLM2-135M:
 
@@ -88,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
                         "(higher: fewer new tokens)")
     p.add_argument("--intermediate-vocab-size", type=int, default=CompareConfig.intermediate_vocab_size,
                    help="the expanded tokenizer's intermediate BPE vocabulary")
+    p.add_argument("--korean-weight", type=float, default=CompareConfig.korean_weight,
+                   help="Korean's share of the training sequences (English: the rest)")
     p.add_argument("--keep-weights", action="store_true", help="keep every stage's final/ weights")
     p.add_argument("--nproc", type=int, help="training processes on CPU (default 2; 1 runs one process with every "
                                               "core as threads)")
@@ -101,10 +103,14 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(methods) - {m.key for m in METHODS}
     if unknown or not methods:
         p.error(f"--methods: unknown {sorted(unknown)}; choose from {[m.key for m in METHODS]}")
-    cc = CompareConfig(out=args.out, scale=args.scale, gpu=args.gpu, full_lr=args.full_lr,
-                       same_text_stages=args.same_text_stages, eval_chars=args.eval_chars,
-                       keep_weights=args.keep_weights, methods=methods, nproc=args.nproc,
-                       min_frequency=args.min_frequency, intermediate_vocab_size=args.intermediate_vocab_size)
+    try:
+        cc = CompareConfig(out=args.out, scale=args.scale, gpu=args.gpu, full_lr=args.full_lr,
+                           same_text_stages=args.same_text_stages, eval_chars=args.eval_chars,
+                           keep_weights=args.keep_weights, methods=methods, nproc=args.nproc,
+                           min_frequency=args.min_frequency, intermediate_vocab_size=args.intermediate_vocab_size,
+                           korean_weight=args.korean_weight)
+    except ValueError as e:
+        p.error(str(e))
     cmp = Compare(cc)
     if not args.report_only:
         cmp.run()

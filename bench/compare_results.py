@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 from bench.common import machine
-from bench.compare_runner import BASE_STAGE0, LANGS, STAGES, WEIGHTS, Compare
+from bench.compare_runner import BASE_STAGE0, LANGS, STAGES, Compare
 from megaeeve.atomic import write_json
 
 SECTION = "## Method comparison"
@@ -112,7 +112,7 @@ def settings(cmp: Compare) -> dict:
             "global_batch": batch.global_batch, "seq_length": cmp.cfg.seq_length,
             "tokens_per_step": batch.global_batch * cmp.cfg.seq_length, "full_lr": cmp.cc.full_lr,
             "same_text_stages": cmp.cc.same_text_stages, "ds_config": cmp.cfg.ds_config.name,
-            "eval_chars": cmp.cc.eval_chars, "seed": cmp.cc.seed, "blend": WEIGHTS,
+            "eval_chars": cmp.cc.eval_chars, "seed": cmp.cc.seed, "blend": cmp.cc.weights,
             "intermediate_vocab_size": cmp.cc.intermediate_vocab_size, "min_frequency": cmp.cc.min_frequency}
 
 
@@ -218,7 +218,8 @@ def section(res: dict, png: Path | None) -> str:
             + (f"; {cost}." if cost else "."), "",
             f"Budget per method: {STAGES} stages x {st['steps_per_stage']} steps x {st['tokens_per_step']:,} tokens "
             f"({st['global_batch']} sequences of {st['seq_length']} on {st['nproc']} ranks, {st['ds_config']}) = "
-            f"{total_tokens:,} training tokens, blend Korean {WEIGHTS['ko']} / English {WEIGHTS['en']} by sequences, "
+            f"{total_tokens:,} training tokens, blend Korean {st['blend']['ko']} / English {st['blend']['en']} by "
+            f"sequences, "
             f"seed {st['seed']}. Each stage: 10% warmup, cosine to 10% of its lr. (a): EEVE's roles and lrs "
             f"(2e-4, 2e-4, 1e-4, 5e-5, 5e-5, 2e-5, 2e-5); (e): the same with stages 1-3 distilled from the base model "
             f"(`schedule: eeve+distill`; its FLOPs include the teacher's forward); (b)-(d): all parameters at "

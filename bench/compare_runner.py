@@ -29,7 +29,6 @@ STAGES = 7
 ALL_ROLES = ["input_original", "input_added", "output_original", "output_added", "body"]
 BASE_ROLES = ["input_original", "output_original", "body"]
 LANGS = ("ko", "en")
-WEIGHTS = {"ko": 0.7, "en": 0.3}  # the default pipeline's blend
 
 
 @dataclass(frozen=True)
@@ -92,11 +91,20 @@ class CompareConfig:
     intermediate_vocab_size: int = 8000
     min_frequency: int = 30
     nproc: int | None = None  # training ranks (default: the pipeline's, 2 on CPU)
+    korean_weight: float = 0.7  # Korean's share of the training sequences (the default pipeline's blend)
     methods: tuple[str, ...] = tuple(m.key for m in METHODS)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.korean_weight < 1:
+            raise ValueError(f"korean_weight {self.korean_weight}: Korean's share of the blend must lie in (0, 1)")
 
     @property
     def steps(self) -> int:
         return max(1, round(self.steps_per_stage * self.scale))
+
+    @property
+    def weights(self) -> dict[str, float]:
+        return {"ko": self.korean_weight, "en": round(1 - self.korean_weight, 10)}
 
 
 class Compare(Pipeline):
@@ -115,6 +123,13 @@ class Compare(Pipeline):
     @property
     def result(self) -> Path:
         return self.root / "compare_methods.json"
+
+    def options(self) -> dict[str, str]:
+        """The pipeline's options and the comparison's own that shape what a step writes: a rerun that changes one
+        of them in the same --out is refused (Pipeline.check_options) instead of mixing two settings in one table.
+        --methods may grow between runs: a method's steps are its own."""
+        own = ("scale", "full_lr", "korean_weight", "same_text_stages", "eval_chars", "seed")
+        return {**super().options(), **{f"compare_{k}": str(getattr(self.cc, k)) for k in own}}
 
     # -- steps ---------------------------------------------------------------------------------------
     def steps(self) -> list[Step]:
@@ -235,7 +250,7 @@ class Compare(Pipeline):
             "model": str(self.root / m.stage0),
             "seq_length": c.seq_length,
             "seed": self.cc.seed,
-            "data": {"sources": [{"prefix": str(data / lang), "weight": WEIGHTS[lang], "name": lang} for lang in LANGS],
+            "data": {"sources": [{"prefix": str(data / lang), "weight": self.cc.weights[lang], "name": lang} for lang in LANGS],
                      "valid_fraction": 0.05, "new_token_bias": 0.0, "cache_dir": str(self.root / "index-cache")},
             "training": {"eval_every": 0, "eval_samples": 8, "checkpoint_every": 10**9, "keep_checkpoints": 1,
                          "report_to": [], "progress_bar": False},

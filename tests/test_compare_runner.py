@@ -65,3 +65,24 @@ def test_a_methods_objective_reaches_every_stage_of_its_run(tmp_path: Path) -> N
         assert {st.objective for st in stages.values()} == {m.objective}
         assert all(set(st.trainable) == set(m.roles) for st in stages.values())
     assert {m.objective for m in cmp.methods} == {"mixed", "lm"}
+
+
+def test_korean_weight_reaches_the_blend_and_a_rerun_with_another_is_refused(tmp_path: Path) -> None:
+    """--korean-weight is every stage's blend as megaeeve reads the RUN.yaml; the same --out with another weight
+    (or lr) is refused by name rather than resumed under one table's settings."""
+    from megaeeve.atomic import write_json
+    from megaeeve.errors import PipelineError
+    from megaeeve.training.config import load_run_config
+
+    cmp = Compare(CompareConfig(out=tmp_path, methods=("full-fit-rank-frozen-new",), korean_weight=0.9))
+    (m,) = cmp.methods
+    cmp.write_method_config(m)
+    sources = {s.name: s.weight for s in load_run_config(cmp.method_dir(m) / "run.yaml").data.sources}
+    assert sources == pytest.approx({"ko": 0.9, "en": 0.1})
+    write_json(tmp_path / "pipeline.json", cmp.options())  # what run() records before its first step
+    Compare(CompareConfig(out=tmp_path, korean_weight=0.9, methods=("eeve",))).check_options()  # more methods: fine
+    for changed in (dict(korean_weight=0.7), dict(full_lr=3e-4)):
+        with pytest.raises(PipelineError, match=next(iter(changed))):
+            Compare(CompareConfig(out=tmp_path, **{"korean_weight": 0.9, **changed})).check_options()
+    with pytest.raises(ValueError, match="korean_weight 1"):
+        CompareConfig(out=tmp_path, korean_weight=1.0)
