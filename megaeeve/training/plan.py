@@ -81,16 +81,12 @@ def meta_model(model_dir: Path, ds_config: dict | None = None, meta: ModelMeta |
 
 def meta_stage_model(model_dir: Path, stage: Stage, ds_config: dict | None = None, meta: ModelMeta | None = None
                      ) -> tuple[torch.nn.Module, dict[str, str]]:
-    """The split model on the meta device as `stage` builds it (its LoRA adapters added), and its parameter roles:
+    """The split model on the meta device as `stage` builds it (its LoRA adapters and output map added), and its parameter roles:
     a LoRA stage's names carry `.base_layer.` and its adapters are parameters of their own."""
-    from megaeeve.model.lora import add_lora
-    from megaeeve.model.output_map import add_output_map
+    from megaeeve.model.stage_modules import add_stage_modules
 
     model = meta_model(model_dir, ds_config, meta)
-    if stage.lora is not None:
-        add_lora(model, stage.lora)
-    if stage.output_map is not None:
-        add_output_map(model, stage.output_map, None)
+    add_stage_modules(model, stage, None)
     return model, parameter_roles(model)
 
 

@@ -91,8 +91,7 @@ def run_stage(plan: StagePlan) -> int:
     import torch.distributed as dist
 
     from megaeeve.model.checkpoint import load_split_model
-    from megaeeve.model.lora import add_lora
-    from megaeeve.model.output_map import add_output_map, input_features
+    from megaeeve.model.stage_modules import add_stage_modules
     from megaeeve.training import checkpoint as ckpt
     from megaeeve.training.data import stage_data
     from megaeeve.training.engine import freeze_for_stage, initialize_engine
@@ -125,10 +124,7 @@ def run_stage(plan: StagePlan) -> int:
 
     model = load_split_model(plan.src_dir, plan.meta, ds_config=plan.ds_config, dtype=plan.dtype,
                              attn_implementation=t.attn_implementation)
-    if stage.lora is not None:
-        add_lora(model, stage.lora)
-    if stage.output_map is not None:
-        add_output_map(model, stage.output_map, input_features(plan.src_dir))
+    add_stage_modules(model, stage, plan.src_dir)
     freeze_for_stage(model, plan.roles, stage)
     if t.activation_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
