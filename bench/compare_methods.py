@@ -25,6 +25,8 @@ Methods, each trained by megaeeve/train.py (DeepSpeed ZeRO-3) from the real pret
   (l) full-fit-rank-map  as (j), every stage also training the new output rows through a rank-16 map shared by
                 every new token (stage setting `output_map`, role output_map, at 6x the lr: fit_output_rows' step)
   (m) full-fit-rank-frozen-new  as (j), the new tokens' rows frozen at stage 0's (base rows and body train)
+  (n) full-fit-rank-frozen-new-wsd  as (m), warmup-stable-decay over the stages: each stage still warms up (a fresh
+                engine), but only the last one decays; the others stay at the peak lr
 
 Every method trains seven stages of the same number of steps (the same tokens, the same seeds, so
 (a) and (b) see the very same batches in each stage); each stage is a fresh engine with a 10% warmup

@@ -42,6 +42,7 @@ class Method:
     added_rows_lr_scale: float = 1.0  # the stages' setting: the new tokens' rows at this multiple of the lr
     objective: str = "lm"  # every stage's objective when roles is set (megaeeve.stages.OBJECTIVES)
     output_map: dict | None = None  # every stage's `output_map` (megaeeve.stages.OutputMapSpec) when roles is set
+    decay_last_only: bool = False  # warmup-stable-decay over the stages: only the last stage's lr decays
 
 
 METHODS = (
@@ -63,6 +64,8 @@ METHODS = (
            "stage-0-fit-rank16", "data", [*ALL_ROLES, "output_map"], output_map={"rank": 16, "lr_scale": 6.0}),
     Method("full-fit-rank-frozen-new", "(m) as (j), the new tokens' rows frozen", "stage-0-fit-rank16", "data",
            BASE_ROLES),
+    Method("full-fit-rank-frozen-new-wsd", "(n) as (m), the lr decayed in the last stage only", "stage-0-fit-rank16",
+           "data", BASE_ROLES, decay_last_only=True),
 )
 # Every stage-0 directory a method reads: the tokenizer it extends and `megaeeve extend`'s flags. Only those of
 # the chosen methods are made (an input fit is 20 minutes on 2 CPU cores), and always the base: the reference.
@@ -271,8 +274,12 @@ class Compare(Pipeline):
             objective = {"objective": m.objective} if m.objective != "lm" else {}
             if m.output_map:
                 objective["output_map"] = dict(m.output_map)
+            # (n): after each stage's warmup (a fresh engine's Adam starts from zero moments) the lr stays at its peak
+            # until the last stage, which decays as every stage of the others does
+            stable = {"min_lr_ratio": 1.0} if m.decay_last_only else {}
             run["stages"] = {n: {"trainable": list(m.roles), "lr": self.cc.full_lr, "steps": max(1, k), **lr_schedule,
-                                 **objective, "description": f"all parameters, part {n}"}
+                                 **(stable if n < len(steps) else {}), **objective,
+                                 "description": f"all parameters, part {n}"}
                              for n, k in enumerate(steps, 1)}
         self.method_dir(m).mkdir(parents=True, exist_ok=True)
         with atomic_file(self.method_dir(m) / "run.yaml", "w") as f:

@@ -86,3 +86,18 @@ def test_korean_weight_reaches_the_blend_and_a_rerun_with_another_is_refused(tmp
             Compare(CompareConfig(out=tmp_path, **{"korean_weight": 0.9, **changed})).check_options()
     with pytest.raises(ValueError, match="korean_weight 1"):
         CompareConfig(out=tmp_path, korean_weight=1.0)
+
+
+def test_wsd_method_decays_in_its_last_stage_only(tmp_path: Path) -> None:
+    """(n)'s stages hold the peak lr after their warmup but the last, which decays as every stage of (m) does."""
+    from megaeeve.training.config import load_run_config
+
+    cmp = Compare(CompareConfig(out=tmp_path, methods=("full-fit-rank-frozen-new", "full-fit-rank-frozen-new-wsd")))
+    ratios = {}
+    for m in cmp.methods:
+        cmp.write_method_config(m)
+        stages = load_run_config(cmp.method_dir(m) / "run.yaml").stages
+        ratios[m.key] = [stages[n].min_lr_ratio for n in sorted(stages)]
+        assert {st.warmup_ratio for st in stages.values()} == {0.1}
+    assert ratios["full-fit-rank-frozen-new"] == [0.1] * 7
+    assert ratios["full-fit-rank-frozen-new-wsd"] == [1.0] * 6 + [0.1]
