@@ -9,7 +9,6 @@ of every rank as JSON.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from megaeeve.model.partition import partition_of  # noqa: E402
+from megaeeve.training.collectives import exit_rank  # noqa: E402
 
 SHAPES = {"bias": (50295,), "matrix": (7, 3), "one": (1,), "five": (5,), "rows": (13, 4)}
 
@@ -50,7 +50,4 @@ def main(out: str) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1])
-    # As train.py: no interpreter finalization, whose teardown of gloo's threads now and then aborts a rank.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    exit_rank(0)  # as train.py: no interpreter finalization, whose teardown of gloo's threads now and then aborts
