@@ -253,7 +253,8 @@ class Compare(Pipeline):
             "model": str(self.root / m.stage0),
             "seq_length": c.seq_length,
             "seed": self.cc.seed,
-            "data": {"sources": [{"prefix": str(data / lang), "weight": self.cc.weights[lang], "name": lang} for lang in LANGS],
+            "data": {"sources": [{"prefix": str(data / lang), "weight": self.cc.weights[lang], "name": lang}
+                                 for lang in LANGS],
                      "valid_fraction": 0.05, "new_token_bias": 0.0, "cache_dir": str(self.root / "index-cache")},
             "training": {"eval_every": 0, "eval_samples": 8, "checkpoint_every": 10**9, "keep_checkpoints": 1,
                          "report_to": [], "progress_bar": False},

@@ -81,8 +81,8 @@ def meta_model(model_dir: Path, ds_config: dict | None = None, meta: ModelMeta |
 
 def meta_stage_model(model_dir: Path, stage: Stage, ds_config: dict | None = None, meta: ModelMeta | None = None
                      ) -> tuple[torch.nn.Module, dict[str, str]]:
-    """The split model on the meta device as `stage` builds it (its LoRA adapters and output map added), and its parameter roles:
-    a LoRA stage's names carry `.base_layer.` and its adapters are parameters of their own."""
+    """The split model on the meta device as `stage` builds it (its LoRA adapters and output map added), and its
+    parameter roles: a LoRA stage's names carry `.base_layer.` and its adapters are parameters of their own."""
     from megaeeve.model.stage_modules import add_stage_modules
 
     model = meta_model(model_dir, ds_config, meta)
