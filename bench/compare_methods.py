@@ -1,7 +1,7 @@
 """EEVE against simpler ways to teach SmolLM2-135M Korean: same data, same training tokens, same seeds.
 
     python bench/compare_methods.py [--scale N] [--out bench/out/compare] [--gpu] [--results bench/RESULTS.md]
-        [--methods a,b] [--nproc N] [--min-frequency N] [--intermediate-vocab-size N] [--korean-weight W]
+        [--methods a,b] [--nproc N] [--min-frequency N] [--intermediate-vocab-size N] [--korean-weight W] [--seed N]
 
 Methods, each trained by megaeeve/train.py (DeepSpeed ZeRO-3) from the real pretrained SmolLM2-135M:
 
@@ -27,6 +27,8 @@ Methods, each trained by megaeeve/train.py (DeepSpeed ZeRO-3) from the real pret
   (m) full-fit-rank-frozen-new  as (j), the new tokens' rows frozen at stage 0's (base rows and body train)
   (n) full-fit-rank-frozen-new-wsd  as (m), warmup-stable-decay over the stages: each stage still warms up (a fresh
                 engine), but only the last one decays; the others stay at the peak lr
+  (o) full-fit-rank-frozen-new-wsd2  as (n), the cooldown over the last two stages: one cosine from the peak to 10%,
+                each stage its half of it
 
 Every method trains seven stages of the same number of steps (the same tokens, the same seeds, so
 (a) and (b) see the very same batches in each stage); each stage is a fresh engine with a 10% warmup
@@ -92,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="the expanded tokenizer's intermediate BPE vocabulary")
     p.add_argument("--korean-weight", type=float, default=CompareConfig.korean_weight,
                    help="Korean's share of the training sequences (English: the rest)")
+    p.add_argument("--seed", type=int, default=CompareConfig.seed,
+                   help="every stage's seed (data order, init noise): rerun a method at another to see its spread")
     p.add_argument("--keep-weights", action="store_true", help="keep every stage's final/ weights")
     p.add_argument("--nproc", type=int, help="training processes on CPU (default 2; 1 runs one process with every "
                                               "core as threads)")
@@ -110,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
                            same_text_stages=args.same_text_stages, eval_chars=args.eval_chars,
                            keep_weights=args.keep_weights, methods=methods, nproc=args.nproc,
                            min_frequency=args.min_frequency, intermediate_vocab_size=args.intermediate_vocab_size,
-                           korean_weight=args.korean_weight)
+                           korean_weight=args.korean_weight, seed=args.seed)
     except ValueError as e:
         p.error(str(e))
     cmp = Compare(cc)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import shutil
 import time
@@ -42,7 +43,9 @@ class Method:
     added_rows_lr_scale: float = 1.0  # the stages' setting: the new tokens' rows at this multiple of the lr
     objective: str = "lm"  # every stage's objective when roles is set (megaeeve.stages.OBJECTIVES)
     output_map: dict | None = None  # every stage's `output_map` (megaeeve.stages.OutputMapSpec) when roles is set
-    decay_last_only: bool = False  # warmup-stable-decay over the stages: only the last stage's lr decays
+    # warmup-stable-decay over the stages: 0, every stage decays on its own (the pipeline's); K, the stages before
+    # the last K hold the peak lr and the last K share one cosine cooldown to 10% (cooldown_lrs)
+    cooldown_stages: int = 0
 
 
 METHODS = (
@@ -65,7 +68,9 @@ METHODS = (
     Method("full-fit-rank-frozen-new", "(m) as (j), the new tokens' rows frozen", "stage-0-fit-rank16", "data",
            BASE_ROLES),
     Method("full-fit-rank-frozen-new-wsd", "(n) as (m), the lr decayed in the last stage only", "stage-0-fit-rank16",
-           "data", BASE_ROLES, decay_last_only=True),
+           "data", BASE_ROLES, cooldown_stages=1),
+    Method("full-fit-rank-frozen-new-wsd2", "(o) as (n), the lr decayed over the last two stages",
+           "stage-0-fit-rank16", "data", BASE_ROLES, cooldown_stages=2),
 )
 # Every stage-0 directory a method reads: the tokenizer it extends and `megaeeve extend`'s flags. Only those of
 # the chosen methods are made (an input fit is 20 minutes on 2 CPU cores), and always the base: the reference.
@@ -275,13 +280,11 @@ class Compare(Pipeline):
             objective = {"objective": m.objective} if m.objective != "lm" else {}
             if m.output_map:
                 objective["output_map"] = dict(m.output_map)
-            # (n): after each stage's warmup (a fresh engine's Adam starts from zero moments) the lr stays at its peak
-            # until the last stage, which decays as every stage of the others does
-            stable = {"min_lr_ratio": 1.0} if m.decay_last_only else {}
-            run["stages"] = {n: {"trainable": list(m.roles), "lr": self.cc.full_lr, "steps": max(1, k), **lr_schedule,
-                                 **(stable if n < len(steps) else {}), **objective,
+            lrs = cooldown_lrs(len(steps), m.cooldown_stages, lr_schedule["min_lr_ratio"])
+            run["stages"] = {n: {"trainable": list(m.roles), "lr": self.cc.full_lr * start, "steps": max(1, k),
+                                 **lr_schedule, **({"min_lr_ratio": end / start} if lrs else {}), **objective,
                                  "description": f"all parameters, part {n}"}
-                             for n, k in enumerate(steps, 1)}
+                             for n, (k, (start, end)) in enumerate(zip(steps, lrs or [(1, 1)] * len(steps)), 1)}
         self.method_dir(m).mkdir(parents=True, exist_ok=True)
         with atomic_file(self.method_dir(m) / "run.yaml", "w") as f:
             yaml.safe_dump(run, f, sort_keys=False)
@@ -304,6 +307,23 @@ class Compare(Pipeline):
                                      "--gen-tokens", 0, "--output", output))
 
         return Step(name, output, run)
+
+
+def cooldown_lrs(stages: int, cooldown: int, floor: float) -> list[tuple[float, float]]:
+    """Each stage's (peak, end) lr as a fraction of the method's lr for warmup-stable-decay over the stages: the
+    stages before the last `cooldown` hold the peak, the last `cooldown` follow one cosine from it to `floor`, each
+    stage the piece of it that falls in its steps (stages are equal in steps). Each stage is a fresh engine, so it
+    still warms up to its peak (Adam starts from zero moments). [] for `cooldown` 0: every stage decays on its own."""
+    if not cooldown:
+        return []
+    if not 0 < cooldown <= stages:
+        raise ValueError(f"cooldown_stages {cooldown}: must lie in 1..{stages}")
+
+    def at(x: float) -> float:
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * x))
+
+    stable = stages - cooldown
+    return [(1.0, 1.0)] * stable + [(at(j / cooldown), at((j + 1) / cooldown)) for j in range(cooldown)]
 
 
 def _children_cpu() -> float:

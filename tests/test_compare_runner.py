@@ -13,7 +13,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.compare_runner import BASE_STAGE0, METHODS, STAGE0, Compare, CompareConfig  # noqa: E402
+from bench.compare_runner import BASE_STAGE0, METHODS, STAGE0, Compare, CompareConfig, cooldown_lrs  # noqa: E402
 
 
 def extend_steps(cmp: Compare) -> list[str]:
@@ -88,16 +88,32 @@ def test_korean_weight_reaches_the_blend_and_a_rerun_with_another_is_refused(tmp
         CompareConfig(out=tmp_path, korean_weight=1.0)
 
 
-def test_wsd_method_decays_in_its_last_stage_only(tmp_path: Path) -> None:
-    """(n)'s stages hold the peak lr after their warmup but the last, which decays as every stage of (m) does."""
+def test_wsd_methods_hold_the_peak_lr_until_their_cooldown(tmp_path: Path) -> None:
+    """(n)'s and (o)'s stages hold the peak lr after their warmup until their last one or two, which follow one
+    cosine from the peak down to 10% of it; (m)'s every stage decays on its own."""
     from megaeeve.training.config import load_run_config
+    from megaeeve.training.engine import warmup_cosine
 
-    cmp = Compare(CompareConfig(out=tmp_path, methods=("full-fit-rank-frozen-new", "full-fit-rank-frozen-new-wsd")))
-    ratios = {}
+    wsd = ("full-fit-rank-frozen-new", "full-fit-rank-frozen-new-wsd", "full-fit-rank-frozen-new-wsd2")
+    cmp = Compare(CompareConfig(out=tmp_path, scale=5, methods=wsd))
+    curves = {}
     for m in cmp.methods:
         cmp.write_method_config(m)
         stages = load_run_config(cmp.method_dir(m) / "run.yaml").stages
-        ratios[m.key] = [stages[n].min_lr_ratio for n in sorted(stages)]
         assert {st.warmup_ratio for st in stages.values()} == {0.1}
-    assert ratios["full-fit-rank-frozen-new"] == [0.1] * 7
-    assert ratios["full-fit-rank-frozen-new-wsd"] == [1.0] * 6 + [0.1]
+        # the lr the stage's engine follows after its warmup, step by step, as a fraction of the method's lr
+        curves[m.key] = [st.lr / cmp.cc.full_lr * warmup_cosine(st.steps, 1, st.min_lr_ratio)(i)
+                         for _, st in sorted(stages.items()) for i in range(1, st.steps + 1)]
+    steps = cmp.cc.steps
+    assert curves["full-fit-rank-frozen-new"][steps - 1] == pytest.approx(0.1)
+    for key, stable in (("full-fit-rank-frozen-new-wsd", 6), ("full-fit-rank-frozen-new-wsd2", 5)):
+        lrs = curves[key]
+        assert lrs[:stable * steps] == pytest.approx([1.0] * stable * steps)
+        cooldown = lrs[stable * steps:]
+        assert cooldown[-1] == pytest.approx(0.1)
+        # one cosine across the cooldown's stages: never rising, no jump back up at a stage boundary
+        assert all(b <= a + 1e-12 for a, b in zip(cooldown, cooldown[1:]))
+    # (o)'s first cooldown stage ends halfway down the cosine: 0.1 + 0.9 / 2
+    assert curves["full-fit-rank-frozen-new-wsd2"][6 * steps - 1] == pytest.approx(0.55)
+    with pytest.raises(ValueError, match="cooldown_stages 8"):
+        cooldown_lrs(7, 8, 0.1)
