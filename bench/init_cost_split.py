@@ -58,9 +58,10 @@ def input_rows(emb, pieces: list[list[int]]) -> dict:
             "last": emb[[p[-1] for p in pieces]]}
 
 
-def next_token_log_probs(model, ids):
-    """log p(ids[k] | ids[<k]) for k >= 1 under a causal LM, fp32."""
-    return model(ids[None]).logits[0, :-1].float().log_softmax(-1).gather(1, ids[1:, None])[:, 0]
+def next_token_log_probs(model, ids, vocab: int):
+    """log p(ids[k] | ids[<k]) for k >= 1 under a causal LM, fp32, the softmax over the tokenizer's `vocab` ids
+    only (as `megaeeve evaluate` scores: a padded model's extra rows are no tokens)."""
+    return model(ids[None]).logits[0, :-1, :vocab].float().log_softmax(-1).gather(1, ids[1:, None])[:, 0]
 
 
 def split(model, base_tok, new_tok, pieces: list[list[int]], shares: dict[int, float], docs: list[str],
@@ -73,7 +74,7 @@ def split(model, base_tok, new_tok, pieces: list[list[int]], shares: dict[int, f
     from megaeeve.model.fit import group_log_shares
 
     emb = model.get_input_embeddings().weight.detach()
-    base = len(emb)
+    base, vocab = (t.get_vocab_size(with_added_tokens=True) for t in (base_tok, new_tok))
     total = {"chars": 0, "tokens": 0, "new tokens": 0, "documents": 0, "base": 0.0, "output side": 0.0,
              "output side, oracle shares": 0.0, **{f"stage 0, {k}": 0.0 for k in rows},
              **{f"{who} on {span} spans": 0.0 for who in ("base", *(models or {})) for span in ("new", "base")}}
@@ -92,7 +93,7 @@ def split(model, base_tok, new_tok, pieces: list[list[int]], shares: dict[int, f
         with torch.no_grad():
             ids = torch.tensor(bids)
             # q[k] = log q(bids[k] | bids[<k]); the first is unscored
-            q = torch.cat([torch.zeros(1), next_token_log_probs(model, ids)])
+            q = torch.cat([torch.zeros(1), next_token_log_probs(model, ids, base)])
             firsts = torch.tensor([r[0] for r in runs[1:]])
             offset = torch.tensor([shares.get(i, 0.0) for i in eids[1:]], dtype=torch.float32)
             total["base"] -= float(q[starts[1]:].sum()) / LN2
@@ -101,13 +102,13 @@ def split(model, base_tok, new_tok, pieces: list[list[int]], shares: dict[int, f
             total["output side, oracle shares"] -= float((q[starts[1:-1]] + best).sum()) / LN2
             for name, added in rows.items():
                 x = torch.stack([emb[i] if i < base else added[i - base] for i in eids])
-                lp = model(inputs_embeds=x[None]).logits[0, :-1].float().log_softmax(-1)
+                lp = model(inputs_embeds=x[None]).logits[0, :-1, :base].float().log_softmax(-1)
                 total[f"stage 0, {name}"] -= float((lp.gather(1, firsts[:, None])[:, 0] + offset).sum()) / LN2
             new = torch.tensor([i >= base for i in eids[1:]])
             per_token = {"base": -torch.stack([q[a:b].sum() for a, b in zip(starts[1:-1], starts[2:])]) / LN2}
             expanded = torch.tensor(eids)
             for name, other in (models or {}).items():
-                per_token[name] = -next_token_log_probs(other, expanded) / LN2
+                per_token[name] = -next_token_log_probs(other, expanded, vocab) / LN2
             for who, bits in per_token.items():
                 total[f"{who} on new spans"] += float(bits[new].sum())
                 total[f"{who} on base spans"] += float(bits[~new].sum())

@@ -332,3 +332,30 @@ def test_fit_keeps_english_where_eeve_does_not_and_exports_as_scored(smollm2, ko
     assert abs(exported["ko"].bits_per_char - scores["fit"]["ko"]) < 1e-3
     assert abs(exported["en"].bits_per_char - scores["fit"]["en"]) < 1e-3
     assert read_model_meta(s["tmp"] / "stage0-fit").init == "fit"
+
+
+def test_init_cost_split_rebuilds_the_stage0_models_own_scores_from_the_base(phi, korean_split):
+    """bench/init_cost_split.py scores stage 0 without building it: the base model's log-probability of each new
+    token's first piece plus its prior share, read with the candidate input rows. Given the stage-0 model's own new
+    input rows, that must equal the stage-0 model's own forward (tiny Phi: the prior in the lm_head bias, a padded
+    vocabulary whose extra rows the new tokens replace), its span split must add up, and the held-out text's own
+    shares (the oracle) can only cost less than the corpus's."""
+    split_bench = runpy.run_path(str(REPO / "bench" / "init_cost_split.py"))
+    out = phi["tmp"] / "stage0-prior-counts"
+    if not out.exists():
+        extend_model(phi["base_dir"], phi["base_tok_dir"], tokenizer=phi["tokenizer"], output=out, model=phi["base"],
+                     init="fit", fit=PRIOR_ONLY)
+    meta, stage0 = read_model_meta(out), load_model_dir(out)
+    base_tok = load_tokenizer(phi["base_tok_dir"])
+    new_tok = Tokenizer.from_file(str(phi["tokenizer"] / "tokenizer.json"))
+    pieces = read_pieces(out, meta)
+    shares = group_log_shares(pieces, meta.base_vocab_size, report_counts(phi["tokenizer"]))
+    with torch.no_grad():
+        own_rows = stage0.get_input_embeddings()(torch.arange(meta.base_vocab_size, meta.vocab_size)[None])[0].float()
+    docs = [d[:300] for d in korean_split[1][:6]]
+    t = split_bench["split"](phi["base"], base_tok, new_tok, pieces, shares, docs, {"own": own_rows},
+                             {"stage 0": stage0})
+    assert t["documents"] == len(docs) and t["new tokens"] > 20
+    assert t["stage 0 on new spans"] + t["stage 0 on base spans"] == pytest.approx(t["stage 0, own"], rel=1e-5)
+    assert t["base on new spans"] + t["base on base spans"] == pytest.approx(t["base"], rel=1e-5)
+    assert t["output side, oracle shares"] < t["output side"]
