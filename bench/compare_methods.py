@@ -29,6 +29,8 @@ Methods, each trained by megaeeve/train.py (DeepSpeed ZeRO-3) from the real pret
                 engine), but only the last one decays; the others stay at the peak lr
   (o) full-fit-rank-frozen-new-wsd2  as (n), the cooldown over the last two stages: one cosine from the peak to 10%,
                 each stage its half of it
+  (p) full-fit-rank-slow-new-wsd2  as (o), the new tokens' rows trained too, at 0.1x the lr (the input fit leaves
+                the rows of the new tokens it never saw at EEVE's mean; (m)-(o) keep them there)
 
 Every method trains seven stages of the same number of steps (the same tokens, the same seeds, so
 (a) and (b) see the very same batches in each stage); each stage is a fresh engine with a 10% warmup

@@ -71,6 +71,8 @@ METHODS = (
            "data", BASE_ROLES, cooldown_stages=1),
     Method("full-fit-rank-frozen-new-wsd2", "(o) as (n), the lr decayed over the last two stages",
            "stage-0-fit-rank16", "data", BASE_ROLES, cooldown_stages=2),
+    Method("full-fit-rank-slow-new-wsd2", "(p) as (o), the new rows trained at 0.1x the lr", "stage-0-fit-rank16",
+           "data", ALL_ROLES, added_rows_lr_scale=0.1, cooldown_stages=2),
 )
 # Every stage-0 directory a method reads: the tokenizer it extends and `megaeeve extend`'s flags. Only those of
 # the chosen methods are made (an input fit is 20 minutes on 2 CPU cores), and always the base: the reference.
