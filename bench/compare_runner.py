@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import shutil
 import time
@@ -23,6 +22,7 @@ import yaml
 from megaeeve import assets
 from megaeeve.atomic import atomic_dir, atomic_file, write_json
 from megaeeve.pipeline import Pipeline, PipelineConfig, Step, command
+from megaeeve.stages import cooldown_lrs
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -309,23 +309,6 @@ class Compare(Pipeline):
                                      "--gen-tokens", 0, "--output", output))
 
         return Step(name, output, run)
-
-
-def cooldown_lrs(stages: int, cooldown: int, floor: float) -> list[tuple[float, float]]:
-    """Each stage's (peak, end) lr as a fraction of the method's lr for warmup-stable-decay over the stages: the
-    stages before the last `cooldown` hold the peak, the last `cooldown` follow one cosine from it to `floor`, each
-    stage the piece of it that falls in its steps (stages are equal in steps). Each stage is a fresh engine, so it
-    still warms up to its peak (Adam starts from zero moments). [] for `cooldown` 0: every stage decays on its own."""
-    if not cooldown:
-        return []
-    if not 0 < cooldown <= stages:
-        raise ValueError(f"cooldown_stages {cooldown}: must lie in 1..{stages}")
-
-    def at(x: float) -> float:
-        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * x))
-
-    stable = stages - cooldown
-    return [(1.0, 1.0)] * stable + [(at(j / cooldown), at((j + 1) / cooldown)) for j in range(cooldown)]
 
 
 def _children_cpu() -> float:

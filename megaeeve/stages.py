@@ -11,6 +11,7 @@ change is needed for a custom schedule.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -140,11 +141,40 @@ DEFAULT_STAGES: dict[int, Stage] = {
     )
 }
 
-# Preset schedules (RUN.yaml `schedule`): EEVE's stages, or the same with the new rows' stages (1-3) taught by
-# distilling the base model's likelihoods into them (objective `distill`, megaeeve/training/objectives.py).
+def cooldown_lrs(stages: int, cooldown: int, floor: float) -> list[tuple[float, float]]:
+    """Each stage's (peak, end) lr as a fraction of the run's lr for warmup-stable-decay over the stages: the stages
+    before the last `cooldown` hold the peak, the last `cooldown` follow one cosine from it down to `floor`, each
+    stage the piece of it that falls in its steps (stages equal in steps). Each stage is a fresh engine, so it still
+    warms up to its peak (Adam starts from zero moments). [] for `cooldown` 0: every stage decays on its own."""
+    if not cooldown:
+        return []
+    if not 0 < cooldown <= stages:
+        raise ValueError(f"cooldown_stages {cooldown}: must lie in 1..{stages}")
+
+    def at(x: float) -> float:
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * x))
+
+    return [(1.0, 1.0)] * (stages - cooldown) + [(at(j / cooldown), at((j + 1) / cooldown)) for j in range(cooldown)]
+
+
+# The short run's recipe that came level with the base model's Korean bits/char on SmolLM2-135M within 107,520
+# training tokens (bench/RESULTS.md, "Break-even", method (o)): the new tokens' rows stay where `megaeeve extend`'s
+# fitted init put them, the base rows and the body train at 3e-4, stages 1-5 hold the peak lr after their warmup and
+# 6-7 share one cosine cooldown to 10%. A budget's choice: over the card's billions of tokens the new rows must learn.
+FROZEN_NEW_ROLES = ("input_original", "output_original", "body")
+FROZEN_NEW_WSD: dict[int, Stage] = {
+    n: Stage(n, "base rows + body, " + ("peak lr" if start == end else "cooldown"), FROZEN_NEW_ROLES, lr=3e-4 * start,
+             warmup_ratio=0.1, min_lr_ratio=end / start)
+    for n, (start, end) in enumerate(cooldown_lrs(len(DEFAULT_STAGES), 2, 0.1), 1)
+}
+
+# Preset schedules (RUN.yaml `schedule`): EEVE's stages, the same with the new rows' stages (1-3) taught by
+# distilling the base model's likelihoods into them (objective `distill`, megaeeve/training/objectives.py), or the
+# short run's warmup-stable-decay with the new rows frozen.
 SCHEDULES: dict[str, dict[int, Stage]] = {
     "eeve": DEFAULT_STAGES,
     "eeve+distill": {n: dataclasses.replace(s, objective="distill") if n <= 3 else s for n, s in DEFAULT_STAGES.items()},
+    "frozen-new-wsd": FROZEN_NEW_WSD,
 }
 
 _FIELDS = {f.name for f in dataclasses.fields(Stage)} - {"number"}

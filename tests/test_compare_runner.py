@@ -13,7 +13,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.compare_runner import BASE_STAGE0, METHODS, STAGE0, Compare, CompareConfig, cooldown_lrs  # noqa: E402
+from bench.compare_runner import BASE_STAGE0, METHODS, STAGE0, Compare, CompareConfig  # noqa: E402
+from megaeeve.stages import cooldown_lrs  # noqa: E402
 
 
 def extend_steps(cmp: Compare) -> list[str]:
@@ -117,3 +118,22 @@ def test_wsd_methods_hold_the_peak_lr_until_their_cooldown(tmp_path: Path) -> No
     assert curves["full-fit-rank-frozen-new-wsd2"][6 * steps - 1] == pytest.approx(0.55)
     with pytest.raises(ValueError, match="cooldown_stages 8"):
         cooldown_lrs(7, 8, 0.1)
+
+
+def test_frozen_new_wsd_preset_is_the_measured_method_o(tmp_path: Path) -> None:
+    """RUN.yaml `schedule: frozen-new-wsd` (megaeeve run --schedule) trains what compare_methods' (o) trained at lr
+    3e-4: the same roles (never the new tokens' rows), lrs, warmups and decays, stage by stage."""
+    from megaeeve.stages import ADDED_ROLES, SCHEDULES
+    from megaeeve.training.config import load_run_config
+
+    cmp = Compare(CompareConfig(out=tmp_path, full_lr=3e-4, methods=("full-fit-rank-frozen-new-wsd2",)))
+    cmp.write_method_config(cmp.methods[0])
+    measured = load_run_config(cmp.method_dir(cmp.methods[0]) / "run.yaml").stages
+    preset = SCHEDULES["frozen-new-wsd"]
+    assert sorted(preset) == sorted(measured)
+
+    for n, st in preset.items():
+        m = measured[n]
+        assert set(st.trainable) == set(m.trainable) and not ADDED_ROLES & set(st.trainable)
+        assert (st.objective, st.added_rows_lr_scale) == (m.objective, m.added_rows_lr_scale)
+        assert (st.lr, st.warmup_ratio, st.min_lr_ratio) == pytest.approx((m.lr, m.warmup_ratio, m.min_lr_ratio))

@@ -103,7 +103,7 @@ def test_schedule_presets(tmp_path):
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"schedule": "eeve+lora"}, r"schedule: 'eeve\+lora'; presets are \['eeve', 'eeve\+distill'\]"),
+    ({"schedule": "eeve+lora"}, r"schedule: 'eeve\+lora'; presets are \['eeve', 'eeve\+distill', 'frozen-new-wsd'\]"),
     ({"seq_length": None}, "missing required key `seq_length`"),
     ({"epochs": 3}, r"unknown key\(s\) \['epochs'\]"),
     ({"run_stages": [1, 9]}, r"run_stages names stage\(s\) \[9\]"),

@@ -39,7 +39,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                         "(default with the bundled corpus: konlpy's constitution, which training then leaves out)")
     p.add_argument("--steps-per-stage", type=int)
     p.add_argument("--schedule", choices=list(SCHEDULES),
-                   help="stage preset (default: eeve; eeve+distill teaches stages 1-3 by distilling the base model)")
+                   help="stage preset (default: eeve; eeve+distill teaches stages 1-3 by distilling the base model; "
+                        "frozen-new-wsd, a short run's recipe: new rows frozen, held lr, two-stage cooldown)")
     p.add_argument("--seq-length", type=int)
     p.add_argument("--nproc", type=int, help="training processes (default: every GPU, else 2 CPU processes)")
     p.add_argument("--fit-input-steps", type=int,
