@@ -22,13 +22,11 @@ import yaml
 from megaeeve import assets
 from megaeeve.atomic import atomic_dir, atomic_file, write_json
 from megaeeve.pipeline import Pipeline, PipelineConfig, Step, command
-from megaeeve.stages import cooldown_lrs
+from megaeeve.stages import BASE_ROLES, ROLES as ALL_ROLES, cooldown_lrs
 
 REPO = Path(__file__).resolve().parents[1]
 
 STAGES = 7
-ALL_ROLES = ["input_original", "input_added", "output_original", "output_added", "body"]
-BASE_ROLES = ["input_original", "output_original", "body"]
 LANGS = ("ko", "en")
 
 
@@ -38,7 +36,7 @@ class Method:
     label: str
     stage0: str  # directory name under --out
     data: str  # dataset directory under --out (tokenized with this method's tokenizer)
-    roles: list[str] | None  # None: a preset stage table
+    roles: tuple[str, ...] | None  # None: a preset stage table
     schedule: str = "eeve"  # the preset (megaeeve.stages.SCHEDULES) when roles is None
     added_rows_lr_scale: float = 1.0  # the stages' setting: the new tokens' rows at this multiple of the lr
     objective: str = "lm"  # every stage's objective when roles is set (megaeeve.stages.OBJECTIVES)
@@ -64,7 +62,7 @@ METHODS = (
     Method("full-fit-rank-mixed", "(k) as (j), next-token loss + distillation from the base", "stage-0-fit-rank16",
            "data", ALL_ROLES, objective="mixed"),
     Method("full-fit-rank-map", "(l) as (j), new output rows also through a trained rank-16 map",
-           "stage-0-fit-rank16", "data", [*ALL_ROLES, "output_map"], output_map={"rank": 16, "lr_scale": 6.0}),
+           "stage-0-fit-rank16", "data", (*ALL_ROLES, "output_map"), output_map={"rank": 16, "lr_scale": 6.0}),
     Method("full-fit-rank-frozen-new", "(m) as (j), the new tokens' rows frozen", "stage-0-fit-rank16", "data",
            BASE_ROLES),
     Method("full-fit-rank-frozen-new-wsd", "(n) as (m), the lr decayed in the last stage only", "stage-0-fit-rank16",

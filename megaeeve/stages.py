@@ -22,6 +22,7 @@ LORA = "lora"  # adapters a LoRA stage adds (LoraSpec)
 OUTPUT_MAP = "output_map"  # the shared map of the new output rows a stage adds (OutputMapSpec)
 EMBEDDING_ROLES = frozenset(ROLES) - {"body"}
 ADDED_ROLES = frozenset({"input_added", "output_added"})  # the new tokens' rows (and the new lm_head bias)
+BASE_ROLES = tuple(r for r in ROLES if r not in ADDED_ROLES)  # the base model's own parameters: all but the new rows
 OBJECTIVES = ("lm", "distill", "mixed")  # megaeeve/training/objectives.py
 
 
@@ -141,6 +142,12 @@ DEFAULT_STAGES: dict[int, Stage] = {
     )
 }
 
+def cosine(progress: float, floor: float) -> float:
+    """The cosine decay's lr multiplier at `progress` in [0, 1]: 1 at the start, `floor` at the end. One formula for a
+    stage's own decay (megaeeve/training/engine.py) and a cooldown spread over several stages (cooldown_lrs)."""
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
 def cooldown_lrs(stages: int, cooldown: int, floor: float) -> list[tuple[float, float]]:
     """Each stage's (peak, end) lr as a fraction of the run's lr for warmup-stable-decay over the stages: the stages
     before the last `cooldown` hold the peak, the last `cooldown` follow one cosine from it down to `floor`, each
@@ -150,20 +157,16 @@ def cooldown_lrs(stages: int, cooldown: int, floor: float) -> list[tuple[float, 
         return []
     if not 0 < cooldown <= stages:
         raise ValueError(f"cooldown_stages {cooldown}: must lie in 1..{stages}")
-
-    def at(x: float) -> float:
-        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * x))
-
-    return [(1.0, 1.0)] * (stages - cooldown) + [(at(j / cooldown), at((j + 1) / cooldown)) for j in range(cooldown)]
+    return [(1.0, 1.0)] * (stages - cooldown) + [(cosine(j / cooldown, floor), cosine((j + 1) / cooldown, floor))
+                                                 for j in range(cooldown)]
 
 
 # The short run's recipe that came level with the base model's Korean bits/char on SmolLM2-135M within 107,520
 # training tokens (bench/RESULTS.md, "Break-even", method (o)): the new tokens' rows stay where `megaeeve extend`'s
 # fitted init put them, the base rows and the body train at 3e-4, stages 1-5 hold the peak lr after their warmup and
 # 6-7 share one cosine cooldown to 10%. A budget's choice: over the card's billions of tokens the new rows must learn.
-FROZEN_NEW_ROLES = ("input_original", "output_original", "body")
 FROZEN_NEW_WSD: dict[int, Stage] = {
-    n: Stage(n, "base rows + body, " + ("peak lr" if start == end else "cooldown"), FROZEN_NEW_ROLES, lr=3e-4 * start,
+    n: Stage(n, "base rows + body, " + ("peak lr" if start == end else "cooldown"), BASE_ROLES, lr=3e-4 * start,
              warmup_ratio=0.1, min_lr_ratio=end / start)
     for n, (start, end) in enumerate(cooldown_lrs(len(DEFAULT_STAGES), 2, 0.1), 1)
 }

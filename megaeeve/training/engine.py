@@ -7,7 +7,6 @@ so frozen parameters get no fp32 master, no Adam moments and no weight decay.
 
 from __future__ import annotations
 
-import math
 from typing import Any, Mapping
 
 import deepspeed
@@ -16,7 +15,7 @@ from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
 from megaeeve.errors import ConfigError
-from megaeeve.stages import ADDED_ROLES, EMBEDDING_ROLES, OUTPUT_MAP, Stage, trainable_names
+from megaeeve.stages import ADDED_ROLES, EMBEDDING_ROLES, OUTPUT_MAP, Stage, cosine, trainable_names
 
 # Adam(W) keeps two fp32 moments per trainable parameter; ZeRO keeps an fp32 master copy too.
 ADAM_STATE_BYTES = 8
@@ -82,7 +81,7 @@ def warmup_cosine(total_steps: int, warmup_steps: int, min_lr_ratio: float):
         if step < warmup_steps:
             return (step + 1) / warmup_steps
         progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-        return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+        return cosine(progress, min_lr_ratio)
 
     return factor
 
