@@ -52,7 +52,8 @@ class PipelineConfig:
     min_frequency: int = 8
     seq_length: int = 128
     steps_per_stage: int = 8
-    schedule: str = "eeve"  # a preset of megaeeve.stages.SCHEDULES
+    init: str = "fit"  # `megaeeve extend --init`: fit (the measured best) or the card's eeve, mean, random
+    schedule: str | None = None  # a preset of megaeeve.stages.SCHEDULES; None: stage_schedule's rule
     eval_every: int = 4
     nproc: int | None = None  # training ranks; default: every GPU, else 2 CPU processes
     ds_config: Path | None = None  # default: ds_configs/zero3.json on GPUs, zero3_cpu.json on CPU
@@ -60,6 +61,15 @@ class PipelineConfig:
     fit_input_steps: int | None = None  # `megaeeve extend --fit-input-steps`; None: extend's default
     fit_output_steps: int | None = None  # `megaeeve extend --fit-output-steps`; None: extend's default
     eval_chars: int = 20_000  # characters of each eval text scored (`megaeeve evaluate --max-chars`)
+
+    @property
+    def stage_schedule(self) -> str:
+        """The stage preset the run trains with: `schedule` when given; else frozen-new-wsd after the fitted init
+        (the new rows stay where the fit put them, the rest trains at a held lr and cools down over stages 6-7: the
+        one recipe measured level with the base's Korean at a short budget, bench/RESULTS.md "Break-even") and
+        EEVE's seven stages after any other init, whose new rows are not fitted and must learn (`--init eeve` is
+        then the card's recipe exactly)."""
+        return self.schedule or ("frozen-new-wsd" if self.init == "fit" else "eeve")
 
 
 def tiny_config(run_dir: Path) -> PipelineConfig:
@@ -101,7 +111,7 @@ class Pipeline:
     """Runs the steps in order, logging each tool's output to run_dir/logs/STEP.log and the terminal."""
 
     def __init__(self, cfg: PipelineConfig) -> None:
-        self.cfg = resolve_devices(cfg)
+        self.cfg = resolve_devices(dataclasses.replace(cfg, schedule=cfg.stage_schedule))  # pipeline.json records it
         self.root = cfg.run_dir.resolve()
         self.logs = self.root / "logs"
         self.corpus = self.root / "corpus"
@@ -156,7 +166,7 @@ class Pipeline:
                 "--intermediate-vocab-size", c.intermediate_vocab_size, "--min-frequency", c.min_frequency,
                 "--held-out", self.corpus_file("ko_held_out"), "--english", self.corpus_file("en_held_out"),
                 "--script", c.script, "--workers", c.nproc))),
-            self.extend_step("stage-0", r / "tokenizer", r / "stage-0",
+            self.extend_step("stage-0", r / "tokenizer", r / "stage-0", "--init", c.init,
                              *(() if c.fit_input_steps is None else ("--fit-input-steps", c.fit_input_steps)),
                              *(() if c.fit_output_steps is None else ("--fit-output-steps", c.fit_output_steps))),
         ]

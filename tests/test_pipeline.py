@@ -16,11 +16,16 @@ REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 
+# EEVE's seven stages, each a different trainable set: the ladder these tests check. The default schedule after the
+# fitted init (frozen-new-wsd) runs end to end in test_pipeline_thai.py.
+FLAGS = ("--tiny", "--steps-per-stage", "4", "--schedule", "eeve")
+
+
 @pytest.fixture(scope="module")
 def tiny_run(module_tmp):
     run_dir = module_tmp("pipeline") / "tiny"
-    proc = subprocess.run([sys.executable, str(REPO / "tools" / "run_pipeline.py"), "--tiny", "--run-dir", str(run_dir),
-                           "--steps-per-stage", "4"], cwd=REPO, capture_output=True, text=True, timeout=2400)
+    proc = subprocess.run([sys.executable, str(REPO / "tools" / "run_pipeline.py"), *FLAGS, "--run-dir", str(run_dir)],
+                          cwd=REPO, capture_output=True, text=True, timeout=2400)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     return run_dir, proc.stdout
 
@@ -52,6 +57,14 @@ def test_report_numbers_hold_the_invariants(tiny_run):
     plans = report["stage_plans"]
     # stage 6 trains everything, stage 1 only the new input rows
     assert plans["6"]["trainable"] == plans["6"]["total"] > plans["1"]["trainable"] > 0
+    # the tokens trained, from each stage's steps and the ds_config's batch (2 ranks, 64 tokens a sample)
+    ds = json.loads((REPO / "ds_configs" / "zero3_cpu.json").read_text(encoding="utf-8"))
+    steps = sum(json.loads((run_dir / f"stage-{n}" / "DONE").read_text(encoding="utf-8"))["steps"] for n in range(1, 8))
+    tokens = steps * ds["train_micro_batch_size_per_gpu"] * ds["gradient_accumulation_steps"] * 2 * 64
+    assert steps == 7 * 4 and report["trained_tokens"] == tokens
+    markdown = (run_dir / "report" / "report.md").read_text(encoding="utf-8")
+    assert f"after {tokens:,} training tokens" in markdown
+    assert "| 1 | input_added | " in markdown and "| 2e-05 -> 2e-06 |" in markdown  # stage 1 and stage 6-7's lr
     expansion = json.loads((run_dir / "tokenizer" / "expansion_report.json").read_text(encoding="utf-8"))
     cpt = expansion["chars_per_token"]
     assert cpt["english"]["identical_ids"] is True
@@ -124,8 +137,8 @@ def test_export_is_a_plain_transformers_model(tiny_run):
 
 def test_rerun_resumes_and_skips_finished_steps(tiny_run):
     run_dir, _ = tiny_run
-    proc = subprocess.run([sys.executable, str(REPO / "tools" / "run_pipeline.py"), "--tiny", "--run-dir", str(run_dir),
-                           "--steps-per-stage", "4"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, str(REPO / "tools" / "run_pipeline.py"), *FLAGS, "--run-dir", str(run_dir)],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = [line for line in proc.stdout.splitlines() if line.startswith("[")]
     assert lines and all("done already" in line for line in lines), lines

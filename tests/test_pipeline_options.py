@@ -9,8 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from megaeeve import assets
+from megaeeve.cli.run_pipeline import build_parser, config_from_args
 from megaeeve.errors import PipelineError
 from megaeeve.pipeline import DS_CONFIGS, Pipeline, PipelineConfig, tiny_config
 
@@ -57,3 +59,33 @@ def test_a_failing_step_is_one_error_line(tmp_path):
     assert "Traceback" not in run.stderr
     last = run.stderr.strip().splitlines()[-1]
     assert last.startswith("error: step tokenizer failed (exit 2)") and "logs/tokenizer.log" in last
+
+
+def test_the_default_recipe_follows_the_init(tmp_path):
+    """The fitted init trains with frozen-new-wsd (its new rows stay where the fit put them); any other init's rows
+    must learn, so `--init eeve` alone gives the card's recipe exactly: EEVE's rows and EEVE's seven stages."""
+    def planned(*flags: str) -> tuple[dict, list[str]]:
+        """The run.yaml the options write and the `megaeeve extend` command they run."""
+        run = Pipeline(config_from_args(build_parser().parse_args(["--run-dir", str(tmp_path / str(len(seen))),
+                                                                   *flags])))
+        seen.append(run)
+        run.root.mkdir(parents=True)
+        run.write_run_config()
+        calls = []
+        run.call = lambda name, cmd: calls.append(cmd)  # the step's command, not run
+        next(s for s in run.steps() if s.name == "stage-0").run()
+        return yaml.safe_load((run.root / "run.yaml").read_text()), [str(a) for a in calls[0]]
+
+    seen: list[Pipeline] = []
+
+    run_yaml, extend = planned()
+    assert run_yaml["schedule"] == "frozen-new-wsd" and extend[extend.index("--init") + 1] == "fit"
+    run_yaml, extend = planned("--init", "eeve")
+    assert run_yaml["schedule"] == "eeve" and extend[extend.index("--init") + 1] == "eeve"
+    run_yaml, _ = planned("--init", "fit", "--schedule", "eeve")
+    assert run_yaml["schedule"] == "eeve"
+    first = Pipeline(PipelineConfig(run_dir=tmp_path / "resumed"))
+    first.root.mkdir()
+    (first.root / "pipeline.json").write_text(json.dumps({**first.options(), "schedule": "eeve"}))
+    with pytest.raises(PipelineError, match="schedule eeve -> frozen-new-wsd"):  # a run made by the old default
+        first.check_options()

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from megaeeve import assets
 from megaeeve.pipeline import Pipeline, PipelineConfig
@@ -54,9 +55,18 @@ def test_report_works_on_thai(thai_run):
     report = json.loads((thai_run / "report" / "report.json").read_text(encoding="utf-8"))
     assert all(check["ok"] for check in report["frozen_checks"].values())
     assert sorted(map(int, report["frozen_checks"])) == list(range(1, 8))
+    # The default recipe after the fitted init, frozen-new-wsd: every stage trains the base rows and the body, the
+    # new rows stay at stage 0 (the frozen checks above read that in each stage's DeepSpeed checkpoint).
+    assert yaml.safe_load((thai_run / "run.yaml").read_text(encoding="utf-8"))["schedule"] == "frozen-new-wsd"
+    plans = report["stage_plans"].values()
+    assert len({(p["trainable"], p["total"]) for p in plans}) == 1 and 0 < next(iter(plans))["trainable"] < next(
+        iter(plans))["total"]
+    assert all(c["frozen_total"] > 0 and c["frozen_unchanged"] == c["frozen_total"]
+               for c in report["frozen_checks"].values())
     markdown = (thai_run / "report" / "report.md").read_text(encoding="utf-8")
     for heading in ("## Tokenizer", "## Training", "## Held-out evaluation", "## Samples"):
         assert heading in markdown
+    assert "| 0.0003 -> 0.0003 |" in markdown and "| 0.000165 -> 3e-05 |" in markdown  # held lr, then the cooldown
     # --eval-chars: every model is scored on the same first 5,000 Thai characters, and the report says so.
     evals = [json.loads(p.read_text(encoding="utf-8"))["texts"] for p in sorted((thai_run / "eval").glob("*.json"))]
     assert len(evals) >= 9 and {e["held_out"]["characters"] for e in evals} == {EVAL_CHARS}

@@ -16,8 +16,8 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-
 from megaeeve.errors import one_line_errors
+from megaeeve.model.init import INIT_METHODS
 from megaeeve.pipeline import Pipeline, PipelineConfig, tiny_config
 from megaeeve.stages import SCHEDULES
 
@@ -38,9 +38,13 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                    help="target-language text of another domain, never trained on: the report scores it too "
                         "(default with the bundled corpus: konlpy's constitution, which training then leaves out)")
     p.add_argument("--steps-per-stage", type=int)
+    p.add_argument("--init", choices=INIT_METHODS,
+                   help="stage-0 rows (megaeeve extend --init; default: fit, the measured best; eeve with the "
+                        "default schedule is the card's recipe exactly)")
     p.add_argument("--schedule", choices=list(SCHEDULES),
-                   help="stage preset (default: eeve; eeve+distill teaches stages 1-3 by distilling the base model; "
-                        "frozen-new-wsd, a short run's recipe: new rows frozen, held lr, two-stage cooldown)")
+                   help="stage preset (default: frozen-new-wsd after --init fit, a short run's recipe: the new rows "
+                        "kept at the fitted init, the rest at a held lr, a cooldown over stages 6-7; eeve, the card's "
+                        "seven stages, after any other init; eeve+distill teaches stages 1-3 by distilling the base)")
     p.add_argument("--seq-length", type=int)
     p.add_argument("--nproc", type=int, help="training processes (default: every GPU, else 2 CPU processes)")
     p.add_argument("--fit-input-steps", type=int,
@@ -58,6 +62,15 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     return p
 
 
+def config_from_args(args: argparse.Namespace) -> PipelineConfig:
+    """The run's configuration: the preset (--tiny or the bundled default) with every option given on top."""
+    run_dir = args.run_dir or Path("runs") / ("tiny" if args.tiny else "default")
+    cfg = tiny_config(run_dir) if args.tiny else PipelineConfig(run_dir=run_dir)
+    overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in vars(args).items()
+                 if v is not None and k in {f.name for f in dataclasses.fields(PipelineConfig)} and k != "run_dir"}
+    return dataclasses.replace(cfg, **overrides)
+
+
 @one_line_errors
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     p = build_parser(prog)
@@ -66,11 +79,6 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         p.error("--tiny and --base-model exclude each other")
     if args.eval_chars is not None and args.eval_chars < 1:
         p.error(f"--eval-chars must be at least 1, got {args.eval_chars}")
-    run_dir = args.run_dir or Path("runs") / ("tiny" if args.tiny else "default")
-    cfg = tiny_config(run_dir) if args.tiny else PipelineConfig(run_dir=run_dir)
-    overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in vars(args).items()
-                 if v is not None and k in {f.name for f in dataclasses.fields(PipelineConfig)} and k != "run_dir"}
-    cfg = dataclasses.replace(cfg, **overrides)
-    Pipeline(cfg).run()  # a failing step's PipelineError: its tool has printed its own error above
+    Pipeline(config_from_args(args)).run()  # a failing step's PipelineError: its tool has printed its own error above
     return 0
 
